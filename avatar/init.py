@@ -1,0 +1,120 @@
+"""Initialise a :class:`GaussianAvatar` on a rig: k Gaussians per face, sized to the face,
+coloured with a plausible albedo per rig region (skin, lips, eyes, teeth, tongue, brows, hair)
+and a soft baked key light, so that an untrained avatar already renders as a recognisable head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from talksplat.rigs.base import HeadRig
+from talksplat.rigs.geometry import vertex_normals
+
+from .binding import face_frames
+from .gaussians import GaussianAvatar, num_sh_bases, rgb_to_sh_dc
+
+#: Albedo per region, linear-ish sRGB in [0, 1]; later entries win where regions overlap.
+REGION_ALBEDO: dict[str, tuple[float, float, float]] = {
+    "skin": (0.82, 0.62, 0.52),
+    "scalp": (0.24, 0.16, 0.11),
+    "eyebrows": (0.28, 0.19, 0.13),
+    "lips": (0.72, 0.38, 0.38),
+    "tongue": (0.70, 0.30, 0.33),
+    "teeth": (0.93, 0.91, 0.84),
+    "eyes": (0.93, 0.93, 0.90),
+}
+IRIS = (0.30, 0.20, 0.12)
+PUPIL = (0.03, 0.03, 0.03)
+#: Direction the baked key light comes from, canonical rig frame (+y up, +z out of the face).
+KEY_LIGHT = (0.35, 0.55, 1.0)
+
+
+def vertex_albedo(rig: HeadRig) -> torch.Tensor:
+    """[V, 3] plausible albedo per rig vertex from its named regions (iris/pupil painted on the eyes)."""
+    V = rig.num_vertices
+    col = torch.tensor(REGION_ALBEDO["skin"]).repeat(V, 1)
+    for name, rgb in REGION_ALBEDO.items():
+        if name in rig.region_names:
+            col[rig.region(name)] = torch.tensor(rgb)
+    if "eyes" in rig.region_names:
+        idx = rig.region("eyes")
+        pts = rig.template[idx]
+        for side in (pts[:, 0] > 0, pts[:, 0] <= 0):
+            if side.sum() < 4:
+                continue
+            sub = idx[side]
+            p = rig.template[sub]
+            centre = p.mean(0)
+            d = p - centre
+            cos = d[:, 2] / d.norm(dim=-1).clamp_min(1e-9)  # alignment with the gaze (+z)
+            col[sub[cos > math.cos(math.radians(32))]] = torch.tensor(IRIS)
+            col[sub[cos > math.cos(math.radians(14))]] = torch.tensor(PUPIL)
+    return col
+
+
+def barycentric_samples(k: int) -> torch.Tensor:
+    """[k, 3] deterministic, well-spread barycentric coordinates (centroid for k = 1)."""
+    if k == 1:
+        return torch.full((1, 3), 1.0 / 3.0)
+    # R2 low-discrepancy sequence on the unit square, folded onto the triangle.
+    g = 1.32471795724474602596
+    i = torch.arange(k, dtype=torch.float64) + 0.5
+    u = (i / g) % 1.0
+    v = (i / (g * g)) % 1.0
+    su = u.sqrt()
+    b = torch.stack([1 - su, su * (1 - v), su * v], dim=-1)
+    return b.float()
+
+
+def init_avatar(rig: HeadRig, per_face: int = 2, sh_degree: int = 3, opacity: float = 0.95,
+                bake_light: bool = True) -> GaussianAvatar:
+    """An untrained avatar: ``per_face`` Gaussians on every rig face.
+
+    Args:
+        rig: the head rig; Gaussians are placed on its neutral template.
+        per_face: Gaussians per face (N = per_face * F).
+        sh_degree: degree of the colour SH (0..3); only the DC term is initialised.
+        opacity: initial opacity of every Gaussian.
+        bake_light: multiply the albedo by a soft key light (Lambert + ambient) so that the
+            untrained head shows its shape.
+    """
+    if not 1 <= per_face <= 64:
+        raise ValueError(f"per_face must be in 1..64, got {per_face}")
+    if not 0 <= sh_degree <= 3:
+        raise ValueError(f"sh_degree must be in 0..3, got {sh_degree}")
+    faces = rig.faces
+    F = faces.shape[0]
+    verts = rig.template[None]  # [1, V, 3]
+    origins, R, s = (t[0] for t in face_frames(verts, faces))
+
+    bary = barycentric_samples(per_face)  # [k, 3]
+    binding = torch.arange(F).repeat_interleave(per_face)  # [N]
+    b = bary.repeat(F, 1)  # [N, 3]
+    tri = verts[0][faces[binding]]  # [N, 3, 3]
+    p = (b[:, :, None] * tri).sum(1)
+    local_means = torch.einsum("nji,nj->ni", R[binding], p - origins[binding]) / s[binding, None]
+
+    # Tangential extent ~ the spacing of k samples on the face; thin along the normal (axis 1).
+    e1 = tri[:, 1] - tri[:, 0]
+    e2 = tri[:, 2] - tri[:, 0]
+    area = 0.5 * torch.cross(e1, e2, dim=-1).norm(dim=-1)
+    t = (area / per_face).sqrt().clamp_min(1e-6) * 0.75 / s[binding]
+    log_scales = torch.stack([t, 0.25 * t, t], dim=-1).log()
+    local_quats = torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(binding.shape[0], 1)
+
+    albedo = vertex_albedo(rig)
+    if bake_light:
+        n = vertex_normals(rig.template, faces)
+        light = torch.tensor(KEY_LIGHT)
+        light = light / light.norm()
+        shade = 0.45 + 0.6 * (n @ light).clamp_min(0.0)
+        albedo = (albedo * shade[:, None]).clamp(0.0, 1.0)
+    rgb = (b[:, :, None] * albedo[faces[binding]]).sum(1)
+    sh_dc = rgb_to_sh_dc(rgb)[:, None, :]
+    sh_rest = torch.zeros(binding.shape[0], num_sh_bases(sh_degree) - 1, 3)
+    logit = math.log(opacity / (1.0 - opacity))
+    opacity_logits = torch.full((binding.shape[0],), logit)
+    return GaussianAvatar(binding, local_means, local_quats, log_scales, sh_dc, sh_rest, opacity_logits,
+                          rig_name=rig.name, rig_checksum=rig.checksum, sh_degree=sh_degree)

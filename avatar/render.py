@@ -1,0 +1,39 @@
+"""Render a posed avatar: rig parameters -> rig vertices -> bound Gaussians -> rasterization."""
+
+from __future__ import annotations
+
+import torch
+
+from talksplat.render import rasterization
+from talksplat.rigs.base import HeadRig, RigParams
+
+from .gaussians import GaussianAvatar
+
+
+def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewmats: torch.Tensor,
+                  Ks: torch.Tensor, width: int, height: int, backgrounds: torch.Tensor | None = None,
+                  backend: str = "auto", **raster_kwargs):
+    """Render B posed frames, each seen by its own C cameras.
+
+    Args:
+        params: rig parameters with batch size B.
+        viewmats: [C, 4, 4] world-to-camera (OpenCV), shared by all frames, or [B, C, 4, 4].
+        Ks: [C, 3, 3] or [B, C, 3, 3] pixels.
+        backgrounds: [C, 3] or None (black).
+    Returns:
+        colors [B, C, H, W, 3], alphas [B, C, H, W, 1], metas (list of B rasterization meta dicts).
+    """
+    verts = rig(params).vertices
+    B = verts.shape[0]
+    if viewmats.dim() == 3:
+        viewmats = viewmats[None].expand(B, *viewmats.shape)
+        Ks = Ks[None].expand(B, *Ks.shape)
+    colors, alphas, metas = [], [], []
+    for b, g in enumerate(avatar.world(verts, rig.faces)):
+        c, a, m = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, viewmats[b], Ks[b], width,
+                                height, sh_degree=g.sh_degree, backgrounds=backgrounds, backend=backend,
+                                **raster_kwargs)
+        colors.append(c)
+        alphas.append(a)
+        metas.append(m)
+    return torch.stack(colors), torch.stack(alphas), metas

@@ -1,0 +1,1 @@
+"""talksplat.data_prep — see docs/architecture.md (built by a later issue)."""

@@ -1,0 +1,1 @@
+"""talksplat.driving — see docs/architecture.md (built by a later issue)."""

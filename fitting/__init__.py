@@ -1,0 +1,1 @@
+"""talksplat.fitting — see docs/architecture.md (built by a later issue)."""
