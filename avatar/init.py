@@ -36,8 +36,17 @@ def vertex_albedo(rig: HeadRig) -> torch.Tensor:
     V = rig.num_vertices
     col = torch.tensor(REGION_ALBEDO["skin"]).repeat(V, 1)
     for name, rgb in REGION_ALBEDO.items():
-        if name in rig.region_names:
-            col[rig.region(name)] = torch.tensor(rgb)
+        if name not in rig.region_names:
+            continue
+        idx = rig.region(name)
+        if name == "eyebrows" and len(idx):
+            # The brow region is where brow motion reaches (a tall band); paint only its middle
+            # third vertically and keep the glabella bare.
+            y, x = rig.template[idx, 1], rig.template[idx, 0]
+            lo, hi = float(y.min()), float(y.max())
+            keep = (y > lo + 0.3 * (hi - lo)) & (y < lo + 0.65 * (hi - lo)) & (x.abs() > 0.2 * float(x.abs().max()))
+            idx = idx[keep]
+        col[idx] = torch.tensor(rgb)
     if "eyes" in rig.region_names:
         idx = rig.region("eyes")
         pts = rig.template[idx]
@@ -96,12 +105,18 @@ def init_avatar(rig: HeadRig, per_face: int = 2, sh_degree: int = 3, opacity: fl
     p = (b[:, :, None] * tri).sum(1)
     local_means = torch.einsum("nji,nj->ni", R[binding], p - origins[binding]) / s[binding, None]
 
-    # Tangential extent ~ the spacing of k samples on the face; thin along the normal (axis 1).
+    # Extent along the face's first edge (axis 0) and its height (axis 2) ~ the spacing of k
+    # samples, so thin triangles get thin Gaussians and the surface is covered without gaps;
+    # flat along the normal (axis 1).
     e1 = tri[:, 1] - tri[:, 0]
     e2 = tri[:, 2] - tri[:, 0]
-    area = 0.5 * torch.cross(e1, e2, dim=-1).norm(dim=-1)
-    t = (area / per_face).sqrt().clamp_min(1e-6) * 0.75 / s[binding]
-    log_scales = torch.stack([t, 0.25 * t, t], dim=-1).log()
+    Rb = R[binding]
+    base = e1.norm(dim=-1)
+    height = (Rb[:, :, 2] * e2).sum(-1).abs()
+    k = math.sqrt(per_face)
+    sx = (0.6 * base / k).clamp_min(1e-6) / s[binding]
+    sz = (0.6 * height / k).clamp_min(1e-6) / s[binding]
+    log_scales = torch.stack([sx, 0.15 * torch.minimum(sx, sz), sz], dim=-1).log()
     local_quats = torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(binding.shape[0], 1)
 
     albedo = vertex_albedo(rig)
@@ -109,7 +124,7 @@ def init_avatar(rig: HeadRig, per_face: int = 2, sh_degree: int = 3, opacity: fl
         n = vertex_normals(rig.template, faces)
         light = torch.tensor(KEY_LIGHT)
         light = light / light.norm()
-        shade = 0.45 + 0.6 * (n @ light).clamp_min(0.0)
+        shade = 0.55 + 0.5 * (n @ light).clamp_min(0.0)
         albedo = (albedo * shade[:, None]).clamp(0.0, 1.0)
     rgb = (b[:, :, None] * albedo[faces[binding]]).sum(1)
     sh_dc = rgb_to_sh_dc(rgb)[:, None, :]

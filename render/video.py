@@ -68,6 +68,7 @@ class VideoWriter:
             self._gen.close()
         finally:
             if ok and self.frames > 0:
+                os.chmod(self._tmp, 0o644)
                 os.replace(self._tmp, self.path)
             else:
                 self._tmp.unlink(missing_ok=True)

@@ -151,6 +151,7 @@ def run_render(cfg: RenderConfig) -> list[Path]:
         os.close(fd)
         try:
             iio.imwrite(tmp, frame(yaw))
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
