@@ -1,0 +1,82 @@
+"""CUDA backend: a thin wrapper over ``gsplat.rasterization`` (gsplat 1.5.3).
+
+UNVERIFIED: written against gsplat 1.5.3's ``rendering.py`` without a GPU in the
+development session; the CPU backend is the tested one.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["rasterization_cuda"]
+
+
+def rasterization_cuda(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    sh_degree: Optional[int] = None,
+    backgrounds: Optional[Tensor] = None,
+    tile_size: Optional[int] = None,
+    absgrad: bool = False,
+) -> Tuple[Tensor, Tensor, Dict]:
+    """gsplat classic rasterization in "RGB+ED" mode; same shapes as the CPU backend.
+
+    ``backgrounds`` is passed with 3 channels: gsplat 1.5.3 itself appends the zero
+    depth channel for "RGB+ED" (rendering.py, "Rasterize to pixels" section), so padding
+    it here would break the channel count.
+    """
+    import gsplat  # imported lazily: importing is cheap but keeps CPU-only users safe
+
+    if not means.is_cuda:
+        raise RuntimeError("rasterization_cuda needs CUDA tensors")
+    if means.dtype != torch.float32:
+        raise TypeError("gsplat's CUDA kernels need float32 tensors")
+    ts = int(tile_size or 16)
+    render, alphas, meta = gsplat.rasterization(
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opacities,
+        colors=colors,
+        viewmats=viewmats,
+        Ks=Ks,
+        width=width,
+        height=height,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        radius_clip=radius_clip,
+        eps2d=eps2d,
+        sh_degree=sh_degree,
+        packed=False,
+        tile_size=ts,
+        backgrounds=backgrounds,
+        render_mode="RGB+ED",
+        absgrad=absgrad,
+        rasterize_mode="classic",
+    )
+    colors_out = render[..., :-1]
+    meta = dict(meta)
+    meta["expected_depth"] = render[..., -1:]
+    if meta.get("means2d") is not None and meta["means2d"].requires_grad:
+        # gsplat's strategies call retain_grad() themselves; doing it here too is harmless
+        meta["means2d"].retain_grad()
+    meta.setdefault("width", width)
+    meta.setdefault("height", height)
+    meta.setdefault("n_cameras", viewmats.shape[0])
+    meta["tile_size"] = ts
+    meta["backend"] = "cuda"
+    return colors_out, alphas, meta
