@@ -1,12 +1,12 @@
 """Gaussian avatars bound to the triangles of a head rig: binding frames, initialisation, files."""
 
 from .binding import face_frames
-from .gaussians import GaussianAvatar, WorldGaussians, num_sh_bases, rgb_to_sh_dc, sh_dc_to_rgb
+from .gaussians import GaussianAvatar, WorldGaussians
 from .init import init_avatar
 from .io import AvatarFileError, load_avatar, read_header, save_avatar
 
 __all__ = ["GaussianAvatar", "WorldGaussians", "face_frames", "init_avatar", "load_avatar", "save_avatar",
-           "read_header", "AvatarFileError", "num_sh_bases", "rgb_to_sh_dc", "sh_dc_to_rgb"]
+           "read_header", "AvatarFileError"]
 
 
 def __getattr__(name):  # render_avatar imports the rasterizer lazily

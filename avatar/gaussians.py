@@ -13,25 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from talksplat.render.sh import num_sh_bases
 from talksplat.rigs.geometry import matrix_to_quat, quat_multiply
 
 from .binding import face_frames
-
-SH_C0 = 0.28209479177387814  # Y_0^0: colour = SH_C0 * dc + 0.5
-
-
-def num_sh_bases(degree: int) -> int:
-    return (degree + 1) ** 2
-
-
-def rgb_to_sh_dc(rgb: torch.Tensor) -> torch.Tensor:
-    """[..., 3] colour in [0, 1] -> [..., 3] SH DC coefficient (gsplat/3DGS convention)."""
-    return (rgb - 0.5) / SH_C0
-
-
-def sh_dc_to_rgb(dc: torch.Tensor) -> torch.Tensor:
-    return dc * SH_C0 + 0.5
-
 
 @dataclass
 class WorldGaussians:

@@ -13,7 +13,9 @@ from talksplat.rigs.base import HeadRig
 from talksplat.rigs.geometry import vertex_normals
 
 from .binding import face_frames
-from .gaussians import GaussianAvatar, num_sh_bases, rgb_to_sh_dc
+from talksplat.render.sh import num_sh_bases, rgb_to_sh
+
+from .gaussians import GaussianAvatar
 
 #: Albedo per region, linear-ish sRGB in [0, 1]; later entries win where regions overlap.
 REGION_ALBEDO: dict[str, tuple[float, float, float]] = {
@@ -127,7 +129,7 @@ def init_avatar(rig: HeadRig, per_face: int = 2, sh_degree: int = 3, opacity: fl
         shade = 0.55 + 0.5 * (n @ light).clamp_min(0.0)
         albedo = (albedo * shade[:, None]).clamp(0.0, 1.0)
     rgb = (b[:, :, None] * albedo[faces[binding]]).sum(1)
-    sh_dc = rgb_to_sh_dc(rgb)[:, None, :]
+    sh_dc = rgb_to_sh(rgb)[:, None, :]
     sh_rest = torch.zeros(binding.shape[0], num_sh_bases(sh_degree) - 1, 3)
     logit = math.log(opacity / (1.0 - opacity))
     opacity_logits = torch.full((binding.shape[0],), logit)

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from talksplat.render.cpu import quat_to_rotmat as quat_to_matrix  # [..., 4] wxyz -> [..., 3, 3]
+
+__all__ = ["axis_angle_to_matrix", "quat_to_matrix", "matrix_to_quat", "quat_multiply", "face_normals",
+           "vertex_normals"]
+
 
 def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
     """[..., 3] axis-angle (radians) -> [..., 3, 3] rotation matrices (Rodrigues).
@@ -26,17 +31,6 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
     K = torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).reshape(*aa.shape[:-1], 3, 3)
     eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(K)
     return eye + a[..., None] * K + b[..., None] * (K @ K)
-
-
-def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """[..., 4] quaternions wxyz (any norm, normalised here) -> [..., 3, 3]."""
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(*q.shape[:-1], 3, 3)
 
 
 def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,8 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_has_only_the_talksplat_namespace(tmp_path):
+    # setuptools reuses ./build/lib between builds: start clean so stale modules cannot hide.
+    shutil.rmtree(REPO / "build", ignore_errors=True)
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                         "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    shutil.rmtree(REPO / "build", ignore_errors=True)
     assert r.returncode == 0, r.stderr
     (wheel,) = tmp_path.glob("talksplat-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
