@@ -177,6 +177,14 @@ class HeadRig(nn.Module):
         self.register_buffer("_shape_basis", self.shapedirs.reshape(V * 3, -1).T.contiguous(), persistent=False)
         self.register_buffer("_expr_basis", self.exprdirs.reshape(V * 3, -1).T.contiguous(), persistent=False)
         self.register_buffer("joint_regressor", f32(assets.joint_regressor))
+        # Joints are linear in shape and expression: regress the bases once ([S|E, J*3]).
+        Jr = np.asarray(assets.joint_regressor, np.float64)
+        jt = Jr @ np.asarray(assets.template, np.float64)
+        jsd = np.einsum("jv,vcs->sjc", Jr, np.asarray(assets.shapedirs, np.float64)).reshape(-1, Jr.shape[0] * 3)
+        jed = np.einsum("jv,vcs->sjc", Jr, np.asarray(assets.exprdirs, np.float64)).reshape(-1, Jr.shape[0] * 3)
+        self.register_buffer("_joint_template", f32(jt), persistent=False)
+        self.register_buffer("_joint_shape_basis", f32(jsd), persistent=False)
+        self.register_buffer("_joint_expr_basis", f32(jed), persistent=False)
         self.register_buffer("weights", f32(assets.weights))
         self.register_buffer("posedirs", f32(assets.posedirs) if assets.posedirs is not None else None)
         self.parents = [int(p) for p in assets.parents]
@@ -244,16 +252,40 @@ class HeadRig(nn.Module):
         """[B, V, 3] metres: template plus identity and expression blendshapes, unposed."""
         B, V = expression.shape[0], self.num_vertices
         # [B, S] @ [S, V*3] is one GEMM (an einsum over [V, 3, S] is several times slower).
-        offsets = shape @ self._shape_basis + expression @ self._expr_basis
+        offsets = _linear(shape, self._shape_basis) + expression @ self._expr_basis
         return self.template[None] + offsets.reshape(B, V, 3)
+
+    def rest_joints(self, shape: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """[B, J, 3] metres: joint locations of the shaped, unposed mesh (regressed, linear)."""
+        B, J = expression.shape[0], self.num_joints
+        off = _linear(shape, self._joint_shape_basis) + expression @ self._joint_expr_basis
+        return self._joint_template[None] + off.reshape(B, J, 3)
 
     def forward(self, params: RigParams) -> RigOutput:
         """Pose the rig.  Returns vertices [B, V, 3] and joints [B, J, 3], metres."""
-        B = params.batch_size
         v_shaped = self.shaped_vertices(params.shape, params.expression)
-        joints = torch.matmul(self.joint_regressor, v_shaped)  # [B, J, 3]
+        joints = self.rest_joints(params.shape, params.expression)
+        return self._pose(params, v_shaped, joints, self.weights, self.posedirs)
 
-        J = self.num_joints
+    def restricted(self, vertex_ids: torch.Tensor) -> "RestrictedRig":
+        """A rig that poses only `vertex_ids` ([K] int64) — identical values, much cheaper."""
+        return RestrictedRig(self, vertex_ids)
+
+    def surface_rig(self, face_idx: torch.Tensor, bary: torch.Tensor) -> "RestrictedRig":
+        """A rig that poses only surface points (face index [L] + barycentrics [L, 3]) as vertices of
+        their own — for fitting to landmarks; see :class:`RestrictedRig` for the approximation."""
+        face_idx = torch.as_tensor(face_idx, dtype=torch.long, device=self.faces.device)
+        corners = self.faces[face_idx]  # [L, 3]
+        ids, inverse = torch.unique(corners.reshape(-1), return_inverse=True)
+        M = torch.zeros(len(face_idx), len(ids), device=self.template.device)
+        rows = torch.arange(len(face_idx), device=M.device)[:, None].expand(-1, 3).reshape(-1)
+        M.index_put_((rows, inverse), torch.as_tensor(bary, device=M.device).float().reshape(-1), accumulate=True)
+        return RestrictedRig(self, ids, M)
+
+    def _pose(self, params: RigParams, v_shaped: torch.Tensor, joints: torch.Tensor, weights: torch.Tensor,
+              posedirs: torch.Tensor | None) -> RigOutput:
+        """Pose-corrective offsets and linear blend skinning of `v_shaped` [B, K, 3]; `weights` [K, J]."""
+        B, J = params.batch_size, self.num_joints
         zero = torch.zeros(B, 3, dtype=v_shaped.dtype, device=v_shaped.device)
         cols = [zero] * J
         rots = [params.global_rot, params.neck, params.jaw, params.eyes[:, 0], params.eyes[:, 1]]
@@ -264,10 +296,10 @@ class HeadRig(nn.Module):
         R = axis_angle_to_matrix(aa)  # [B, J, 3, 3]
 
         v_posed = v_shaped
-        if self.posedirs is not None:
+        if posedirs is not None:
             eye = torch.eye(3, dtype=R.dtype, device=R.device)
             pose_feature = (R[:, 1:] - eye).reshape(B, -1)
-            v_posed = v_posed + (pose_feature @ self.posedirs).reshape(B, -1, 3)
+            v_posed = v_posed + (pose_feature @ posedirs).reshape(B, -1, 3)
 
         # Forward kinematics: world transform of every joint.
         rel = joints.clone()
@@ -283,8 +315,12 @@ class HeadRig(nn.Module):
         A = G.clone()
         A[:, :, :3, 3] = G[:, :, :3, 3] - rest
 
-        T = (self.weights @ A.reshape(B, J, 16)).reshape(B, -1, 4, 4)  # [B, V, 4, 4]
-        verts = (T[..., :3, :3] * v_posed[..., None, :]).sum(-1) + T[..., :3, 3]
+        # Skinning as two GEMM-shaped products: every vertex under every joint's [3, 4] transform
+        # ([B, V, J*3]), then blended by the weights (cheaper than a [B, V, 4, 4] blend, fwd and bwd).
+        V = v_posed.shape[1]
+        vh = torch.cat([v_posed, torch.ones_like(v_posed[..., :1])], -1)  # [B, V, 4]
+        per_joint = vh @ A[:, :, :3, :].reshape(B, J * 3, 4).transpose(1, 2)  # [B, V, J*3]
+        verts = (per_joint.reshape(B, V, J, 3) * weights[None, :, :, None]).sum(2)
         t = params.translation[:, None]
         return RigOutput(vertices=verts + t, joints=posed_joints + t)
 
@@ -303,6 +339,14 @@ class HeadRig(nn.Module):
         return (tri * bary[None, :, :, None].to(tri.dtype)).sum(2)
 
 
+def _linear(coeffs: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """[B, S] @ [S, N]; a batch that is one row expanded (stride 0, e.g. a shared identity) is
+    multiplied once."""
+    if coeffs.shape[0] > 1 and coeffs.stride(0) == 0:
+        return (coeffs[:1] @ basis).expand(coeffs.shape[0], -1)
+    return coeffs @ basis
+
+
 def _make_transform(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """[B, 3, 3], [B, 3] -> [B, 4, 4] rigid transform."""
     B = R.shape[0]
@@ -311,3 +355,41 @@ def _make_transform(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     T[:, :3, 3] = t
     T[:, 3, 3] = 1.0
     return T
+
+
+class RestrictedRig(nn.Module):
+    """Poses a few points of a :class:`HeadRig`: ``forward(params).vertices`` is [B, L, 3].
+
+    Points are fixed linear combinations ``M [L, K]`` of rig vertices ``vertex_ids [K]``.  With
+    ``M = I`` they are those vertices, exactly ``rig(params).vertices[:, vertex_ids]``.  Surface points
+    (rows of barycentric weights) are posed as vertices of their own, with blended template, bases
+    and skinning weights: exact where the triangle's corners share skinning weights, the usual
+    linear-blend approximation elsewhere.  Joints are the full rig's.
+    """
+
+    def __init__(self, rig: HeadRig, vertex_ids: torch.Tensor, combination: torch.Tensor | None = None):
+        super().__init__()
+        self.rig = rig
+        dev = rig.template.device
+        ids = torch.as_tensor(vertex_ids, dtype=torch.long, device=dev)
+        K = ids.shape[0]
+        M = torch.eye(K, device=dev) if combination is None else torch.as_tensor(combination, device=dev).float()
+        cols = (ids[:, None] * 3 + torch.arange(3, device=dev)).reshape(-1)
+
+        def mix(basis: torch.Tensor) -> torch.Tensor:  # [N, V*3] -> [N, L*3]
+            b = basis[:, cols].reshape(basis.shape[0], K, 3)
+            return torch.einsum("lk,nkc->nlc", M, b).reshape(basis.shape[0], -1).contiguous()
+
+        self.register_buffer("vertex_ids", ids)
+        self.register_buffer("template", M @ rig.template[ids])
+        self.register_buffer("_shape_basis", mix(rig._shape_basis))
+        self.register_buffer("_expr_basis", mix(rig._expr_basis))
+        self.register_buffer("weights", M @ rig.weights[ids])
+        self.register_buffer("posedirs", None if rig.posedirs is None else mix(rig.posedirs))
+
+    def forward(self, params: RigParams) -> RigOutput:
+        B, L = params.batch_size, self.template.shape[0]
+        offsets = _linear(params.shape, self._shape_basis) + params.expression @ self._expr_basis
+        v_shaped = self.template[None] + offsets.reshape(B, L, 3)
+        joints = self.rig.rest_joints(params.shape, params.expression)
+        return self.rig._pose(params, v_shaped, joints, self.weights, self.posedirs)

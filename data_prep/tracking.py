@@ -1,0 +1,345 @@
+"""Head tracking: fit a rig to 2D landmarks over a whole clip, batched over frames.
+
+Unknowns: identity shape (shared by all frames), per-frame expression, jaw, neck, eyes, head
+rotation and translation, and for monocular video one focal length.  Cameras are fixed (calibrated
+multi-view) or the single camera sits at the world origin (monocular; see :data:`MONO_C2W`).
+
+Loss: robust landmark reprojection error in units of the face size (detected inter-ocular distance),
+plus priors on shape / expression / jaw / neck / eyes and temporal smoothness.  All frames are optimised
+together with Adam on a :class:`~talksplat.rigs.base.RestrictedRig` that poses only the vertices the
+landmarks touch, so a step over hundreds of frames costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from talksplat.rigs.base import HeadRig, RigParams
+from talksplat.rigs.geometry import axis_angle_to_matrix
+
+from .embedding import LandmarkEmbedding
+from .landmarks import FACE_OVAL, NUM_LANDMARKS, OUTER_EYE_CORNERS
+
+#: Monocular world frame: camera at the origin looking down world -z, world y up (the rig's
+#: frame: y up, face towards +z), written as an OpenCV camera-to-world matrix.
+MONO_C2W = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+class TrackingError(Exception):
+    """Tracking could not start (no usable frames, bad inputs)."""
+
+
+@dataclass
+class TrackingConfig:
+    """Weights and schedule of the landmark fit (defaults tuned on the GRID clips)."""
+
+    rigid_iters: int = 50
+    """Adam steps fitting head pose (and focal) only, neutral face."""
+    full_iters: int = 150
+    """Adam steps fitting everything."""
+    lr: float = 0.04
+    """Adam learning rate (pose, expression); shape and focal use half of it."""
+    num_shape: int = 100
+    """Identity components fitted (capped at the rig's)."""
+    w_shape: float = 0.1
+    w_expression: float = 0.1
+    w_expression_bounds: float = 100.0
+    """Penalty outside the rig's expression range (open head: ARKit units in [0, 1])."""
+    w_jaw: float = 1.0
+    w_neck: float = 100.0
+    w_eyes: float = 0.1
+    w_smooth_expression: float = 2.0
+    w_smooth_pose: float = 100.0
+    """Second differences of head rotation and translation (per frame)."""
+    w_focal: float = 1.0
+    """Pull of log focal length towards its initial value (monocular)."""
+    contour_weight: float = 0.3
+    """Weight of the face-oval landmarks (silhouette points slide on real faces)."""
+    robust_scale: float = 0.02
+    """Pseudo-Huber scale in inter-ocular units: residuals above it count linearly."""
+
+
+@dataclass
+class TrackingResult:
+    """shape [S]; params: arrays with leading T (RigParams fields); focal: px (monocular) or None;
+    error [C, T]: mean landmark distance / inter-ocular distance (nan where not observed)."""
+
+    shape: np.ndarray
+    params: dict[str, np.ndarray]
+    focal: float | None
+    error: np.ndarray
+    error_px: np.ndarray
+    history: list[float] = field(default_factory=list)
+
+    def rig_params(self, device=None) -> RigParams:
+        t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        T = self.params["expression"].shape[0]
+        return RigParams(shape=t(self.shape)[None].expand(T, -1).contiguous(),
+                         **{k: t(v) for k, v in self.params.items()})
+
+
+class Adam:
+    """Plain Adam over parameter groups ``[{"params": [...], "lr": x}]``.
+
+    ``torch.optim`` would do, but its first use imports torch._dynamo (about 1.5 s on our 2-core
+    machines), which is a third of a short clip's whole tracking time.
+    """
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.groups = groups
+        self.b1, self.b2, self.eps = betas[0], betas[1], eps
+        self.t = 0
+        self.state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in groups for p in g["params"]}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.groups:
+            for p in g["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        for g in self.groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                m, v = self.state[id(p)]
+                m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
+                v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
+                p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-g["lr"] / c1)
+
+
+def project(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor) -> torch.Tensor:
+    """[T, L, 3] world metres -> [C, T, L, 2] pixels for C cameras (viewmats [C, 4, 4], Ks [C, 3, 3])."""
+    cam = torch.einsum("cij,tlj->ctli", viewmats[:, :3, :3], points) + viewmats[:, None, None, :3, 3]
+    z = cam[..., 2:3].clamp(min=1e-4)
+    uv = cam[..., :2] / z
+    return uv * Ks[:, None, None, [0, 1], [0, 1]] + Ks[:, None, None, :2, 2]
+
+
+def _landmark_weights() -> torch.Tensor:
+    w = torch.ones(NUM_LANDMARKS)
+    w[list(FACE_OVAL)] = 0.3
+    return w
+
+
+def _pnp_init(model_pts: np.ndarray, uv: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Rigid pose (rig -> camera) from 2D-3D correspondences: R [3, 3], t [3], rms px error."""
+    import cv2
+
+    ok, rvec, tvec = cv2.solvePnP(model_pts.astype(np.float64), uv.astype(np.float64), K.astype(np.float64),
+                                  None, flags=cv2.SOLVEPNP_EPNP)
+    if ok:
+        ok, rvec, tvec = cv2.solvePnP(model_pts.astype(np.float64), uv.astype(np.float64),
+                                      K.astype(np.float64), None, rvec, tvec, True, cv2.SOLVEPNP_ITERATIVE)
+    if not ok or tvec[2, 0] <= 0:
+        return np.eye(3), np.array([0, 0, 1.0]), float("inf")
+    proj, _ = cv2.projectPoints(model_pts.astype(np.float64), rvec, tvec, K.astype(np.float64), None)
+    rms = float(np.sqrt(((proj[:, 0] - uv) ** 2).sum(1).mean()))
+    return cv2.Rodrigues(rvec)[0], tvec[:, 0], rms
+
+
+def _matrix_to_axis_angle(R: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.Rodrigues(np.asarray(R, np.float64))[0][:, 0]
+
+
+def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, valid: np.ndarray,
+          Ks: np.ndarray, viewmats: np.ndarray, image_sizes: list[tuple[int, int]], fit_focal: bool = False,
+          cfg: TrackingConfig | None = None, device: str | torch.device = "cpu", progress=None) -> TrackingResult:
+    """Fit the rig to landmarks.
+
+    Args:
+        landmarks: [C, T, 478, 2] pixels (undistorted), per camera and time step.
+        valid: [C, T] bool, landmarks observed.
+        Ks: [C, 3, 3] pixels (monocular with ``fit_focal``: the initial guess).
+        viewmats: [C, 4, 4] world-to-camera, OpenCV.
+        image_sizes: [(width, height)] per camera.
+        fit_focal: optimise one focal length shared by all cameras (monocular).
+        progress: optional callable(step, total).
+    """
+    cfg = cfg or TrackingConfig()
+    device = torch.device(device)
+    C, T = valid.shape
+    if landmarks.shape != (C, T, NUM_LANDMARKS, 2):
+        raise TrackingError(f"landmarks must be [C, T, {NUM_LANDMARKS}, 2], got {list(landmarks.shape)}")
+    if not valid.any():
+        raise TrackingError("no frame has landmarks")
+
+    rig = rig.to(device)
+    S = min(cfg.num_shape, rig.num_shape)
+    # Optimise on the landmarks posed as vertices of their own (cheap); report on the exact points.
+    fast = rig.surface_rig(embedding.face_idx, embedding.bary)
+    vids = embedding.vertex_ids(rig)
+    exact = rig.restricted(torch.as_tensor(vids, device=device))
+    remap = np.full(rig.num_vertices, -1, np.int64)
+    remap[vids] = np.arange(len(vids))
+    lm_tris = torch.as_tensor(remap[rig.faces.cpu().numpy()[embedding.face_idx]], device=device)  # [L, 3]
+    lm_bary = torch.as_tensor(embedding.bary, dtype=torch.float32, device=device)
+
+    def landmarks3d(p: RigParams, precise: bool = False) -> torch.Tensor:
+        """[T, L, 3] metres."""
+        if not precise:
+            return fast(p).vertices
+        v = exact(p).vertices  # [T, K, 3]
+        return (v[:, lm_tris] * lm_bary[None, :, :, None]).sum(2)
+
+    # --- initial rigid pose per time step: PnP of the neutral landmarks in one camera that sees it.
+    with torch.no_grad():
+        neutral = landmarks3d(rig.zero_params(1, device=device), precise=True)[0].cpu().numpy().astype(np.float64)
+        root = rig.rest_joints(torch.zeros(1, rig.num_shape, device=device),
+                               torch.zeros(1, rig.num_expression, device=device))[0, rig.semantic_joints["global"]]
+        root = root.cpu().numpy().astype(np.float64)
+    Ks = np.asarray(Ks, np.float64)
+    viewmats = np.asarray(viewmats, np.float64)
+    if fit_focal:
+        # The focal length that explains the first observed frames best under a rigid neutral head.
+        c0 = int(np.flatnonzero(valid.any(1))[0])
+        frames = np.flatnonzero(valid[c0])[:: max(1, int(valid[c0].sum()) // 8)][:8]
+        best = None
+        for scale in (0.6, 0.8, 1.0, 1.25, 1.6, 2.0, 2.5, 3.2):
+            K = Ks[c0].copy()
+            K[0, 0] = K[1, 1] = scale * max(image_sizes[c0])
+            err = np.mean([_pnp_init(neutral, landmarks[c0, t], K)[2] for t in frames])
+            if best is None or err < best[0]:
+                best = (err, K[0, 0])
+        Ks = Ks.copy()
+        Ks[:, 0, 0] = Ks[:, 1, 1] = best[1]
+    rot0 = np.zeros((T, 3))
+    trans0 = np.zeros((T, 3))
+    have = np.zeros(T, bool)
+    for t in range(T):
+        cams = np.flatnonzero(valid[:, t])
+        if len(cams) == 0:
+            continue
+        c = int(cams[0])
+        R, tc, rms = _pnp_init(neutral, landmarks[c, t], Ks[c])
+        if not np.isfinite(rms):
+            continue
+        c2w = np.linalg.inv(viewmats[c])
+        Rw = c2w[:3, :3] @ R
+        tw = c2w[:3, :3] @ tc + c2w[:3, 3]
+        rot0[t] = _matrix_to_axis_angle(Rw)
+        trans0[t] = tw + Rw @ root - root
+        have[t] = True
+    if not have.any():
+        raise TrackingError("could not initialise the head pose in any frame")
+    idx = np.flatnonzero(have)
+    for t in np.flatnonzero(~have):  # frames without an observation: nearest initialised frame
+        n = idx[np.abs(idx - t).argmin()]
+        rot0[t], trans0[t] = rot0[n], trans0[n]
+
+    f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+    obs = f32(landmarks)  # [C, T, L, 2]
+    mask = f32(valid)  # [C, T]
+    iod = torch.linalg.norm(obs[:, :, OUTER_EYE_CORNERS[0]] - obs[:, :, OUTER_EYE_CORNERS[1]], dim=-1)
+    iod = torch.where(mask > 0, iod.clamp(min=1.0), torch.ones_like(iod))  # [C, T]
+    lw = _landmark_weights().to(device)
+    lw[list(FACE_OVAL)] = cfg.contour_weight
+    vm = f32(viewmats)
+    log_f = torch.tensor(math.log(Ks[0, 0, 0]), device=device, requires_grad=fit_focal)
+    Ks_t = f32(Ks)
+
+    shape = torch.zeros(S, device=device, requires_grad=True)
+    expr = torch.zeros(T, rig.num_expression, device=device, requires_grad=True)
+    rot = f32(rot0).requires_grad_(True)
+    trans = f32(trans0).requires_grad_(True)
+    jaw = torch.zeros(T, 3, device=device, requires_grad=True)
+    neck = torch.zeros(T, 3, device=device, requires_grad=True)
+    eyes = torch.zeros(T, 2, 3, device=device, requires_grad=True)
+    lo, hi = rig.assets.meta.get("expression_range", (None, None))
+    jaw_open_dir = torch.tensor([1.0, 0.0, 0.0], device=device)
+
+    def params() -> RigParams:
+        full_shape = torch.nn.functional.pad(shape, (0, rig.num_shape - S))[None].expand(T, -1)
+        return RigParams(shape=full_shape, expression=expr, global_rot=rot, neck=neck, jaw=jaw, eyes=eyes,
+                         translation=trans)
+
+    def cameras() -> torch.Tensor:
+        if not fit_focal:
+            return Ks_t
+        K = Ks_t.clone()
+        f = log_f.exp()
+        K[:, 0, 0] = f
+        K[:, 1, 1] = f
+        return K
+
+    def data_term(precise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        uv = project(landmarks3d(params(), precise), vm, cameras())  # [C, T, L, 2]
+        d = torch.linalg.norm(uv - obs, dim=-1) / iod[..., None]  # [C, T, L] in inter-ocular units
+        s = cfg.robust_scale
+        rho = torch.sqrt(1 + (d / s) ** 2) - 1  # ~ (d/s)^2 / 2 below s, ~ |d|/s above
+        per = (rho * lw).sum(-1) / lw.sum()
+        return (per * mask).sum() / mask.sum(), d
+
+    def smooth(x: torch.Tensor, order: int) -> torch.Tensor:
+        for _ in range(order):
+            x = x[1:] - x[:-1]
+        return (x ** 2).mean() if x.shape[0] else x.sum() * 0
+
+    history: list[float] = []
+    total = cfg.rigid_iters + cfg.full_iters
+    step = 0
+
+    def run(params_groups, iters: int, full: bool) -> None:
+        nonlocal step
+        opt = Adam(params_groups)
+        base = [g["lr"] for g in params_groups]
+        for i in range(iters):
+            for g, lr in zip(opt.groups, base):  # linear decay to 10 %: settles instead of jittering
+                g["lr"] = lr * (1 - 0.9 * i / max(1, iters - 1))
+            opt.zero_grad(set_to_none=True)
+            loss, _ = data_term()
+            loss = loss + cfg.w_smooth_pose * (smooth(rot, 2) + 10.0 * smooth(trans, 2))
+            if fit_focal:
+                loss = loss + cfg.w_focal * (log_f - math.log(Ks[0, 0, 0])) ** 2
+            if full:
+                loss = loss + cfg.w_shape * (shape ** 2).sum() / S
+                loss = loss + cfg.w_expression * (expr ** 2).sum(1).mean()
+                if lo is not None:
+                    out = torch.relu(lo - expr) + torch.relu(expr - hi)
+                    loss = loss + cfg.w_expression_bounds * (out ** 2).sum(1).mean()
+                # Jaw: mostly opening (about +x), never much backwards or sideways.
+                along = jaw @ jaw_open_dir
+                side = jaw - along[:, None] * jaw_open_dir
+                loss = loss + cfg.w_jaw * (along ** 2).mean() + 100 * cfg.w_jaw * (side ** 2).sum(1).mean()
+                loss = loss + 10 * cfg.w_jaw * torch.relu(-along - 0.02).pow(2).mean()
+                loss = loss + cfg.w_neck * (neck ** 2).sum(1).mean()
+                loss = loss + cfg.w_eyes * (eyes ** 2).sum((1, 2)).mean()
+                loss = loss + cfg.w_eyes * 10 * ((eyes[:, 0] - eyes[:, 1]) ** 2).sum(1).mean()
+                loss = loss + cfg.w_smooth_expression * (smooth(expr, 1) + smooth(jaw, 1) + smooth(eyes, 1))
+            loss.backward()
+            opt.step()
+            history.append(float(loss.detach()))
+            step += 1
+            if progress is not None:
+                progress(step, total)
+
+    groups = lambda: [{"params": [rot, trans], "lr": cfg.lr}] + (  # noqa: E731
+        [{"params": [log_f], "lr": cfg.lr / 2}] if fit_focal else [])
+    run(groups(), cfg.rigid_iters, full=False)
+    run(groups() + [{"params": [expr, jaw, neck, eyes], "lr": cfg.lr},
+                  {"params": [shape], "lr": cfg.lr / 2}], cfg.full_iters, full=True)
+
+    with torch.no_grad():
+        _, d = data_term(precise=True)
+        err = (d.mean(-1)).cpu().numpy()
+        err_px = (d * iod[..., None]).mean(-1).cpu().numpy()
+    err[~valid] = np.nan
+    err_px[~valid] = np.nan
+    out = {"expression": expr, "global_rot": rot, "neck": neck, "jaw": jaw, "eyes": eyes, "translation": trans}
+    full_shape = torch.nn.functional.pad(shape.detach(), (0, rig.num_shape - S))
+    return TrackingResult(shape=full_shape.cpu().numpy(), params={k: v.detach().cpu().numpy() for k, v in out.items()},
+                          focal=float(log_f.detach().exp()) if fit_focal else None, error=err, error_px=err_px,
+                          history=history)
+
+
+def rotation_matrices(aa: np.ndarray) -> np.ndarray:
+    """[..., 3] axis-angle -> [..., 3, 3]."""
+    return axis_angle_to_matrix(torch.as_tensor(aa, dtype=torch.float32)).numpy()

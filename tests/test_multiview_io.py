@@ -1,0 +1,435 @@
+"""Multi-view calibration files (cameras.json) and the VHAP / GaussianAvatars NeRF-style layout."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from talksplat.data_prep.calibration import (CalibrationError, CameraCalib, load_calibration, match_videos,
+                                             undistort_image, undistort_points, write_calibration)
+from talksplat.data_prep.dataset import DatasetError, load_dataset
+from talksplat.data_prep.nerf_import import (NerfImportError, export_nerf_dataset,
+                                             import_nerf_dataset)
+
+
+# ============================================================================= calibration
+def _rot(axis, angle) -> np.ndarray:
+    R, _ = cv2.Rodrigues(np.asarray(axis, float) / np.linalg.norm(axis) * angle)
+    return R
+
+
+def _calibs() -> list[CameraCalib]:
+    K0 = np.array([[1400.0, 0, 955.5], [0, 1395.0, 541.25], [0, 0, 1]])
+    K1 = np.array([[900.0, 0.5, 640.0], [0, 905.0, 360.0], [0, 0, 1]])
+    return [
+        CameraCalib("cam0", 1920, 1080, K0, np.array([-0.25, 0.08, 1e-3, -5e-4, -0.01]), _rot([0, 1, 0], 0.3),
+                    np.array([0.05, -0.02, 1.1])),
+        CameraCalib("cam1", 1280, 720, K1, np.zeros(0), _rot([1, 2, 0.5], -0.4), np.array([-0.1, 0.0, 0.9])),
+    ]
+
+
+def _write_doc(path, doc) -> None:
+    path.write_text(json.dumps(doc))
+
+
+def test_calibration_round_trip(tmp_path):
+    calibs = _calibs()
+    path = write_calibration(tmp_path / "sub" / "cameras.json", calibs)
+    assert not [p for p in path.parent.iterdir() if p.name != "cameras.json"]  # no temporary left behind
+    back = load_calibration(path)
+    assert [c.id for c in back] == ["cam0", "cam1"]
+    for a, b in zip(calibs, back):
+        assert (a.width, a.height) == (b.width, b.height)
+        for k in ("K", "dist", "R", "t"):
+            np.testing.assert_allclose(getattr(b, k), getattr(a, k), rtol=0, atol=1e-12)
+        assert b.K.dtype == np.float64 and b.source == path
+        np.testing.assert_allclose(b.viewmat @ b.c2w, np.eye(4), atol=1e-12)
+        X = np.array([0.01, 0.02, 0.03])
+        np.testing.assert_allclose((b.viewmat @ np.append(X, 1))[:3], b.R @ X + b.t, atol=1e-12)
+        np.testing.assert_allclose(b.c2w[:3, 3], b.center, atol=1e-12)
+    # optional / short distortion: absent -> none, all zero -> none, 2 coefficients -> padded to 4
+    doc = json.loads(path.read_text())
+    del doc["cameras"][0]["distortion"]
+    doc["cameras"][1]["distortion"] = [-0.1, 0.02]
+    _write_doc(path, doc)
+    a, b = load_calibration(path)
+    assert a.dist.size == 0 and not a.has_distortion
+    np.testing.assert_array_equal(b.dist, [-0.1, 0.02, 0, 0])
+
+
+def _good_doc() -> dict:
+    return {"cameras": [c.to_json() for c in _calibs()]}
+
+
+def _bad(doc_fn):
+    def make(path):
+        doc = _good_doc()
+        doc_fn(doc)
+        _write_doc(path, doc)
+    return make
+
+
+BAD = {
+    "unreadable": (lambda p: None, "cannot read"),
+    "invalid_json": (lambda p: p.write_text('{"cameras": [}'), "invalid JSON"),
+    "not_an_object": (lambda p: p.write_text("[1, 2]"), "'cameras'"),
+    "missing_key": (_bad(lambda d: d["cameras"][1].pop("K")), "lacks 'K'"),
+    "K_shape": (_bad(lambda d: d["cameras"][0].__setitem__("K", [[1, 0, 2], [0, 1, 2]])), "'K' has shape [2, 3]"),
+    "R_shape": (_bad(lambda d: d["cameras"][0].__setitem__("R", [1, 0, 0])), "'R' has shape [3]"),
+    "t_shape": (_bad(lambda d: d["cameras"][0].__setitem__("t", [1, 0])), "'t' has shape [2]"),
+    "R_scaled": (_bad(lambda d: d["cameras"][0].__setitem__("R", (1.01 * np.eye(3)).tolist())), "not a rotation"),
+    "R_reflection": (_bad(lambda d: d["cameras"][1].__setitem__("R", np.diag([1.0, 1, -1]).tolist())),
+                     "not a rotation"),
+    "duplicate_id": (_bad(lambda d: d["cameras"][1].__setitem__("id", "cam0")), "duplicate camera ids ['cam0']"),
+    "zero_width": (_bad(lambda d: d["cameras"][0].__setitem__("width", 0)), "'width' must be positive"),
+    "negative_height": (_bad(lambda d: d["cameras"][1].__setitem__("height", -5)), "'height' must be positive"),
+    "bad_K": (_bad(lambda d: d["cameras"][0].__setitem__("K", [[0, 0, 1], [0, 1, 1], [0, 0, 1]])), "fx, fy > 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_calibration(tmp_path, case):
+    path = tmp_path / "cameras.json"
+    make, expected = BAD[case]
+    make(path)
+    with pytest.raises(CalibrationError) as e:
+        load_calibration(path)
+    msg = str(e.value)
+    assert msg.startswith(str(path)) and "\n" not in msg and expected in msg, msg
+
+
+def test_match_videos(tmp_path):
+    path = write_calibration(tmp_path / "cameras.json", _calibs())
+    calibs = load_calibration(path)
+    got = match_videos(calibs, [tmp_path / "cam1.mp4", "videos/cam0.MOV"])
+    assert [c.id for c in got] == ["cam1", "cam0"]
+    with pytest.raises(CalibrationError) as e:
+        match_videos(calibs, ["cam0.mp4", "cam2.mp4"])
+    msg = str(e.value)
+    assert msg.startswith(str(path)) and "cam2.mp4" in msg and "'cam1'" in msg and "\n" not in msg, msg
+    with pytest.raises(CalibrationError, match="cameras without a video"):
+        match_videos(calibs, ["cam0.mp4"], calib_path="rig/cameras.json")
+    with pytest.raises(CalibrationError, match="same camera id"):
+        match_videos(calibs, ["a/cam0.mp4", "b/cam0.mp4", "cam1.mp4"])
+
+
+def _project(calib: CameraCalib, X: np.ndarray, dist) -> np.ndarray:
+    rvec, _ = cv2.Rodrigues(calib.R)
+    uv, _ = cv2.projectPoints(X, rvec, calib.t, calib.K, np.asarray(dist, float))
+    return uv.reshape(-1, 2)
+
+
+def test_undistort_points_matches_ideal_projection():
+    cam = _calibs()[0]
+    rng = np.random.default_rng(0)
+    # points spread over the whole image (corners included), 0.8 - 1.4 m from the camera
+    uv = rng.uniform([20, 20], [cam.width - 20, cam.height - 20], size=(300, 2))
+    uv = np.concatenate([uv, [[5, 5], [cam.width - 5, cam.height - 5], [5, cam.height - 5]]])
+    rays = np.linalg.solve(cam.K, np.concatenate([uv, np.ones((len(uv), 1))], 1).T).T
+    Xc = rays * rng.uniform(0.8, 1.4, size=(len(uv), 1))
+    X = (cam.R.T @ (Xc - cam.t).T).T  # world points
+    ideal = _project(cam, X, np.zeros(5))
+    distorted = _project(cam, X, cam.dist)
+    assert np.abs(distorted - ideal).max() > 20  # the distortion is substantial
+    und = undistort_points(distorted, cam)
+    assert np.abs(und - ideal).max() < 0.05
+    # no distortion: a no-op
+    flat = CameraCalib(cam.id, cam.width, cam.height, cam.K, np.zeros(5), cam.R, cam.t)
+    np.testing.assert_array_equal(undistort_points(distorted, flat), distorted)
+
+
+def test_undistort_image():
+    cam = _calibs()[0].scaled(0.25)  # 480 x 270: fast
+    img = np.zeros((cam.height, cam.width), np.float32)
+    flat = CameraCalib(cam.id, cam.width, cam.height, cam.K, np.zeros(0), cam.R, cam.t)
+    assert undistort_image(img, flat) is img
+    # a blob drawn at the distorted position of a point lands at the ideal position
+    ideal = np.array([[60.0, 50.0]])
+    x = np.linalg.solve(cam.K, [ideal[0, 0], ideal[0, 1], 1.0])
+    Xw = cam.R.T @ (x - cam.t)
+    d = _project(cam, Xw[None], cam.dist)[0]
+    yy, xx = np.mgrid[: cam.height, : cam.width]
+    img = np.exp(-((xx - d[0]) ** 2 + (yy - d[1]) ** 2) / (2 * 2.0 ** 2)).astype(np.float32)
+    out = undistort_image(img, cam)
+    assert out.shape == img.shape
+    win = (np.abs(xx - ideal[0, 0]) < 12) & (np.abs(yy - ideal[0, 1]) < 12)
+    w = out * win
+    centroid = np.array([(w * xx).sum(), (w * yy).sum()]) / w.sum()
+    assert np.abs(centroid - ideal[0]).max() < 0.3, (centroid, ideal, d)
+    with pytest.raises(CalibrationError, match="480x270"):
+        undistort_image(np.zeros((10, 10), np.uint8), cam)
+
+
+def test_scaled():
+    cam = _calibs()[0]
+    half = cam.scaled(0.5)
+    assert (half.width, half.height) == (960, 540)
+    np.testing.assert_allclose(half.K[[0, 1], [0, 1]], cam.K[[0, 1], [0, 1]] * 0.5)
+    # cv2.resize maps pixel centres: u' = r (u + 0.5) - 0.5, so a projected point follows that mapping
+    X = np.array([[0.02, -0.03, 0.4], [-0.1, 0.05, 0.2]])
+    np.testing.assert_allclose(_project(half, X, np.zeros(5)), 0.5 * (_project(cam, X, np.zeros(5)) + 0.5) - 0.5,
+                               atol=1e-9)
+    np.testing.assert_allclose(half.K_talksplat[:2], 0.5 * cam.K_talksplat[:2], atol=1e-12)  # pixel corners scale
+    assert half.dist is not cam.dist and np.array_equal(half.dist, cam.dist)
+    np.testing.assert_array_equal(half.viewmat, cam.viewmat)
+    third = _calibs()[1].scaled(1 / 3)  # 1280 x 720 -> 427 x 240: each axis by its own exact ratio
+    assert (third.width, third.height) == (427, 240)
+    np.testing.assert_allclose(third.K[0, 0], 900 * 427 / 1280)
+    np.testing.assert_allclose(third.K[1, 1], 905 * 240 / 720)
+    assert cam.scaled(1.0) == cam
+
+
+# ============================================================================= NeRF layout
+@pytest.fixture(scope="module")
+def flame_rig(tmp_path_factory):
+    from test_flame import synthetic_flame, write_flame  # the synthetic FLAME pickle of tests/test_flame.py
+
+    from talksplat.rigs import HeadRig
+    from talksplat.rigs.flame import load_flame
+
+    path = write_flame(tmp_path_factory.mktemp("flame") / "generic_model.pkl", synthetic_flame())
+    return HeadRig(load_flame(str(path)))
+
+
+W, H = 16, 12
+CAM_IDS = ["220700191", "221501007"]
+
+
+def _look_at_gl(pos, target=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Camera-to-world in the OpenGL convention (x right, y up, looking down -z)."""
+    pos = np.asarray(pos, float)
+    z = pos - np.asarray(target, float)
+    z /= np.linalg.norm(z)
+    x = np.cross([0.0, 1.0, 0.0], z)
+    x /= np.linalg.norm(x)
+    m = np.eye(4)
+    m[:3, :3] = np.stack([x, np.cross(z, x), z], 1)
+    m[:3, 3] = pos
+    return m
+
+
+def _flame_step(rng) -> dict:
+    return {"translation": rng.normal(size=(1, 3)) * 0.01, "rotation": rng.normal(size=(1, 3)) * 0.1,
+            "neck_pose": rng.normal(size=(1, 3)) * 0.1, "jaw_pose": rng.normal(size=(1, 3)) * 0.1,
+            "eyes_pose": rng.normal(size=(1, 6)) * 0.1, "expr": rng.normal(size=(1, 100))}
+
+
+def make_nerf(root, seed: int = 0) -> dict:
+    """2 cameras x 3 time steps in VHAP's layout; returns what was written (for comparisons)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for d in ("images", "fg_masks", "flame_param"):
+        (root / d).mkdir(exist_ok=True)
+    c2ws = [_look_at_gl([0.3, 0.05, 1.0]), _look_at_gl([-0.4, -0.1, 0.9], target=(0.0, 0.02, 0.0))]
+    intr = [dict(fl_x=20.0, fl_y=21.0, cx=8.3, cy=5.9), dict(fl_x=18.5, fl_y=18.5, cx=7.6, cy=6.2)]
+    shape = rng.normal(size=300)
+    truth = {"c2w": c2ws, "intr": intr, "shape": shape, "steps": [], "rgb": {}, "mask": {}}
+    divisions = {"train": [], "val": [], "test": []}
+    for t in range(3):
+        step = _flame_step(rng)
+        static = {"static_offset": np.zeros((1, 5023, 3), np.float32)}
+        np.savez(root / "flame_param" / f"{t:05d}.npz", shape=shape, **step, **static)
+        truth["steps"].append(step)
+        for c in range(2):
+            rgb = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+            mask = ((rng.random((H, W)) > 0.5) * 255).astype(np.uint8)
+            name = f"{t:05d}_{c:02d}.png"
+            frame = {"timestep_index": t, "timestep_index_original": t, "timestep_id": f"frame_{t:05d}",
+                     "camera_index": c, "camera_id": CAM_IDS[c], "h": H, "w": W, **intr[c],
+                     "camera_angle_x": 2 * math.atan(W / (2 * intr[c]["fl_x"])),
+                     "transform_matrix": c2ws[c].tolist(), "file_path": f"images/{name}",
+                     "flame_param_path": f"flame_param/{t:05d}.npz"}
+            if c == 0:  # RGB PNG + a separate foreground mask
+                cv2.imwrite(str(root / "images" / name), rgb[..., ::-1])
+                cv2.imwrite(str(root / "fg_masks" / name), mask)
+                frame["fg_mask_path"] = f"fg_masks/{name}"
+            else:  # RGBA PNG: alpha is the mask
+                cv2.imwrite(str(root / "images" / name), np.concatenate([rgb[..., ::-1], mask[..., None]], -1))
+            truth["rgb"][CAM_IDS[c], t] = rgb
+            truth["mask"][CAM_IDS[c], t] = mask
+            div = "test" if t == 2 else ("val" if c == 1 else "train")
+            divisions[div].append(frame)
+    for div, frames in divisions.items():
+        doc = {"cx": 7.6, "cy": 6.2, "fl_x": 18.5, "fl_y": 18.5, "h": H, "w": W,
+               "timestep_indices": sorted({f["timestep_index"] for f in frames}),
+               "camera_indices": sorted({f["camera_index"] for f in frames}), "frames": frames}
+        (root / f"transforms_{div}.json").write_text(json.dumps(doc, indent=1))
+    return truth
+
+
+def _proj_gl(c2w_gl, fx, fy, cx, cy, X) -> np.ndarray:
+    """Pinhole projection in the OpenGL camera convention (looking down -z, y up, image rows down)."""
+    p = np.linalg.inv(c2w_gl) @ np.append(X, 1.0)
+    return np.array([cx + fx * p[0] / -p[2], cy - fy * p[1] / -p[2]])
+
+
+def _check_imported(ds, truth, rig) -> None:
+    assert ds.meta["imported_from"] == "nerf" and ds.meta["fps"] == 25
+    assert ds.meta["rig_name"] == rig.name and ds.meta["rig_checksum"] == rig.checksum
+    assert ds.split == {"train": [0, 1], "heldout": [2]}
+    assert ds.meta["cameras"] == CAM_IDS and ds.num_timesteps == 3
+    assert len(ds.frames) == 6
+    X = np.array([0.013, -0.021, 0.034])
+    for fr in ds.frames:
+        c = CAM_IDS.index(fr.camera)
+        i = truth["intr"][c]
+        np.testing.assert_allclose(fr.K, [[i["fl_x"], 0, i["cx"]], [0, i["fl_y"], i["cy"]], [0, 0, 1]])
+        assert (fr.width, fr.height) == (W, H)
+        np.testing.assert_allclose(fr.c2w, truth["c2w"][c] @ np.diag([1.0, -1, -1, 1]), atol=1e-12)
+        p = fr.viewmat @ np.append(X, 1.0)
+        assert p[2] > 0  # in front of the OpenCV camera
+        uv = (fr.K @ (p[:3] / p[2]))[:2]
+        np.testing.assert_allclose(uv, _proj_gl(truth["c2w"][c], i["fl_x"], i["fl_y"], i["cx"], i["cy"], X),
+                                   atol=1e-9)
+        np.testing.assert_array_equal(ds.load_image(fr), truth["rgb"][fr.camera, fr.timestep])
+        np.testing.assert_array_equal(ds.load_mask(fr), truth["mask"][fr.camera, fr.timestep])
+    assert ds.shape.shape == (rig.num_shape,)
+    np.testing.assert_allclose(ds.shape, truth["shape"], atol=1e-6)
+    steps = truth["steps"]
+    for key, src in (("expression", "expr"), ("global_rot", "rotation"), ("neck", "neck_pose"),
+                     ("jaw", "jaw_pose"), ("translation", "translation")):
+        want = np.concatenate([s[src] for s in steps])
+        if key == "expression":
+            assert ds.params[key].shape == (3, rig.num_expression)
+        np.testing.assert_allclose(ds.params[key], want, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(ds.params["eyes"], np.stack([s["eyes_pose"].reshape(2, 3) for s in steps]),
+                               atol=1e-6)
+    lm = ds.landmarks
+    assert lm["points"].shape == (2, 3, 478, 2) and not lm["confidence"].any() and list(lm["cameras"]) == CAM_IDS
+
+
+def test_nerf_import(tmp_path, flame_rig):
+    truth = make_nerf(tmp_path / "nerf")
+    out = import_nerf_dataset(tmp_path / "nerf", tmp_path / "ds", flame_rig)
+    assert out == tmp_path / "ds"
+    _check_imported(load_dataset(out), truth, flame_rig)
+    # without re-encoding: the plain RGB PNGs are linked / copied as they are
+    out2 = import_nerf_dataset(tmp_path / "nerf", tmp_path / "ds_linked", flame_rig, copy_images=False)
+    _check_imported(load_dataset(out2), truth, flame_rig)
+    with pytest.raises(DatasetError, match="already holds a dataset"):
+        import_nerf_dataset(tmp_path / "nerf", out, flame_rig)
+    import_nerf_dataset(tmp_path / "nerf", out, flame_rig, overwrite=True)
+
+
+def _frame_key(ds):
+    return {(fr.camera, fr.timestep): fr for fr in ds.frames}
+
+
+def test_nerf_round_trip(tmp_path, flame_rig):
+    truth = make_nerf(tmp_path / "nerf")
+    ds1 = load_dataset(import_nerf_dataset(tmp_path / "nerf", tmp_path / "ds1", flame_rig))
+    exp = export_nerf_dataset(ds1.root, tmp_path / "nerf2")
+    # the exported layout: VHAP's file names, keys and OpenGL matrices; split as VHAP's split_json
+    docs = {d: json.loads((exp / f"transforms_{d}.json").read_text()) for d in ("train", "val", "test")}
+    assert (exp / "transforms.json").is_file() and (exp / "canonical_flame_param.npz").is_file()
+    assert {(f["camera_id"], f["timestep_index"]) for f in docs["train"]["frames"]} == {(CAM_IDS[0], 0),
+                                                                                         (CAM_IDS[0], 1)}
+    assert {(f["camera_id"], f["timestep_index"]) for f in docs["val"]["frames"]} == {(CAM_IDS[1], 0),
+                                                                                       (CAM_IDS[1], 1)}
+    assert len(docs["test"]["frames"]) == 2 and docs["test"]["timestep_indices"] == [2]
+    f0 = docs["train"]["frames"][0]
+    assert f0["file_path"] == "images/00000_00.png" and f0["fg_mask_path"] == "fg_masks/00000_00.png"
+    np.testing.assert_allclose(f0["transform_matrix"], truth["c2w"][0], atol=1e-12)
+    with np.load(exp / f0["flame_param_path"]) as z:
+        assert {k: z[k].shape for k in z.files} == {
+            "translation": (1, 3), "rotation": (1, 3), "neck_pose": (1, 3), "jaw_pose": (1, 3),
+            "eyes_pose": (1, 6), "shape": (300,), "expr": (1, 100), "static_offset": (1, 5023, 3)}
+    # re-import: the same dataset
+    ds2 = load_dataset(import_nerf_dataset(exp, tmp_path / "ds2", flame_rig))
+    assert ds2.split == ds1.split and ds2.meta["cameras"] == ds1.meta["cameras"]
+    assert ds2.meta["fps"] == ds1.meta["fps"]
+    k1, k2 = _frame_key(ds1), _frame_key(ds2)
+    assert k1.keys() == k2.keys()
+    for k, a in k1.items():
+        b = k2[k]
+        np.testing.assert_allclose(b.K, a.K, atol=1e-12)
+        np.testing.assert_allclose(b.c2w, a.c2w, atol=1e-12)
+        assert (a.width, a.height) == (b.width, b.height)
+        np.testing.assert_array_equal(ds2.load_image(b), ds1.load_image(a))
+        np.testing.assert_array_equal(ds2.load_mask(b), ds1.load_mask(a))
+    np.testing.assert_array_equal(ds2.shape, ds1.shape)
+    for key in ds1.params:
+        np.testing.assert_array_equal(ds2.params[key], ds1.params[key], err_msg=key)
+    _check_imported(ds2, truth, flame_rig)
+
+
+def test_nerf_fov_only_sequence_file_jpg(tmp_path, flame_rig):
+    """camera_angle_x only, no w/h, JPEG images, no val/test, all time steps in one flame_param.npz."""
+    root = tmp_path / "ga"
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    T, angle = 2, 0.9
+    frames, rgbs = [], []
+    for t in range(T):
+        rgb = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / "img" / f"{t}.jpg"), rgb[..., ::-1])
+        rgbs.append(cv2.imread(str(root / "img" / f"{t}.jpg"))[..., ::-1])
+        frames.append({"file_path": f"img/{t}.jpg", "transform_matrix": _look_at_gl([0, 0, 1.0]).tolist(),
+                       "timestep_index": t, "camera_index": 0})
+    (root / "transforms_train.json").write_text(json.dumps({"camera_angle_x": angle, "fps": 30,
+                                                            "frames": frames}))
+    seq = {"translation": rng.normal(size=(T, 3)), "rotation": rng.normal(size=(T, 3)),
+           "neck_pose": rng.normal(size=(T, 3)), "jaw_pose": rng.normal(size=(T, 3)),
+           "eyes_pose": rng.normal(size=(T, 6)), "shape": rng.normal(size=(1, 300)), "expr": rng.normal(size=(T, 50)),
+           "dynamic_offset": np.ones((T, 5, 3))}
+    np.savez(root / "flame_param.npz", **seq)
+    with pytest.warns(UserWarning, match="dynamic_offset"):
+        ds = load_dataset(import_nerf_dataset(root, tmp_path / "ds", flame_rig))
+    assert ds.meta["fps"] == 30 and ds.split == {"train": [0, 1], "heldout": []}
+    assert ds.meta["cameras"] == ["00"]
+    f = 0.5 * W / math.tan(0.5 * angle)
+    for fr in ds.frames:
+        np.testing.assert_allclose(fr.K, [[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]])
+        assert fr.mask is None
+        np.testing.assert_array_equal(ds.load_image(fr), rgbs[fr.timestep])
+    np.testing.assert_allclose(ds.params["expression"][:, :50], seq["expr"], atol=1e-6)
+    assert not ds.params["expression"][:, 50:].any()  # padded to the rig's 100
+    np.testing.assert_allclose(ds.params["jaw"], seq["jaw_pose"], atol=1e-6)
+    np.testing.assert_allclose(ds.shape, seq["shape"][0], atol=1e-6)
+
+
+def _err(fn) -> str:
+    with pytest.raises(NerfImportError) as e:
+        fn()
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_nerf_errors(tmp_path, flame_rig, sphere_rig):
+    root = tmp_path / "nerf"
+    make_nerf(root)
+    # missing transforms_train.json
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    msg = _err(lambda: import_nerf_dataset(empty, tmp_path / "o1", flame_rig))
+    assert msg.startswith(str(empty / "transforms_train.json")) and "missing" in msg
+    # a frame referencing a missing image
+    (root / "images" / "00002_01.png").unlink()
+    msg = _err(lambda: import_nerf_dataset(root, tmp_path / "o2", flame_rig))
+    assert str(root / "transforms_test.json") in msg and "00002_01.png" in msg and "missing image" in msg
+    make_nerf(root)
+    # a FLAME file lacking keys
+    bad = root / "flame_param" / "00001.npz"
+    with np.load(bad) as z:
+        d = {k: z[k] for k in z.files if k not in ("jaw_pose", "expr")}
+    np.savez(bad, **d)
+    msg = _err(lambda: import_nerf_dataset(root, tmp_path / "o3", flame_rig))
+    assert msg.startswith(str(bad)) and "jaw_pose" in msg and "expr" in msg
+    make_nerf(root)
+    # a non-FLAME rig
+    msg = _err(lambda: import_nerf_dataset(root, tmp_path / "o4", sphere_rig))
+    assert "FLAME" in msg and "test_sphere" in msg
+    # non-zero static offsets are dropped with a warning
+    with np.load(root / "flame_param" / "00000.npz") as z:
+        d = {k: z[k] for k in z.files}
+    d["static_offset"] = np.full((1, 5023, 3), 1e-3)
+    np.savez(root / "flame_param" / "00000.npz", **d)
+    with pytest.warns(UserWarning, match="static_offset"):
+        import_nerf_dataset(root, tmp_path / "o5", flame_rig)
+    # nothing half-written is left beside the outputs that failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "nerf", "o5"]
