@@ -110,6 +110,20 @@ class _Progress:
             self._p.console.print(msg)
 
 
+def _timed_frames(path: Path, fps: float, max_frames: int | None, timings: dict[str, float]):
+    """Frames of `path` at `fps` ([H, W, 3] uint8), adding the decoding time to timings["decode"]."""
+    from .decode import iter_frames
+
+    with iter_frames(path, fps, max_frames=max_frames) as stream:
+        while True:
+            t0 = time.perf_counter()
+            frame = next(stream, None)
+            timings["decode"] += time.perf_counter() - t0
+            if frame is None:
+                return
+            yield frame
+
+
 def _pick_device(device: str):
     import torch
 
@@ -124,7 +138,7 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
     """Do the work of `talksplat prep` (see :class:`PrepConfig`)."""
     from talksplat.rigs import load_rig
 
-    from .decode import extract_audio, iter_frames, probe_video
+    from .decode import extract_audio, probe_video
     from .embedding import landmark_embedding
     from .landmarks import NUM_LANDMARKS, FaceMeshDetector, SubjectTracker, fill_gaps
 
@@ -177,14 +191,8 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
             pts, found = [], []
             with FaceMeshDetector() as det:
                 tracker = SubjectTracker()
-                stream = iter_frames(info.path, fps, max_frames=cfg.max_frames)
-                while True:
-                    t0 = time.perf_counter()
-                    frame = next(stream, None)
+                for frame in _timed_frames(info.path, fps, cfg.max_frames, timings):
                     t1 = time.perf_counter()
-                    timings["decode"] += t1 - t0
-                    if frame is None:
-                        break
                     face = tracker.pick(det.detect(frame))
                     timings["landmarks"] += time.perf_counter() - t1
                     found.append(face is not None)
@@ -237,11 +245,11 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
         embedding = landmark_embedding(rig, cfg.landmark_embedding)
         timings["embedding"] = time.perf_counter() - t0
 
-        from .tracking import track
+        from .tracking import track_clip
 
         _, set_progress = progress.task("tracking", cfg.tracking.rigid_iters + cfg.tracking.full_iters)
         t0 = time.perf_counter()
-        result = track(rig, embedding, track_pts, keep, Ks, viewmats, sizes, fit_focal=not multiview,
+        result = track_clip(rig, embedding, track_pts, keep, Ks, viewmats, sizes, fit_focal=not multiview,
                        cfg=cfg.tracking, device=device, progress=lambda s, n: set_progress(s, n))
         timings["tracking"] = time.perf_counter() - t0
         if not multiview:
@@ -285,14 +293,8 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
                 seg = Segmenter()
 
                 def frames():
-                    stream = iter_frames(info.path, fps, max_frames=T)
-                    for t in range(T):
-                        t0 = time.perf_counter()
-                        frame = next(stream, None)
+                    for t, frame in enumerate(_timed_frames(info.path, fps, T, timings)):
                         t1 = time.perf_counter()
-                        timings["decode"] += t1 - t0
-                        if frame is None:
-                            break
                         if multiview:
                             img = undistort_image(frame, cal)
                             if s < 1:
@@ -308,7 +310,6 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
                             m = m * inside_mask(boxes[t], cfg.resolution, (info.width, info.height))
                         timings["masks"] += time.perf_counter() - t2
                         yield (t, img), m
-                    stream.close()
 
                 for (t, img), m in smooth_stream(frames()):
                     t0 = time.perf_counter()

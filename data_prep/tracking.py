@@ -13,13 +13,12 @@ landmarks touch, so a step over hundreds of frames costs milliseconds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from talksplat.rigs.base import HeadRig, RigParams
-from talksplat.rigs.geometry import axis_angle_to_matrix
 
 from .embedding import LandmarkEmbedding
 from .landmarks import FACE_OVAL, NUM_LANDMARKS, OUTER_EYE_CORNERS
@@ -61,6 +60,12 @@ class TrackingConfig:
     """Weight of the face-oval landmarks (silhouette points slide on real faces)."""
     robust_scale: float = 0.02
     """Pseudo-Huber scale in inter-ocular units: residuals above it count linearly."""
+    window: int = 300
+    """Clips longer than this many time steps are tracked in overlapping windows (identity fixed)."""
+    overlap: int = 30
+    """Time steps shared by consecutive windows (cross-faded)."""
+    keyframes: int = 150
+    """Frames used to fit the identity (and focal length) of a long clip."""
 
 
 @dataclass
@@ -152,8 +157,9 @@ def _matrix_to_axis_angle(R: np.ndarray) -> np.ndarray:
 
 def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, valid: np.ndarray,
           Ks: np.ndarray, viewmats: np.ndarray, image_sizes: list[tuple[int, int]], fit_focal: bool = False,
-          cfg: TrackingConfig | None = None, device: str | torch.device = "cpu", progress=None) -> TrackingResult:
-    """Fit the rig to landmarks.
+          cfg: TrackingConfig | None = None, device: str | torch.device = "cpu", progress=None,
+          shape_init: np.ndarray | None = None, fit_shape: bool = True, temporal: bool = True) -> TrackingResult:
+    """Fit the rig to landmarks, all time steps at once (see :func:`track_clip` for long clips).
 
     Args:
         landmarks: [C, T, 478, 2] pixels (undistorted), per camera and time step.
@@ -163,6 +169,8 @@ def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, val
         image_sizes: [(width, height)] per camera.
         fit_focal: optimise one focal length shared by all cameras (monocular).
         progress: optional callable(step, total).
+        shape_init: [S_rig] identity to start from (default zeros); ``fit_shape=False`` keeps it.
+        temporal: smoothness terms between consecutive time steps (off for unordered key frames).
     """
     cfg = cfg or TrackingConfig()
     device = torch.device(device)
@@ -246,7 +254,8 @@ def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, val
     log_f = torch.tensor(math.log(Ks[0, 0, 0]), device=device, requires_grad=fit_focal)
     Ks_t = f32(Ks)
 
-    shape = torch.zeros(S, device=device, requires_grad=True)
+    shape = torch.zeros(S, device=device) if shape_init is None else f32(shape_init[:S]).clone()
+    shape.requires_grad_(fit_shape)
     expr = torch.zeros(T, rig.num_expression, device=device, requires_grad=True)
     rot = f32(rot0).requires_grad_(True)
     trans = f32(trans0).requires_grad_(True)
@@ -296,7 +305,8 @@ def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, val
                 g["lr"] = lr * (1 - 0.9 * i / max(1, iters - 1))
             opt.zero_grad(set_to_none=True)
             loss, _ = data_term()
-            loss = loss + cfg.w_smooth_pose * (smooth(rot, 2) + 10.0 * smooth(trans, 2))
+            if temporal:
+                loss = loss + cfg.w_smooth_pose * (smooth(rot, 2) + 10.0 * smooth(trans, 2))
             if fit_focal:
                 loss = loss + cfg.w_focal * (log_f - math.log(Ks[0, 0, 0])) ** 2
             if full:
@@ -313,7 +323,8 @@ def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, val
                 loss = loss + cfg.w_neck * (neck ** 2).sum(1).mean()
                 loss = loss + cfg.w_eyes * (eyes ** 2).sum((1, 2)).mean()
                 loss = loss + cfg.w_eyes * 10 * ((eyes[:, 0] - eyes[:, 1]) ** 2).sum(1).mean()
-                loss = loss + cfg.w_smooth_expression * (smooth(expr, 1) + smooth(jaw, 1) + smooth(eyes, 1))
+                if temporal:
+                    loss = loss + cfg.w_smooth_expression * (smooth(expr, 1) + smooth(jaw, 1) + smooth(eyes, 1))
             loss.backward()
             opt.step()
             history.append(float(loss.detach()))
@@ -324,8 +335,8 @@ def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, val
     groups = lambda: [{"params": [rot, trans], "lr": cfg.lr}] + (  # noqa: E731
         [{"params": [log_f], "lr": cfg.lr / 2}] if fit_focal else [])
     run(groups(), cfg.rigid_iters, full=False)
-    run(groups() + [{"params": [expr, jaw, neck, eyes], "lr": cfg.lr},
-                  {"params": [shape], "lr": cfg.lr / 2}], cfg.full_iters, full=True)
+    run(groups() + [{"params": [expr, jaw, neck, eyes], "lr": cfg.lr}]
+        + ([{"params": [shape], "lr": cfg.lr / 2}] if fit_shape else []), cfg.full_iters, full=True)
 
     with torch.no_grad():
         _, d = data_term(precise=True)
@@ -340,6 +351,74 @@ def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, val
                           history=history)
 
 
-def rotation_matrices(aa: np.ndarray) -> np.ndarray:
-    """[..., 3] axis-angle -> [..., 3, 3]."""
-    return axis_angle_to_matrix(torch.as_tensor(aa, dtype=torch.float32)).numpy()
+def track_clip(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, valid: np.ndarray,
+               Ks: np.ndarray, viewmats: np.ndarray, image_sizes: list[tuple[int, int]], fit_focal: bool = False,
+               cfg: TrackingConfig | None = None, device: str | torch.device = "cpu",
+               progress=None) -> TrackingResult:
+    """Track a clip of any length (same arguments as :func:`track`).
+
+    Up to ``cfg.window`` time steps are fitted jointly.  Longer clips: identity (and focal length)
+    first from up to ``cfg.keyframes`` evenly spaced frames, then overlapping windows of
+    ``cfg.window`` steps with the identity fixed, cross-faded over their overlap.  Memory and the
+    cost per frame stay flat however long the clip is.
+    """
+    cfg = cfg or TrackingConfig()
+    C, T = valid.shape
+    if T <= cfg.window:
+        return track(rig, embedding, landmarks, valid, Ks, viewmats, image_sizes, fit_focal, cfg, device, progress)
+    seen = np.flatnonzero(valid.any(0))
+    if len(seen) == 0:
+        raise TrackingError("no frame has landmarks")
+    keys = seen[np.linspace(0, len(seen) - 1, min(cfg.keyframes, len(seen))).round().astype(int)]
+    step = cfg.window - cfg.overlap
+    starts = list(range(0, T - cfg.overlap, step))
+    per_run = cfg.rigid_iters + cfg.full_iters
+    win_cfg = replace(cfg, rigid_iters=max(1, cfg.rigid_iters // 2))
+    total = per_run + len(starts) * (win_cfg.rigid_iters + win_cfg.full_iters)
+    done = 0
+
+    def sub_progress(n_before: int):
+        return None if progress is None else (lambda s, _n: progress(n_before + s, total))
+
+    key = track(rig, embedding, landmarks[:, keys], valid[:, keys], Ks, viewmats, image_sizes, fit_focal, cfg,
+                device, sub_progress(0), temporal=False)
+    done += per_run
+    Ks = np.array(Ks, np.float64)
+    if fit_focal:
+        Ks[:, 0, 0] = Ks[:, 1, 1] = key.focal
+    params = {k: np.zeros((T,) + v.shape[1:], np.float32) for k, v in key.params.items()}
+    weight = np.zeros(T)
+    error = np.full((C, T), np.nan, np.float32)
+    error_px = np.full((C, T), np.nan, np.float32)
+    history = list(key.history)
+    for s0 in starts:
+        s1 = min(T, s0 + cfg.window)
+        if not valid[:, s0:s1].any():
+            done += win_cfg.rigid_iters + win_cfg.full_iters
+            continue
+        res = track(rig, embedding, landmarks[:, s0:s1], valid[:, s0:s1], Ks, viewmats, image_sizes, False,
+                    win_cfg, device, sub_progress(done), shape_init=key.shape, fit_shape=False)
+        done += win_cfg.rigid_iters + win_cfg.full_iters
+        n = s1 - s0
+        w = np.ones(n)
+        ramp = min(cfg.overlap, n)
+        if s0 > 0:
+            w[:ramp] = (np.arange(ramp) + 0.5) / ramp  # fade in over the overlap with the previous window
+        if s1 < T:
+            w[-ramp:] = np.minimum(w[-ramp:], (ramp - np.arange(ramp) - 0.5) / ramp)
+        for k, v in res.params.items():
+            params[k][s0:s1] += w.reshape((-1,) + (1,) * (v.ndim - 1)) * v
+        weight[s0:s1] += w
+        better = ~np.isnan(res.error) & (np.isnan(error[:, s0:s1]) | (w[None] >= 0.5))
+        error[:, s0:s1] = np.where(better, res.error, error[:, s0:s1])
+        error_px[:, s0:s1] = np.where(better, res.error_px, error_px[:, s0:s1])
+        history += res.history
+    # Time steps no window covered with an observation: hold the nearest covered one.
+    covered = np.flatnonzero(weight > 0)
+    for k in params:
+        params[k][covered] /= weight[covered].reshape((-1,) + (1,) * (params[k].ndim - 1))
+        for t in np.flatnonzero(weight == 0):
+            params[k][t] = params[k][covered[np.abs(covered - t).argmin()]]
+    # Axis-angle blends are fine for the small differences between overlapping windows' estimates.
+    return TrackingResult(shape=key.shape, params=params, focal=key.focal, error=error, error_px=error_px,
+                          history=history)

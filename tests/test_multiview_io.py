@@ -433,3 +433,21 @@ def test_nerf_errors(tmp_path, flame_rig, sphere_rig):
         import_nerf_dataset(root, tmp_path / "o5", flame_rig)
     # nothing half-written is left beside the outputs that failed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "nerf", "o5"]
+
+
+def test_prep_command_imports_nerf_directory(tmp_path, flame_rig):
+    """`talksplat prep DIR --rig flame:PATH` takes the NeRF-style branch end to end."""
+    from test_flame import synthetic_flame, write_flame
+
+    from talksplat.cli import main
+
+    pkl = write_flame(tmp_path / "generic_model.pkl", synthetic_flame())
+    truth = make_nerf(tmp_path / "nerf")
+    assert main(["prep", str(tmp_path / "nerf"), "--out", str(tmp_path / "ds"), "--rig", f"flame:{pkl}",
+                 "--quiet"]) == 0
+    ds = load_dataset(tmp_path / "ds")
+    _check_imported(ds, truth, flame_rig)
+    # A directory that is not a NeRF export: one-line error, nothing written.
+    (tmp_path / "empty").mkdir()
+    assert main(["prep", str(tmp_path / "empty"), "--out", str(tmp_path / "ds2"), "--quiet"]) == 1
+    assert not (tmp_path / "ds2").exists()
