@@ -42,6 +42,7 @@ def save_avatar(avatar: GaussianAvatar, path: str | os.PathLike, extra: dict | N
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"talksplat": json.dumps(header, sort_keys=True)})
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

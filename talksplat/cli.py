@@ -12,9 +12,11 @@ from typing import Annotated, Union
 
 import tyro
 
+from talksplat.benchmarks.fit import BenchFitConfig
 from talksplat.benchmarks.prep import BenchPrepConfig
 from talksplat.benchmarks.render import BenchRenderConfig
 from talksplat.data_prep.prep import PrepConfig
+from talksplat.fitting.config import FitConfig
 from talksplat.render_command import RenderConfig
 
 
@@ -34,12 +36,14 @@ Bench = Union[
     Annotated[BenchRenderConfig, tyro.conf.subcommand("render")],
     Annotated[BenchRigConfig, tyro.conf.subcommand("rig")],
     Annotated[BenchPrepConfig, tyro.conf.subcommand("prep")],
+    Annotated[BenchFitConfig, tyro.conf.subcommand("fit")],
 ]
 
 Command = Union[
     Annotated[PrepConfig, tyro.conf.subcommand("prep")],
+    Annotated[FitConfig, tyro.conf.subcommand("fit")],
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
-    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs and prep.")],
+    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep and fitting.")],
 ]
 
 
@@ -74,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         from talksplat.data_prep.prep import prep_errors
 
         errors = errors + prep_errors()
+    if isinstance(cfg, FitConfig):
+        from talksplat.fitting.trainer import FitError
+
+        errors = errors + (FitError,)
     try:
         if isinstance(cfg, PrepConfig):
             from talksplat.data_prep.prep import run_prep
@@ -84,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", tracking error {100 * err['mean_iod']:.2f}% of the inter-ocular distance "
                      f"({err['mean_px']:.2f} px)" if err else "")
                   + (f", {len(rep.dropped)} frames dropped" if rep.dropped else ""))
+        elif isinstance(cfg, FitConfig):
+            from talksplat.fitting.trainer import run_fit
+
+            m = run_fit(cfg)
+            h = m.get("heldout", {})
+            print(f"wrote {cfg.out}: {m['num_gaussians']} Gaussians after {m['step']} steps "
+                  f"({m['steps_per_second']:.2f} steps/s)"
+                  + (f"; held-out PSNR {h['psnr']:.2f} dB, SSIM {h['ssim']:.4f}" if "psnr" in h else "")
+                  + (f", mouth PSNR {h['mouth_psnr']:.2f} dB" if "mouth_psnr" in h else ""))
         elif isinstance(cfg, RenderConfig):
             from talksplat.render_command import run_render
 
@@ -97,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             from talksplat.benchmarks.prep import bench_prep, print_rows as print_prep
 
             print_prep(bench_prep(cfg))
+        elif isinstance(cfg, BenchFitConfig):
+            from talksplat.benchmarks.fit import bench_fit, print_rows as print_fit
+
+            print_fit(bench_fit(cfg))
         elif isinstance(cfg, BenchRigConfig):
             _bench_rig(cfg)
     except errors as e:

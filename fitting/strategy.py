@@ -1,0 +1,485 @@
+"""Adaptive density control for Gaussians bound to rig triangles (GaussianAvatars-style).
+
+:class:`BindingStrategy` has the hook points of gsplat 1.5.3's strategies
+(``gsplat/strategy/default.py``) but works on a :class:`~talksplat.avatar.GaussianAvatar`
+instead of a dict of parameters: sizes are judged in *face units* (the avatar's
+``exp(log_scales)``, relative to the parent face's size), new Gaussians inherit their parent's
+``binding`` face, split children are sampled in the parent face's frame, and pruning never
+leaves a face that had Gaussians without one.
+
+The parameter surgery (:func:`duplicate`, :func:`split`, :func:`remove`, :func:`reset_opa`) is
+modelled on ``gsplat/strategy/ops.py``: each replaces the avatar's ``nn.Parameter`` (``setattr``),
+re-keys the optimizer state onto the new parameter (rows of ``exp_avg`` / ``exp_avg_sq`` are
+copied for surviving Gaussians and zero for new ones; ``step`` is kept), updates
+``avatar.binding`` and the strategy's per-Gaussian running state tensors.
+
+Typical use (one rendered frame per step; the trainer owns the optimizers)::
+
+    strategy = BindingStrategy()
+    optimizers = {name: torch.optim.Adam([getattr(avatar, name)], lr=...) for name in PARAM_NAMES}
+    strategy.check_sanity(avatar, optimizers)
+    state = strategy.initialize_state()
+    for step in range(n_steps):
+        colors, alphas, metas = render_avatar(avatar, rig, params, viewmats, Ks, W, H)
+        info = metas[0]                                   # ONE frame's meta (C cameras)
+        strategy.step_pre_backward(avatar, optimizers, state, step, info)
+        loss = ...; loss.backward()
+        for opt in optimizers.values(): opt.step(); opt.zero_grad(set_to_none=True)
+        strategy.step_post_backward(avatar, optimizers, state, step, info)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from talksplat.avatar.gaussians import GaussianAvatar
+from talksplat.render import quat_to_rotmat
+
+__all__ = ["BindingStrategy", "PARAM_NAMES", "SPLIT_SCALE_DIVISOR", "duplicate", "split", "remove", "reset_opa",
+           "keep_one_per_face"]
+
+#: The avatar's trainable parameters, one optimizer each (as gsplat: one param group, one tensor).
+PARAM_NAMES: Tuple[str, ...] = ("local_means", "local_quats", "log_scales", "sh_dc", "sh_rest", "opacity_logits")
+#: Split children get scales divided by this (3DGS / gsplat: 1.6).
+SPLIT_SCALE_DIVISOR = 1.6
+
+Info = Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter surgery (modelled on gsplat/strategy/ops.py)
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _update_param_with_optimizer(
+    param_fn: Callable[[str, Tensor], Tensor],
+    optimizer_fn: Callable[[str, Tensor], Tensor],
+    avatar: GaussianAvatar,
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    names: Optional[Iterable[str]] = None,
+) -> None:
+    """Replace avatar parameters and move their optimizer state onto the replacements.
+
+    Args:
+        param_fn: (name, old [N, ...]) -> new tensor [N', ...]; wrapped in a fresh ``nn.Parameter``
+            with the old ``requires_grad`` and set on the avatar.
+        optimizer_fn: (state key, old state tensor [N, ...]) -> new state tensor [N', ...]; applied
+            to every per-row state tensor (``exp_avg``, ``exp_avg_sq``, ...). ``step`` (and any other
+            0-dim / non-tensor entry) is kept as is.
+        avatar: the avatar whose parameters are replaced in place.
+        optimizers: name -> optimizer holding exactly that parameter (one param group).
+        names: parameter names to update; default all of :data:`PARAM_NAMES`.
+    """
+    for name in (PARAM_NAMES if names is None else names):
+        param = getattr(avatar, name)
+        new_param = nn.Parameter(param_fn(name, param.detach()).contiguous(), requires_grad=param.requires_grad)
+        setattr(avatar, name, new_param)
+        if name not in optimizers:
+            if param.requires_grad:
+                raise ValueError(f"no optimizer for trainable avatar parameter '{name}'")
+            continue
+        optimizer = optimizers[name]
+        param_state = optimizer.state.pop(param, None)
+        if param_state is not None:
+            for key, v in list(param_state.items()):
+                if key != "step" and isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == param.shape[0]:
+                    param_state[key] = optimizer_fn(key, v)
+        for group in optimizer.param_groups:
+            group["params"] = [new_param if p is param else p for p in group["params"]]
+        if param_state is not None:
+            optimizer.state[new_param] = param_state
+
+
+def _sync_state(state: Optional[Dict[str, Any]], n_old: int, fn: Callable[[Tensor], Tensor]) -> None:
+    """Apply a row operation to every per-Gaussian tensor ([n_old, ...]) in the strategy state."""
+    if not state:
+        return
+    for k, v in list(state.items()):
+        if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n_old:
+            state[k] = fn(v)
+
+
+@torch.no_grad()
+def duplicate(avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
+              state: Optional[Dict[str, Any]], mask: Tensor) -> None:
+    """Clone the Gaussians selected by ``mask`` [N] bool; clones are appended at the end.
+
+    Clones copy every parameter and the parent's ``binding`` face; their optimizer state rows are
+    zero; running-state rows are copied.  N -> N + mask.sum().
+    """
+    n = avatar.num_gaussians
+    sel = torch.where(mask)[0]
+
+    def param_fn(name: str, p: Tensor) -> Tensor:
+        return torch.cat([p, p[sel]])
+
+    def optimizer_fn(key: str, v: Tensor) -> Tensor:
+        return torch.cat([v, v.new_zeros((len(sel), *v.shape[1:]))])
+
+    _update_param_with_optimizer(param_fn, optimizer_fn, avatar, optimizers)
+    avatar.binding = torch.cat([avatar.binding, avatar.binding[sel]])
+    _sync_state(state, n, lambda v: torch.cat([v, v[sel]]))
+
+
+@torch.no_grad()
+def split(avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
+          state: Optional[Dict[str, Any]], mask: Tensor, generator: Optional[torch.Generator] = None) -> None:
+    """Split each Gaussian selected by ``mask`` [N] bool into two children.
+
+    The parents are removed; the 2 * S children are appended at the end (all first children,
+    then all second children, as gsplat).  Children keep the parent's ``binding`` face and all
+    other attributes, except:
+
+    * ``local_means`` [.., 3] face units: sampled from the parent's own distribution in the face
+      frame, ``mu + R(q) @ (exp(log_scales) * randn(3))``;
+    * ``log_scales`` [.., 3] log face units: ``parent - log(1.6)``.
+
+    Optimizer state rows of children are zero; running-state rows are copied from the parent.
+    N -> N + mask.sum().
+    """
+    n = avatar.num_gaussians
+    sel = torch.where(mask)[0]
+    rest = torch.where(~mask)[0]
+    scales = torch.exp(avatar.log_scales.detach()[sel])  # [S, 3] face units
+    rotmats = quat_to_rotmat(avatar.local_quats.detach()[sel])  # [S, 3, 3] face frame
+    noise = torch.randn(2, len(sel), 3, device=scales.device, dtype=scales.dtype, generator=generator)
+    samples = torch.einsum("nij,nj,bnj->bni", rotmats, scales, noise)  # [2, S, 3] face units
+
+    def param_fn(name: str, p: Tensor) -> Tensor:
+        repeats = [2] + [1] * (p.dim() - 1)
+        if name == "local_means":
+            children = (p[sel][None] + samples).reshape(-1, 3)
+        elif name == "log_scales":
+            children = (p[sel] - math.log(SPLIT_SCALE_DIVISOR)).repeat(repeats)
+        else:
+            children = p[sel].repeat(repeats)
+        return torch.cat([p[rest], children])
+
+    def optimizer_fn(key: str, v: Tensor) -> Tensor:
+        return torch.cat([v[rest], v.new_zeros((2 * len(sel), *v.shape[1:]))])
+
+    _update_param_with_optimizer(param_fn, optimizer_fn, avatar, optimizers)
+    avatar.binding = torch.cat([avatar.binding[rest], avatar.binding[sel].repeat(2)])
+    _sync_state(state, n, lambda v: torch.cat([v[rest], v[sel].repeat([2] + [1] * (v.dim() - 1))]))
+
+
+@torch.no_grad()
+def remove(avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
+           state: Optional[Dict[str, Any]], mask: Tensor) -> None:
+    """Remove the Gaussians selected by ``mask`` [N] bool (parameters, optimizer rows, binding,
+    running state).  Does not protect faces: :class:`BindingStrategy` does that before calling."""
+    n = avatar.num_gaussians
+    keep = torch.where(~mask)[0]
+
+    _update_param_with_optimizer(lambda name, p: p[keep], lambda key, v: v[keep], avatar, optimizers)
+    avatar.binding = avatar.binding[keep]
+    _sync_state(state, n, lambda v: v[keep])
+
+
+@torch.no_grad()
+def reset_opa(avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
+              state: Optional[Dict[str, Any]], value: float) -> None:
+    """Clamp opacities to at most ``value`` (in (0, 1), post-sigmoid) and zero the opacity
+    optimizer's moment estimates (``step`` is kept), as gsplat's ``reset_opa``."""
+    max_logit = math.log(value / (1.0 - value))
+
+    def param_fn(name: str, p: Tensor) -> Tensor:
+        return torch.clamp(p, max=max_logit)
+
+    _update_param_with_optimizer(param_fn, lambda key, v: torch.zeros_like(v), avatar, optimizers,
+                                 names=["opacity_logits"])
+
+
+# --------------------------------------------------------------------------------------------
+# The strategy
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BindingStrategy:
+    """Clone / split / prune / opacity-reset for triangle-bound Gaussians.
+
+    Statistics: after each backward, for every Gaussian visible in a camera (all radii > 0) the
+    norm of its 2D mean gradient, normalised as gsplat does (``grad * [W/2, H/2] * n_cameras``:
+    d loss / d NDC position, undoing a mean over cameras; also ``* B`` when a list of B frame
+    metas is passed), is summed in ``state["grad2d"]`` [N] and the
+    visibility in ``state["count"]`` [N]; both restart after every refinement.
+
+    Every ``refine_every`` steps with ``refine_start_iter < step < refine_stop_iter``:
+
+    * grow Gaussians whose mean normalised gradient exceeds ``grow_grad2d``: clone those whose
+      largest scale is ``<= grow_scale_face`` face units, split the others into two.  Each
+      candidate adds one Gaussian; at most ``budget - N`` are taken (largest gradients first);
+    * prune Gaussians with opacity ``< prune_opa`` or (once ``step > reset_every``) largest scale
+      ``> prune_scale_face`` face units.  A face whose Gaussians would all go keeps its
+      most opaque one.
+
+    Every ``reset_every`` steps (``0 < step < refine_stop_iter``): opacities are clamped to
+    ``2 * prune_opa`` and the opacity optimizer's moments are zeroed.
+
+    Args:
+        prune_opa: opacity (0..1) below which Gaussians are pruned.
+        grow_grad2d: mean normalised 2D gradient above which Gaussians are grown. With
+            ``absgrad`` use a larger value (gsplat suggests ~0.0008).
+        grow_scale_face: face units; largest scale at or below it -> clone, above -> split.
+            A Gaussian covering its whole face is ~0.5-1 face units (``init_avatar`` with
+            ``per_face=2`` gives ~0.45, ``per_face=1`` ~0.65).
+        prune_scale_face: face units; larger Gaussians are pruned (after ``reset_every`` steps).
+        refine_start_iter, refine_stop_iter: refinement runs for steps strictly between them.
+        reset_every: steps between opacity resets.
+        refine_every: steps between refinements.
+        pause_refine_after_reset: skip refinements for this many steps after a reset (gsplat).
+        budget: maximum number of Gaussians growth may reach (pruning happens after growth).
+        absgrad: accumulate ``info["means2d"].absgrad`` instead of ``.grad`` (render with
+            ``absgrad=True``).
+        verbose: print counts at each refinement / reset.
+
+    Scale thresholds are multiplied by ``state["scene_scale"]`` (``initialize_state``; keep 1.0:
+    face units are already relative to the mesh).
+    """
+
+    prune_opa: float = 0.005
+    grow_grad2d: float = 0.0002
+    grow_scale_face: float = 0.5
+    prune_scale_face: float = 3.0
+    refine_start_iter: int = 500
+    refine_stop_iter: int = 15_000
+    reset_every: int = 3000
+    refine_every: int = 100
+    pause_refine_after_reset: int = 0
+    budget: int = 100_000
+    absgrad: bool = False
+    verbose: bool = False
+
+    # ---------------------------------------------------------------- hooks
+
+    def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
+        """The running state to pass to the hooks.
+
+        Keys: ``grad2d`` [N] float (sum of normalised gradient norms; created on the first
+        ``step_post_backward`` on the avatar's device), ``count`` [N] float (visibility count),
+        ``scene_scale`` (multiplies the face-unit scale thresholds), ``last`` (counts of the last
+        refinement: dict with step, cloned, split, pruned, rescued, capped, n; None before),
+        ``last_reset`` (step of the last opacity reset or None).
+        """
+        return {"grad2d": None, "count": None, "scene_scale": float(scene_scale), "last": None, "last_reset": None}
+
+    def check_sanity(self, avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:
+        """Check that ``optimizers`` holds one optimizer per trainable avatar parameter.
+
+        Raises:
+            ValueError: a trainable parameter of :data:`PARAM_NAMES` has no optimizer, an
+                optimizer is keyed by an unknown name, an optimizer has more than one param group
+                or tensor, or its tensor is not the avatar's current parameter.
+        """
+        if not isinstance(avatar, GaussianAvatar):
+            raise ValueError(f"BindingStrategy needs a GaussianAvatar, got {type(avatar).__name__}")
+        trainable = {name for name in PARAM_NAMES if getattr(avatar, name).requires_grad}
+        missing = sorted(trainable - set(optimizers))
+        if missing:
+            raise ValueError(f"no optimizer for trainable avatar parameter(s) {missing}; "
+                             f"expected one optimizer per name in {list(PARAM_NAMES)}")
+        unknown = sorted(set(optimizers) - set(PARAM_NAMES))
+        if unknown:
+            raise ValueError(f"optimizers for unknown parameter(s) {unknown}; expected names in {list(PARAM_NAMES)}")
+        for name, opt in optimizers.items():
+            if len(opt.param_groups) != 1 or len(opt.param_groups[0]["params"]) != 1:
+                raise ValueError(f"optimizer '{name}' must have exactly one param group holding one tensor, "
+                                 f"got {[len(g['params']) for g in opt.param_groups]}")
+            if opt.param_groups[0]["params"][0] is not getattr(avatar, name):
+                raise ValueError(f"optimizer '{name}' does not hold the avatar's current '{name}' parameter")
+        if avatar.binding.shape != (avatar.num_gaussians,):
+            raise ValueError(f"avatar.binding has shape {tuple(avatar.binding.shape)}, expected [N]")
+
+    def step_pre_backward(self, avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
+                          state: Dict[str, Any], step: int, info: Info) -> None:
+        """Before ``loss.backward()``: ``retain_grad()`` on ``info["means2d"]`` [C, N, 2] pixels.
+
+        ``info`` is the rasterizer meta of one rendered frame (or a list of metas, one per frame).
+        """
+        for meta in _as_list(info):
+            if "means2d" not in meta:
+                raise KeyError("rasterization meta has no 'means2d'; pass the meta returned by rasterization()")
+            if meta["means2d"].requires_grad:
+                meta["means2d"].retain_grad()
+
+    def step_post_backward(self, avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
+                           state: Dict[str, Any], step: int, info: Info, packed: bool = False) -> None:
+        """After ``loss.backward()``: accumulate statistics, refine and reset opacities when due.
+
+        Args:
+            info: the rasterizer meta of the frame rendered this step (``meta["means2d"]``
+                [C, N, 2] with ``.grad`` (or ``.absgrad``) set, ``radii`` [C, N, 2], ``width``,
+                ``height``, ``n_cameras``), or a list of B such metas (B frames rendered in one
+                step, e.g. ``render_avatar``'s ``metas``; each is accumulated, refinement runs
+                once).  Gradients are multiplied by ``n_cameras`` (and by B for a list), which
+                undoes the 1/(B C) of a loss averaged over frames and cameras, as gsplat does.
+            packed: gsplat packed metas (``gaussian_ids`` [nnz]); our rasterizer never packs.
+        Returns nothing; the avatar, optimizers and ``state`` are updated in place.
+        """
+        if step >= self.refine_stop_iter:
+            return
+        metas = _as_list(info)
+        for meta in metas:
+            self._update_state(avatar, state, meta, packed=packed, n_frames=len(metas))
+
+        if (step > self.refine_start_iter and step % self.refine_every == 0
+                and step % self.reset_every >= self.pause_refine_after_reset):
+            self.refine(avatar, optimizers, state, step)
+
+        if step > 0 and step % self.reset_every == 0:
+            reset_opa(avatar, optimizers, state, value=2.0 * self.prune_opa)
+            state["last_reset"] = step
+            if self.verbose:
+                print(f"Step {step}: opacities reset to <= {2.0 * self.prune_opa:g}.")
+
+    # ---------------------------------------------------------------- internals
+
+    def _update_state(self, avatar: GaussianAvatar, state: Dict[str, Any], info: Mapping[str, Any],
+                      packed: bool = False, n_frames: int = 1) -> None:
+        for key in ("width", "height", "n_cameras", "radii", "means2d"):
+            if key not in info:
+                raise KeyError(f"rasterization meta is missing '{key}'")
+        m2 = info["means2d"]
+        grads = getattr(m2, "absgrad", None) if self.absgrad else m2.grad
+        if grads is None:
+            what = "absgrad (render with absgrad=True)" if self.absgrad else "grad"
+            raise RuntimeError(f"info['means2d'] has no {what}: call step_pre_backward before loss.backward() "
+                               "and step_post_backward after it, with the meta of the frame that was rendered")
+        grads = grads.detach().clone().float()
+        grads[..., 0] *= info["width"] / 2.0 * info["n_cameras"] * n_frames
+        grads[..., 1] *= info["height"] / 2.0 * info["n_cameras"] * n_frames
+
+        n = avatar.num_gaussians
+        dev = avatar.binding.device
+        if state.get("grad2d") is None:
+            state["grad2d"] = torch.zeros(n, device=dev)
+        if state.get("count") is None:
+            state["count"] = torch.zeros(n, device=dev)
+        if state["grad2d"].shape[0] != n:
+            raise RuntimeError(f"strategy state tracks {state['grad2d'].shape[0]} Gaussians but the avatar has {n}; "
+                               "change the avatar only through the strategy (or start a new state)")
+
+        if packed:
+            gs_ids = info["gaussian_ids"]  # [nnz]
+        else:
+            if grads.shape[-2] != n:
+                raise RuntimeError(f"meta['means2d'] covers {grads.shape[-2]} Gaussians but the avatar has {n}: "
+                                   "pass the meta of this step's render")
+            sel = (info["radii"] > 0).all(dim=-1)  # [C, N]
+            gs_ids = torch.where(sel)[1]  # [nnz]
+            grads = grads[sel]  # [nnz, 2]
+        gs_ids = gs_ids.to(dev)
+        state["grad2d"].index_add_(0, gs_ids, grads.norm(dim=-1).to(dev))
+        state["count"].index_add_(0, gs_ids, torch.ones(gs_ids.shape[0], device=dev))
+
+    @torch.no_grad()
+    def refine(self, avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
+               state: Dict[str, Any], step: int) -> Dict[str, int]:
+        """Grow, then prune, then restart the statistics. Returns (and stores in
+        ``state["last"]``) the counts: step, cloned, split, pruned, rescued (Gaussians kept so
+        that their face is not left empty), capped (candidates dropped by the budget), n."""
+        n0 = avatar.num_gaussians
+        if state.get("grad2d") is None:
+            state["grad2d"] = torch.zeros(n0, device=avatar.binding.device)
+            state["count"] = torch.zeros(n0, device=avatar.binding.device)
+        n_clone, n_split, n_capped = self._grow(avatar, optimizers, state)
+        if self.verbose:
+            print(f"Step {step}: {n_clone} Gaussians cloned, {n_split} split"
+                  + (f" ({n_capped} more dropped by the budget)" if n_capped else "")
+                  + f". Now {avatar.num_gaussians}.")
+        n_prune, n_rescued = self._prune(avatar, optimizers, state, step)
+        if self.verbose:
+            print(f"Step {step}: {n_prune} Gaussians pruned ({n_rescued} kept so no face is empty). "
+                  f"Now {avatar.num_gaussians}.")
+        state["grad2d"] = torch.zeros(avatar.num_gaussians, device=avatar.binding.device)
+        state["count"] = torch.zeros(avatar.num_gaussians, device=avatar.binding.device)
+        last = {"step": int(step), "cloned": n_clone, "split": n_split, "pruned": n_prune, "rescued": n_rescued,
+                "capped": n_capped, "n": avatar.num_gaussians}
+        state["last"] = last
+        return last
+
+    def _max_scale(self, avatar: GaussianAvatar) -> Tensor:
+        """[N] largest scale, face units."""
+        return torch.exp(avatar.log_scales.detach()).max(dim=-1).values
+
+    @torch.no_grad()
+    def _grow(self, avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
+              state: Dict[str, Any]) -> Tuple[int, int, int]:
+        grads = state["grad2d"] / state["count"].clamp_min(1)  # [N]
+        is_grad_high = grads > self.grow_grad2d
+        n_cand = int(is_grad_high.sum())
+        room = max(int(self.budget) - avatar.num_gaussians, 0)  # each candidate adds one Gaussian
+        n_capped = 0
+        if n_cand > room:
+            keep = torch.zeros_like(is_grad_high)
+            if room > 0:
+                top = torch.topk(torch.where(is_grad_high, grads, torch.full_like(grads, -1.0)), room).indices
+                keep[top] = True
+            is_grad_high = is_grad_high & keep
+            n_capped = n_cand - int(is_grad_high.sum())
+
+        is_small = self._max_scale(avatar) <= self.grow_scale_face * state["scene_scale"]
+        is_dupli = is_grad_high & is_small
+        is_split = is_grad_high & ~is_small
+        n_dupli = int(is_dupli.sum())
+        n_split = int(is_split.sum())
+        if n_dupli > 0:
+            duplicate(avatar, optimizers, state, is_dupli)
+        # clones are not split
+        is_split = torch.cat([is_split, torch.zeros(n_dupli, dtype=torch.bool, device=is_split.device)])
+        if n_split > 0:
+            split(avatar, optimizers, state, is_split)
+        return n_dupli, n_split, n_capped
+
+    @torch.no_grad()
+    def _prune(self, avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
+               state: Dict[str, Any], step: int) -> Tuple[int, int]:
+        opac = torch.sigmoid(avatar.opacity_logits.detach())
+        is_prune = opac < self.prune_opa
+        if step > self.reset_every:
+            is_prune |= self._max_scale(avatar) > self.prune_scale_face * state["scene_scale"]
+        if not bool(is_prune.any()):
+            return 0, 0
+        rescue = keep_one_per_face(avatar.binding, opac, ~is_prune)
+        is_prune &= ~rescue
+        n_prune = int(is_prune.sum())
+        if n_prune > 0:
+            remove(avatar, optimizers, state, is_prune)
+        return n_prune, int(rescue.sum())
+
+
+def keep_one_per_face(binding: Tensor, score: Tensor, kept: Tensor) -> Tensor:
+    """Gaussians to rescue so that every face with a Gaussian keeps one.
+
+    Args:
+        binding: [N] int64 parent face. score: [N] (e.g. opacity; the highest is rescued).
+        kept: [N] bool, Gaussians that survive anyway.
+    Returns:
+        [N] bool: for each face with Gaussians but none kept, its highest-score Gaussian.
+    """
+    out = torch.zeros_like(kept)
+    if binding.numel() == 0:
+        return out
+    n_faces = int(binding.max()) + 1
+    n_kept = torch.bincount(binding[kept], minlength=n_faces)
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(binding[order], stable=True)]  # by face, then score descending
+    b = binding[order]
+    first = torch.ones_like(b, dtype=torch.bool)
+    first[1:] = b[1:] != b[:-1]
+    best = order[first]  # [faces present] the best Gaussian of each face
+    out[best[n_kept[binding[best]] == 0]] = True
+    return out
+
+
+def _as_list(info: Info) -> List[Mapping[str, Any]]:
+    if isinstance(info, Mapping):
+        return [info]
+    return list(info)

@@ -1,0 +1,458 @@
+"""The trainer behind `talksplat fit`: one readable loop.
+
+Per step: draw a training image (time step, camera) -> pose the rig with the tracked parameters plus
+their per-frame fine-tuning offsets -> bind the Gaussians -> rasterize -> weighted L1 + D-SSIM and
+the binding regularisers -> backward -> densification hooks -> Adam steps.  Checkpoints (safetensors
++ JSON header) hold everything needed to resume bit-for-bit at the saved step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from talksplat.avatar.gaussians import GaussianAvatar
+from talksplat.data_prep.dataset import Dataset, DatasetError, load_dataset
+from talksplat.rigs.base import HeadRig, RigParams
+
+from .config import FitConfig
+from .data import FrameSampler, Sample
+
+FRAME_FIELDS = ("expression", "jaw", "neck", "eyes", "global_rot", "translation")
+AVATAR_PARAMS = ("local_means", "local_quats", "log_scales", "sh_dc", "sh_rest", "opacity_logits")
+#: Adam learning rates (GaussianAvatars' values; positions and scales are in face units).
+LR = {"local_means": 5e-3, "local_quats": 1e-3, "log_scales": 1.7e-2, "sh_dc": 2.5e-3, "sh_rest": 1.25e-4,
+      "opacity_logits": 5e-2, "expression": 1e-3, "jaw": 1e-5, "neck": 1e-5, "eyes": 1e-5, "global_rot": 1e-5,
+      "translation": 1e-6}
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class FitError(Exception):
+    """A problem with the inputs of `talksplat fit` (one line, names the file)."""
+
+
+def dataset_fingerprint(ds: Dataset) -> str:
+    """sha256 over the dataset's rig id, transforms and tracked parameters (what a fit depends on)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(ds.meta.get("rig", {}), sort_keys=True).encode())
+    h.update((ds.root / "transforms.json").read_bytes())
+    h.update((ds.root / "rig_params.npz").read_bytes())
+    return h.hexdigest()
+
+
+def open_dataset(path: Path) -> Dataset:
+    """load_dataset with every way a folder can be broken turned into one :class:`FitError` line."""
+    if not Path(path).is_dir():
+        raise FitError(f"{path}: no such dataset directory (make one with `talksplat prep`)")
+    try:
+        ds = load_dataset(path)
+    except DatasetError as e:
+        raise FitError(str(e)) from None
+    except (OSError, KeyError, ValueError) as e:
+        raise FitError(f"{path}: incomplete dataset ({e})") from None
+    missing = [f.image for f in ds.frames[:1] + ds.frames[-1:] if not (ds.root / f.image).is_file()]
+    if missing:
+        raise FitError(f"{path}: incomplete dataset (missing {missing[0]})")
+    return ds
+
+
+class FrameParams(nn.Module):
+    """Tracked per-frame rig parameters (buffers) plus trainable fine-tuning offsets [T, ...]."""
+
+    def __init__(self, ds: Dataset):
+        super().__init__()
+        self.register_buffer("shape", torch.as_tensor(ds.shape, dtype=torch.float32))
+        for k in FRAME_FIELDS:
+            tracked = torch.as_tensor(ds.params[k], dtype=torch.float32)
+            self.register_buffer(f"tracked_{k}", tracked)
+            setattr(self, f"delta_{k}", nn.Parameter(torch.zeros_like(tracked)))
+
+    def delta(self, k: str) -> nn.Parameter:
+        return getattr(self, f"delta_{k}")
+
+    def rig_params(self, timesteps: torch.Tensor, tuned: bool = True) -> RigParams:
+        """RigParams for the given [B] time steps (tracked + offsets when `tuned`)."""
+        p = {}
+        for k in FRAME_FIELDS:
+            v = getattr(self, f"tracked_{k}")[timesteps]
+            p[k] = v + self.delta(k)[timesteps] if tuned else v
+        B = timesteps.shape[0]
+        return RigParams(shape=self.shape[None].expand(B, -1), **p)
+
+    def tuned_arrays(self) -> dict[str, np.ndarray]:
+        out = {"shape": self.shape.cpu().numpy()}
+        for k in FRAME_FIELDS:
+            out[k] = (getattr(self, f"tracked_{k}") + self.delta(k)).detach().cpu().numpy()
+        return out
+
+
+def _atomic_path(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)
+    return Path(tmp)
+
+
+class Trainer:
+    """Fits a :class:`GaussianAvatar` to a dataset; see :class:`FitConfig` for every knob."""
+
+    def __init__(self, cfg: FitConfig):
+        from talksplat.rigs import load_rig
+
+        self.cfg = cfg
+        self.steps, self.budget, per_face = cfg.resolved()
+        self.ds = open_dataset(cfg.dataset)
+        self.fingerprint = dataset_fingerprint(self.ds)
+        rig_meta = self.ds.meta.get("rig", {})
+        spec = cfg.rig or rig_meta.get("spec") or rig_meta.get("name", "open")
+        self.rig: HeadRig = load_rig(spec)
+        if rig_meta.get("checksum") and rig_meta["checksum"] != self.rig.checksum:
+            raise FitError(f"{cfg.dataset}: dataset was tracked with rig '{rig_meta.get('name')}' "
+                           f"(checksum {rig_meta['checksum'][:12]}...), but rig '{spec}' has checksum "
+                           f"{self.rig.checksum[:12]}...")
+        self.out = Path(cfg.out)
+        ckpt = self.out / CHECKPOINT
+        if cfg.resume:
+            if not ckpt.is_file():
+                raise FitError(f"{ckpt}: no checkpoint to resume from")
+        elif self.out.exists() and any(self.out.iterdir()) and not cfg.overwrite:
+            raise FitError(f"{self.out}: already holds a fit (pass --resume to continue or --overwrite)")
+        self.device = self._device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.sampler = FrameSampler(self.ds, "train", cfg.cache_mb, cfg.seed, self.device)
+        self.rig = self.rig.to(self.device)
+        self.frames = FrameParams(self.ds).to(self.device)
+        self.step = 0
+        if cfg.resume:
+            self._load_checkpoint(ckpt)
+        else:
+            from talksplat.avatar import init_avatar
+
+            self.avatar = init_avatar(self.rig.cpu(), per_face=per_face, sh_degree=cfg.sh_degree,
+                                      opacity=0.5, bake_light=False).to(self.device)
+            self.rig = self.rig.to(self.device)
+            self._make_optimizers()
+            self.strategy_state = self.strategy.initialize_state()
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _device(name: str) -> torch.device:
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if name == "cuda" and not torch.cuda.is_available():
+            raise FitError("--device cuda, but torch sees no CUDA device")
+        return torch.device(name)
+
+    @property
+    def strategy(self):
+        if not hasattr(self, "_strategy"):
+            from .strategy import BindingStrategy
+
+            stop = int(self.cfg.refine_stop_fraction * self.steps)
+            self._strategy = BindingStrategy(refine_start_iter=self.cfg.refine_start, refine_stop_iter=stop,
+                                             refine_every=self.cfg.refine_every, reset_every=self.cfg.reset_every,
+                                             budget=self.budget)
+        return self._strategy
+
+    def _make_optimizers(self) -> None:
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        for k in AVATAR_PARAMS:
+            self.optimizers[k] = torch.optim.Adam([getattr(self.avatar, k)], lr=LR[k], eps=1e-15)
+        if self.cfg.tune_params:
+            for k in FRAME_FIELDS:
+                self.optimizers[f"frame.{k}"] = torch.optim.Adam([self.frames.delta(k)], lr=LR[k])
+
+    def background(self) -> torch.Tensor:
+        if self.cfg.background == "white":
+            return torch.ones(3, device=self.device)
+        if self.cfg.background == "black":
+            return torch.zeros(3, device=self.device)
+        return torch.rand(3, device=self.device)
+
+    def sh_degree_at(self, step: int) -> int:
+        return min(self.cfg.sh_degree, step // max(1, self.cfg.sh_every))
+
+    # ------------------------------------------------------------------ render
+    def render(self, sample: Sample, params: RigParams, background: torch.Tensor, sh_degree: int):
+        """-> colors [H, W, 3], meta (rasterization metadata of the one camera)."""
+        from talksplat.render import rasterization
+
+        verts = self.rig(params).vertices
+        g = self.avatar.world(verts, self.rig.faces)[0]
+        fr = sample.frame
+        colors, _, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, sample.viewmat[None],
+                                        sample.K[None], fr.width, fr.height, sh_degree=sh_degree,
+                                        backgrounds=background[None])
+        return colors[0], meta
+
+    # ------------------------------------------------------------------ losses
+    def loss(self, render: torch.Tensor, target: torch.Tensor, sample: Sample) -> tuple[torch.Tensor, dict]:
+        from .losses import photometric_loss
+        from .regions import loss_weight_map
+
+        cfg = self.cfg
+        weight = None
+        if sample.landmarks is not None and (cfg.mouth_weight != 1 or cfg.eye_weight != 1):
+            w = loss_weight_map(sample.landmarks, sample.frame.height, sample.frame.width, mouth=cfg.mouth_weight,
+                                eyes=cfg.eye_weight)
+            weight = torch.from_numpy(w).to(self.device)
+        photo = photometric_loss(render, target, weight=weight, lambda_dssim=cfg.lambda_dssim)
+        av = self.avatar
+        pos = torch.relu(av.local_means.norm(dim=-1) - cfg.position_limit).mean()
+        scl = torch.relu(torch.exp(av.log_scales) - cfg.scale_limit).mean()
+        o = av.opacities
+        opa = (o * (1 - o)).mean()
+        total = photo + cfg.lambda_position * pos + cfg.lambda_scale * scl + cfg.lambda_opacity * opa
+        if cfg.tune_params:
+            reg = sum((self.frames.delta(k) ** 2).mean() for k in FRAME_FIELDS)
+            total = total + 1e-2 * reg
+        return total, {"photo": photo}
+
+    # ------------------------------------------------------------------ training
+    def train(self, progress=None, checkpoints: bool = True) -> None:
+        """Run from the current step to `self.steps`, checkpointing every `checkpoint_every` steps and
+        at the end (unless `checkpoints` is False: benchmarks)."""
+        cfg = self.cfg
+        lr0 = LR["local_means"]
+        t_start, s_start = time.perf_counter(), self.step
+        while self.step < self.steps:
+            step = self.step
+            # Positions: exponential decay to 1 % over the run (as 3DGS / gsplat).
+            self.optimizers["local_means"].param_groups[0]["lr"] = lr0 * 0.01 ** (step / max(1, self.steps))
+            sample = self.sampler.sample()
+            bg = self.background()
+            target = sample.composite(bg)
+            ts = torch.tensor([sample.timestep], device=self.device)
+            params = self.frames.rig_params(ts, tuned=cfg.tune_params)
+            render, meta = self.render(sample, params, bg, self.sh_degree_at(step))
+            loss, parts = self.loss(render, target, sample)
+            self.strategy.step_pre_backward(self.avatar, self._avatar_optimizers(), self.strategy_state, step, meta)
+            loss.backward()
+            for opt in self.optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            # After the Adam steps: refinement replaces the avatar's Parameters (the new ones have no
+            # gradient yet); the 2D-mean gradients it reads live on `meta`, untouched by zero_grad.
+            self.strategy.step_post_backward(self.avatar, self._avatar_optimizers(), self.strategy_state, step, meta)
+            self.step += 1
+            if progress is not None and (self.step % cfg.log_every == 0 or self.step == self.steps):
+                with torch.no_grad():
+                    mse = ((render - target) ** 2).mean()
+                    psnr = float(-10 * torch.log10(mse.clamp_min(1e-10)))
+                rate = (self.step - s_start) / max(1e-9, time.perf_counter() - t_start)
+                progress(self.step, self.steps, float(loss.detach()), psnr, self.avatar.num_gaussians, rate)
+            if checkpoints and (self.step % cfg.checkpoint_every == 0 or self.step == self.steps):
+                self.save_checkpoint()
+
+    def _avatar_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {k: self.optimizers[k] for k in AVATAR_PARAMS}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Everything to resume at this step: avatar, offsets, optimiser and strategy state, RNGs."""
+        from safetensors.torch import save_file
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        tensors = {f"avatar.{k}": getattr(self.avatar, k).detach() for k in AVATAR_PARAMS + ("binding",)}
+        for k in FRAME_FIELDS:
+            tensors[f"frame.{k}"] = self.frames.delta(k).detach()
+        opt_steps = {}
+        for name, opt in self.optimizers.items():
+            p = opt.param_groups[0]["params"][0]
+            st = opt.state.get(p)
+            if st:
+                tensors[f"opt.{name}.exp_avg"] = st["exp_avg"]
+                tensors[f"opt.{name}.exp_avg_sq"] = st["exp_avg_sq"]
+                opt_steps[name] = float(st["step"])
+        extra_state = {}
+        for k, v in self.strategy_state.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"strategy.{k}"] = v
+            else:
+                extra_state[k] = v
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        header = {"format": "talksplat-fit-checkpoint", "version": 1, "step": self.step, "steps": self.steps,
+                  "dataset_fingerprint": self.fingerprint, "dataset": str(Path(self.cfg.dataset).resolve()),
+                  "rig_name": self.rig.name, "rig_checksum": self.rig.checksum, "sh_degree": self.avatar.sh_degree,
+                  "opt_steps": opt_steps, "opt_lrs": {n: o.param_groups[0]["lr"] for n, o in self.optimizers.items()},
+                  "strategy_state": extra_state, "sampler": self.sampler.state(),
+                  "config": json.loads(json.dumps(asdict(self.cfg), default=str))}
+        path = self.out / CHECKPOINT
+        tmp = _atomic_path(path)
+        save_file(tensors, str(tmp), metadata={"talksplat": json.dumps(header)})
+        os.replace(tmp, path)
+        return path
+
+    def _load_checkpoint(self, path: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                header = json.loads(f.metadata()["talksplat"])
+            t = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - any damage is one message
+            raise FitError(f"{path}: unreadable checkpoint ({e})") from None
+        if header.get("dataset_fingerprint") != self.fingerprint:
+            raise FitError(f"{path}: checkpoint belongs to another dataset ({header.get('dataset')}); "
+                           f"--resume needs the dataset it was started on")
+        if header.get("rig_checksum") != self.rig.checksum:
+            raise FitError(f"{path}: checkpoint was made with another rig")
+        dev = self.device
+        self.avatar = GaussianAvatar(*(t[f"avatar.{k}"] for k in ("binding",) + AVATAR_PARAMS),
+                                     rig_name=self.rig.name, rig_checksum=self.rig.checksum,
+                                     sh_degree=int(header["sh_degree"])).to(dev)
+        with torch.no_grad():
+            for k in FRAME_FIELDS:
+                self.frames.delta(k).copy_(t[f"frame.{k}"])
+        self._make_optimizers()
+        for name, opt in self.optimizers.items():
+            if name in header["opt_steps"]:
+                p = opt.param_groups[0]["params"][0]
+                opt.state[p] = {"step": torch.tensor(header["opt_steps"][name]),
+                                "exp_avg": t[f"opt.{name}.exp_avg"].to(dev),
+                                "exp_avg_sq": t[f"opt.{name}.exp_avg_sq"].to(dev)}
+            opt.param_groups[0]["lr"] = header["opt_lrs"].get(name, opt.param_groups[0]["lr"])
+        state = self.strategy.initialize_state()
+        state.update(header.get("strategy_state", {}))
+        for k in list(t):
+            if k.startswith("strategy."):
+                state[k[len("strategy."):]] = t[k].to(dev)
+        self.strategy_state = state
+        torch.set_rng_state(t["rng.torch"])
+        self.sampler.load_state(header["sampler"])
+        self.step = int(header["step"])
+        self.steps = max(self.steps, self.step) if self.cfg.steps is None else self.cfg.steps
+        if self.cfg.steps is None:
+            self.steps = int(header["steps"])
+
+    # ------------------------------------------------------------------ evaluation and outputs
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """PSNR / SSIM on the held-out time steps (tracked parameters, white background), full frame
+        and mouth region; writes side-by-side PNGs."""
+        from .losses import psnr, ssim_map
+        from .regions import region_mask
+
+        held = set(self.ds.split.get("heldout", []))
+        idx = [i for i, f in enumerate(self.ds.frames) if f.timestep in held]
+        if not idx:
+            return {}
+        if self.cfg.eval_frames and len(idx) > self.cfg.eval_frames:
+            idx = [idx[int(round(j))] for j in np.linspace(0, len(idx) - 1, self.cfg.eval_frames)]
+        sampler = FrameSampler(self.ds, "heldout", cache_mb=64, device=self.device)
+        bg = torch.ones(3, device=self.device)
+        rows = {"psnr": [], "ssim": [], "mouth_psnr": [], "mouth_ssim": []}
+        show = set(idx[:: max(1, len(idx) // max(1, self.cfg.side_by_side))][: self.cfg.side_by_side])
+        (self.out / "heldout").mkdir(parents=True, exist_ok=True)
+        for i in idx:
+            s = sampler.load(i)
+            target = s.composite(bg)
+            ts = torch.tensor([s.timestep], device=self.device)
+            render, _ = self.render(s, self.frames.rig_params(ts, tuned=False), bg, self.avatar.sh_degree)
+            render = render.clamp(0, 1)
+            rows["psnr"].append(float(psnr(render, target)))
+            smap = ssim_map(render.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None])[0].mean(0)
+            rows["ssim"].append(float(smap.mean()))
+            if s.landmarks is not None:
+                m = torch.from_numpy(region_mask(s.landmarks, s.frame.height, s.frame.width, "mouth")).to(self.device)
+                if m.any():
+                    rows["mouth_psnr"].append(float(psnr(render, target, mask=m)))
+                    rows["mouth_ssim"].append(float(smap[m].mean()))
+            if i in show:
+                err = (render - target).abs().mean(-1, keepdim=True).expand(-1, -1, 3) * 4
+                panel = torch.cat([target, render, err.clamp(0, 1)], dim=1)
+                self._write_png(self.out / "heldout" / f"{s.timestep:05d}_{s.frame.camera}.png", panel)
+        out = {k: float(np.mean(v)) for k, v in rows.items() if v}
+        out["images"] = len(idx)
+        return out
+
+    @staticmethod
+    def _write_png(path: Path, image: torch.Tensor) -> None:
+        import cv2
+
+        from talksplat.render.video import to_uint8
+
+        tmp = path.with_name(f".{path.stem}.partial.png")
+        cv2.imwrite(str(tmp), to_uint8(image)[..., ::-1])
+        os.replace(tmp, path)
+
+    def write_outputs(self, metrics: dict) -> None:
+        """avatar.safetensors, avatar.ply, tuned_params.npz, metrics.json (each written atomically)."""
+        from talksplat.avatar.io import save_avatar
+
+        from .ply import export_ply
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_avatar(self.avatar.cpu(), self.out / "avatar.safetensors",
+                    extra={"dataset": str(Path(self.cfg.dataset).resolve()), "steps": self.step})
+        self.avatar.to(self.device)
+        export_ply(self.avatar.cpu(), self.rig.cpu(), self.out / "avatar.ply")
+        self.avatar.to(self.device)
+        self.rig.to(self.device)
+        tmp = self.out / ".tuned_params.partial.npz"
+        np.savez(tmp, **self.frames.tuned_arrays(), original_shape=self.ds.shape,
+                 **{f"original_{k}": v for k, v in self.ds.params.items()})
+        os.replace(tmp, self.out / "tuned_params.npz")
+        tmp = _atomic_path(self.out / "metrics.json")
+        tmp.write_text(json.dumps(metrics, indent=1))
+        os.replace(tmp, self.out / "metrics.json")
+
+
+def run_fit(cfg: FitConfig) -> dict:
+    """Do the work of `talksplat fit`; returns the metrics written to metrics.json."""
+    trainer = Trainer(cfg)
+    t0 = time.perf_counter()
+    start = trainer.step
+    board = None
+    if cfg.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise FitError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+        board = SummaryWriter(str(Path(cfg.out) / "tb"))
+
+    def log(step, total, loss, psnr, n, rate):
+        if board is not None:
+            board.add_scalar("train/loss", loss, step)
+            board.add_scalar("train/psnr", psnr, step)
+            board.add_scalar("train/gaussians", n, step)
+            board.add_scalar("train/steps_per_second", rate, step)
+
+    if cfg.quiet:
+        trainer.train(log)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("fit"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                      TimeElapsedColumn()) as bar:
+            task = bar.add_task("", total=trainer.steps, completed=trainer.step)
+
+            def progress(step, total, loss, psnr, n, rate):
+                log(step, total, loss, psnr, n, rate)
+                bar.update(task, completed=step, description=f"loss {loss:.4f}  PSNR {psnr:.2f}  "
+                                                             f"{n} Gaussians  {rate:.1f} steps/s")
+
+            trainer.train(progress)
+    seconds = time.perf_counter() - t0
+    metrics = {"step": trainer.step, "steps": trainer.steps, "num_gaussians": trainer.avatar.num_gaussians,
+               "device": str(trainer.device), "seconds": round(seconds, 2),
+               "steps_per_second": round((trainer.step - start) / max(seconds, 1e-9), 3),
+               "heldout": trainer.evaluate()}
+    trainer.write_outputs(metrics)
+    if board is not None:
+        for k, v in metrics["heldout"].items():
+            board.add_scalar(f"heldout/{k}", v, trainer.step)
+        board.close()
+    return metrics
+
