@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from talksplat.render.files import atomic_write
 
 from .gaussians import GaussianAvatar
 
@@ -37,16 +38,8 @@ def save_avatar(avatar: GaussianAvatar, path: str | os.PathLike, extra: dict | N
               "rig_checksum": avatar.rig_checksum, "sh_degree": avatar.sh_degree,
               "num_gaussians": avatar.num_gaussians, "binding": BINDING_DOC, "extra": extra or {}}
     tensors = {k: getattr(avatar, k).detach().cpu().contiguous() for k in _TENSORS}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"talksplat": json.dumps(header, sort_keys=True)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"talksplat": json.dumps(header, sort_keys=True)})
     return path
 
 

@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 import tyro
 
+from talksplat.render.device import pick_device
+
 from .dataset import DatasetError, DatasetWriter, Frame, check_output_dir, default_split, image_name
 from .tracking import MONO_C2W, TrackingConfig
 
@@ -124,16 +126,6 @@ def _timed_frames(path: Path, fps: float, max_frames: int | None, timings: dict[
             yield frame
 
 
-def _pick_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PrepError("--device cuda, but torch sees no CUDA device")
-    return torch.device(device)
-
-
 def run_prep(cfg: PrepConfig) -> PrepReport:
     """Do the work of `talksplat prep` (see :class:`PrepConfig`)."""
     from talksplat.rigs import load_rig
@@ -171,7 +163,7 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
         cam_ids = ["cam0"]
 
     rig = load_rig(cfg.rig)
-    device = _pick_device(cfg.device)
+    device = pick_device(cfg.device)
     fps = float(cfg.fps)
     max_gap = max(0, int(round(cfg.max_gap * fps)))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +10,37 @@ import tyro
 
 #: preset -> (steps, Gaussian budget, Gaussians per face at start)
 PRESETS = {"fast": (2000, 30_000, 1), "default": (10_000, 100_000, 2), "quality": (30_000, 200_000, 3)}
+
+
+@dataclass
+class DriverConfig:
+    """The subject's audio-to-rig predictor (expression and jaw from speech), trained on the dataset's
+    audio and the tracked (or fit-tuned) parameters, with voice augmentation."""
+
+    enabled: bool = True
+    """Train the predictor after the avatar (needs the dataset's audio)."""
+    steps: int = 1000
+    """Training steps (batches of audio windows)."""
+    encoder: str = "logmel"
+    """Audio features: `logmel` (built in) or `hf:DIR`, a local wav2vec2/HuBERT directory (extra `[hf]`)."""
+    hidden: int = 128
+    """Width of the temporal network."""
+    batch: int = 16
+    """Audio windows per step."""
+    window_s: float = 2.0
+    """Length of a training window in seconds."""
+    lr: float = 2e-3
+    """Adam learning rate (cosine decay)."""
+    augment: bool = True
+    """Voice augmentation: tempo, formant/pitch warp, noise, gain."""
+    lambda_lip: float = 1.0
+    """Weight of the lip-vertex loss (mm², relative to the parameter loss)."""
+    lambda_velocity: float = 0.5
+    """Weight of the frame-to-frame velocity loss."""
+    use_tuned: bool = True
+    """Train on the fit-tuned parameters (tuned_params.npz) when present, else the tracked ones."""
+    seed: int = 0
+    """Random seed."""
 
 
 @dataclass
@@ -54,6 +85,11 @@ class FitConfig:
     """Loss weight of the eye regions."""
     lambda_dssim: float = 0.2
     """Weight of D-SSIM against L1."""
+    lpips_weights: Path | None = None
+    """LPIPS backbone + linear-head weights, a directory or file; LPIPS is off without it; nothing is
+    downloaded (see README: Fit)."""
+    lambda_lpips: float = 0.1
+    """Weight of LPIPS added to the image loss (only with `lpips_weights`)."""
     lambda_position: float = 0.01
     """Hinge on local positions beyond `position_limit` face units."""
     position_limit: float = 1.0
@@ -86,6 +122,10 @@ class FitConfig:
     """Also write TensorBoard logs to OUT/tb (needs the `tensorboard` package)."""
     quiet: bool = False
     """No progress display."""
+    driver: DriverConfig = field(default_factory=lambda: DriverConfig())
+    """The audio-to-rig predictor trained after the avatar (see `talksplat drive`)."""
+    driver_only: bool = False
+    """Train only the audio predictor (beside an existing avatar in --out, or alone)."""
 
     def resolved(self) -> tuple[int, int, int]:
         """(steps, budget, per_face) after applying the preset."""

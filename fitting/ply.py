@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from talksplat.avatar.gaussians import GaussianAvatar
+from talksplat.render.files import atomic_write
 from talksplat.rigs.base import HeadRig
 
 __all__ = ["export_ply", "read_ply", "ply_property_names"]
@@ -79,17 +79,9 @@ def export_ply(avatar: GaussianAvatar, rig: HeadRig, path: str | os.PathLike,
               f"element vertex {n}"]
     header += [f"property float {k}" for k in names] + ["property int binding", "end_header"]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(("\n".join(header) + "\n").encode("ascii"))
-            f.write(data.tobytes())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(("\n".join(header) + "\n").encode("ascii"))
+        f.write(data.tobytes())
     return path
 
 

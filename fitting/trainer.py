@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +20,8 @@ from torch import nn
 
 from talksplat.avatar.gaussians import GaussianAvatar
 from talksplat.data_prep.dataset import Dataset, DatasetError, load_dataset
+from talksplat.render.device import pick_device
+from talksplat.render.files import atomic_write
 from talksplat.rigs.base import HeadRig, RigParams
 
 from .config import FitConfig
@@ -95,30 +95,29 @@ class FrameParams(nn.Module):
         return out
 
 
-def _atomic_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    return Path(tmp)
+def load_dataset_rig(ds, spec: str | None = None) -> HeadRig:
+    """The rig a dataset was tracked with (or ``spec``); FitError when its checksum differs."""
+    from talksplat.rigs import load_rig
+
+    rig_meta = ds.meta.get("rig", {})
+    spec = spec or rig_meta.get("spec") or rig_meta.get("name", "open")
+    rig = load_rig(spec)
+    if rig_meta.get("checksum") and rig_meta["checksum"] != rig.checksum:
+        raise FitError(f"{ds.root}: dataset was tracked with rig '{rig_meta.get('name')}' "
+                       f"(checksum {rig_meta['checksum'][:12]}...), but rig '{spec}' has checksum "
+                       f"{rig.checksum[:12]}...")
+    return rig
 
 
 class Trainer:
     """Fits a :class:`GaussianAvatar` to a dataset; see :class:`FitConfig` for every knob."""
 
     def __init__(self, cfg: FitConfig):
-        from talksplat.rigs import load_rig
-
         self.cfg = cfg
         self.steps, self.budget, per_face = cfg.resolved()
         self.ds = open_dataset(cfg.dataset)
         self.fingerprint = dataset_fingerprint(self.ds)
-        rig_meta = self.ds.meta.get("rig", {})
-        spec = cfg.rig or rig_meta.get("spec") or rig_meta.get("name", "open")
-        self.rig: HeadRig = load_rig(spec)
-        if rig_meta.get("checksum") and rig_meta["checksum"] != self.rig.checksum:
-            raise FitError(f"{cfg.dataset}: dataset was tracked with rig '{rig_meta.get('name')}' "
-                           f"(checksum {rig_meta['checksum'][:12]}...), but rig '{spec}' has checksum "
-                           f"{self.rig.checksum[:12]}...")
+        self.rig: HeadRig = load_dataset_rig(self.ds, cfg.rig)
         self.out = Path(cfg.out)
         ckpt = self.out / CHECKPOINT
         if cfg.resume:
@@ -126,7 +125,16 @@ class Trainer:
                 raise FitError(f"{ckpt}: no checkpoint to resume from")
         elif self.out.exists() and any(self.out.iterdir()) and not cfg.overwrite:
             raise FitError(f"{self.out}: already holds a fit (pass --resume to continue or --overwrite)")
-        self.device = self._device(cfg.device)
+        self.device = pick_device(cfg.device)
+        self.lpips = None
+        if cfg.lpips_weights is not None:
+            from .lpips import LPIPSWeightsError, load_lpips
+
+            try:
+                self.lpips = load_lpips(cfg.lpips_weights, device=self.device)
+            except LPIPSWeightsError as e:
+                raise FitError(str(e)) from None
+        self.last_parts: dict[str, float] = {}
         torch.manual_seed(cfg.seed)
         self.sampler = FrameSampler(self.ds, "train", cfg.cache_mb, cfg.seed, self.device)
         self.rig = self.rig.to(self.device)
@@ -144,14 +152,6 @@ class Trainer:
             self.strategy_state = self.strategy.initialize_state()
 
     # ------------------------------------------------------------------ setup
-    @staticmethod
-    def _device(name: str) -> torch.device:
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if name == "cuda" and not torch.cuda.is_available():
-            raise FitError("--device cuda, but torch sees no CUDA device")
-        return torch.device(name)
-
     @property
     def strategy(self):
         if not hasattr(self, "_strategy"):
@@ -212,10 +212,15 @@ class Trainer:
         o = av.opacities
         opa = (o * (1 - o)).mean()
         total = photo + cfg.lambda_position * pos + cfg.lambda_scale * scl + cfg.lambda_opacity * opa
+        parts = {"photo": photo}
+        # LPIPS on the whole image (AlexNet's stride leaves nothing of images under 32 px).
+        if self.lpips is not None and min(render.shape[:2]) >= self.lpips.min_side:
+            parts["lpips"] = self.lpips(render, target)
+            total = total + cfg.lambda_lpips * parts["lpips"]
         if cfg.tune_params:
             reg = sum((self.frames.delta(k) ** 2).mean() for k in FRAME_FIELDS)
             total = total + 1e-2 * reg
-        return total, {"photo": photo}
+        return total, parts
 
     # ------------------------------------------------------------------ training
     def train(self, progress=None, checkpoints: bool = True) -> None:
@@ -249,6 +254,7 @@ class Trainer:
                     mse = ((render - target) ** 2).mean()
                     psnr = float(-10 * torch.log10(mse.clamp_min(1e-10)))
                 rate = (self.step - s_start) / max(1e-9, time.perf_counter() - t_start)
+                self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
                 progress(self.step, self.steps, float(loss.detach()), psnr, self.avatar.num_gaussians, rate)
             if checkpoints and (self.step % cfg.checkpoint_every == 0 or self.step == self.steps):
                 self.save_checkpoint()
@@ -288,9 +294,8 @@ class Trainer:
                   "strategy_state": extra_state, "sampler": self.sampler.state(),
                   "config": json.loads(json.dumps(asdict(self.cfg), default=str))}
         path = self.out / CHECKPOINT
-        tmp = _atomic_path(path)
-        save_file(tensors, str(tmp), metadata={"talksplat": json.dumps(header)})
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"talksplat": json.dumps(header)})
         return path
 
     def _load_checkpoint(self, path: Path) -> None:
@@ -340,7 +345,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """PSNR / SSIM on the held-out time steps (tracked parameters, white background), full frame
-        and mouth region; writes side-by-side PNGs."""
+        and mouth region, and LPIPS (full frame) when its weights were given; writes side-by-side PNGs."""
         from .losses import psnr, ssim_map
         from .regions import region_mask
 
@@ -352,7 +357,7 @@ class Trainer:
             idx = [idx[int(round(j))] for j in np.linspace(0, len(idx) - 1, self.cfg.eval_frames)]
         sampler = FrameSampler(self.ds, "heldout", cache_mb=64, device=self.device)
         bg = torch.ones(3, device=self.device)
-        rows = {"psnr": [], "ssim": [], "mouth_psnr": [], "mouth_ssim": []}
+        rows = {"psnr": [], "ssim": [], "mouth_psnr": [], "mouth_ssim": [], "lpips": []}
         show = set(idx[:: max(1, len(idx) // max(1, self.cfg.side_by_side))][: self.cfg.side_by_side])
         (self.out / "heldout").mkdir(parents=True, exist_ok=True)
         for i in idx:
@@ -364,6 +369,8 @@ class Trainer:
             rows["psnr"].append(float(psnr(render, target)))
             smap = ssim_map(render.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None])[0].mean(0)
             rows["ssim"].append(float(smap.mean()))
+            if self.lpips is not None and min(render.shape[:2]) >= self.lpips.min_side:
+                rows["lpips"].append(float(self.lpips(render, target)))
             if s.landmarks is not None:
                 m = torch.from_numpy(region_mask(s.landmarks, s.frame.height, s.frame.width, "mouth")).to(self.device)
                 if m.any():
@@ -383,9 +390,8 @@ class Trainer:
 
         from talksplat.render.video import to_uint8
 
-        tmp = path.with_name(f".{path.stem}.partial.png")
-        cv2.imwrite(str(tmp), to_uint8(image)[..., ::-1])
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            cv2.imwrite(str(tmp), to_uint8(image)[..., ::-1])
 
     def write_outputs(self, metrics: dict) -> None:
         """avatar.safetensors, avatar.ply, tuned_params.npz, metrics.json (each written atomically)."""
@@ -400,13 +406,11 @@ class Trainer:
         export_ply(self.avatar.cpu(), self.rig.cpu(), self.out / "avatar.ply")
         self.avatar.to(self.device)
         self.rig.to(self.device)
-        tmp = self.out / ".tuned_params.partial.npz"
-        np.savez(tmp, **self.frames.tuned_arrays(), original_shape=self.ds.shape,
-                 **{f"original_{k}": v for k, v in self.ds.params.items()})
-        os.replace(tmp, self.out / "tuned_params.npz")
-        tmp = _atomic_path(self.out / "metrics.json")
-        tmp.write_text(json.dumps(metrics, indent=1))
-        os.replace(tmp, self.out / "metrics.json")
+        with atomic_write(self.out / "tuned_params.npz") as tmp:
+            np.savez(tmp, **self.frames.tuned_arrays(), original_shape=self.ds.shape,
+                     **{f"original_{k}": v for k, v in self.ds.params.items()})
+        with atomic_write(self.out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=1))
 
 
 def run_fit(cfg: FitConfig) -> dict:
@@ -428,6 +432,8 @@ def run_fit(cfg: FitConfig) -> dict:
             board.add_scalar("train/psnr", psnr, step)
             board.add_scalar("train/gaussians", n, step)
             board.add_scalar("train/steps_per_second", rate, step)
+            if "lpips" in trainer.last_parts:
+                board.add_scalar("train/lpips", trainer.last_parts["lpips"], step)
 
     if cfg.quiet:
         trainer.train(log)
@@ -440,7 +446,8 @@ def run_fit(cfg: FitConfig) -> dict:
 
             def progress(step, total, loss, psnr, n, rate):
                 log(step, total, loss, psnr, n, rate)
-                bar.update(task, completed=step, description=f"loss {loss:.4f}  PSNR {psnr:.2f}  "
+                lp = f"LPIPS {trainer.last_parts['lpips']:.4f}  " if "lpips" in trainer.last_parts else ""
+                bar.update(task, completed=step, description=f"loss {loss:.4f}  PSNR {psnr:.2f}  {lp}"
                                                              f"{n} Gaussians  {rate:.1f} steps/s")
 
             trainer.train(progress)

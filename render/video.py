@@ -30,11 +30,13 @@ class VideoWriter:
             for frame in frames:          # [H, W, 3] float in [0, 1] or uint8
                 w.write(frame)
 
-    Width and height must be even (yuv420p).  ``audio_path``: any file ffmpeg reads; muxed as AAC.
+    Width and height must be even (yuv420p).  ``audio_path``: any file ffmpeg reads; muxed as AAC;
+    with ``shortest`` the output ends with the shorter stream (pass False when the audio was already
+    cut to the video's length: ``-shortest`` can drop the last video frame).
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float = 25.0,
-                 quality: float = 8.0, audio_path: str | os.PathLike | None = None):
+                 quality: float = 8.0, audio_path: str | os.PathLike | None = None, shortest: bool = True):
         if width % 2 or height % 2:
             raise ValueError(f"{path}: H.264 needs even width and height, got {width}x{height}")
         self.path = Path(path)
@@ -49,7 +51,7 @@ class VideoWriter:
         self._gen = imageio_ffmpeg.write_frames(
             str(self._tmp), (width, height), fps=fps, quality=quality, codec="libx264",
             pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
-            output_params=["-movflags", "+faststart"] + (["-shortest"] if audio_path else []),
+            output_params=["-movflags", "+faststart"] + (["-shortest"] if audio_path and shortest else []),
             audio_path=str(audio_path) if audio_path else None, audio_codec="aac" if audio_path else None)
         self._gen.send(None)
         self.frames = 0

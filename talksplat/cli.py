@@ -16,8 +16,10 @@ from talksplat.benchmarks.fit import BenchFitConfig
 from talksplat.benchmarks.prep import BenchPrepConfig
 from talksplat.benchmarks.render import BenchRenderConfig
 from talksplat.data_prep.prep import PrepConfig
+from talksplat.driving.drive import DriveConfig
 from talksplat.fitting.config import FitConfig
 from talksplat.render_command import RenderConfig
+from talksplat.viewer.server import ViewConfig
 
 
 @dataclass
@@ -42,7 +44,9 @@ Bench = Union[
 Command = Union[
     Annotated[PrepConfig, tyro.conf.subcommand("prep")],
     Annotated[FitConfig, tyro.conf.subcommand("fit")],
+    Annotated[DriveConfig, tyro.conf.subcommand("drive")],
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
+    Annotated[ViewConfig, tyro.conf.subcommand("view")],
     Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep and fitting.")],
 ]
 
@@ -93,19 +97,24 @@ def main(argv: list[str] | None = None) -> int:
                      f"({err['mean_px']:.2f} px)" if err else "")
                   + (f", {len(rep.dropped)} frames dropped" if rep.dropped else ""))
         elif isinstance(cfg, FitConfig):
-            from talksplat.fitting.trainer import run_fit
+            from talksplat.fit_command import run_fit_command
 
-            m = run_fit(cfg)
-            h = m.get("heldout", {})
-            print(f"wrote {cfg.out}: {m['num_gaussians']} Gaussians after {m['step']} steps "
-                  f"({m['steps_per_second']:.2f} steps/s)"
-                  + (f"; held-out PSNR {h['psnr']:.2f} dB, SSIM {h['ssim']:.4f}" if "psnr" in h else "")
-                  + (f", mouth PSNR {h['mouth_psnr']:.2f} dB" if "mouth_psnr" in h else ""))
+            run_fit_command(cfg)
+        elif isinstance(cfg, DriveConfig):
+            from talksplat.driving.drive import run_drive
+
+            r = run_drive(cfg)
+            print(f"wrote {r['video']} ({r['frames']} frames, {r['audio_seconds']:.2f} s of audio) and {r['params']} "
+                  f"in {r['seconds']:.1f} s ({r['realtime_factor']:.2f} s per second of audio, {r['device']})")
         elif isinstance(cfg, RenderConfig):
             from talksplat.render_command import run_render
 
             for path in run_render(cfg):
                 print(f"wrote {path}")
+        elif isinstance(cfg, ViewConfig):
+            from talksplat.viewer.server import run_view
+
+            run_view(cfg)
         elif isinstance(cfg, BenchRenderConfig):
             from talksplat.benchmarks.render import bench_render, print_rows
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,14 +48,6 @@ class RenderConfig:
     """Where to render: `auto` picks CUDA (gsplat) when available, else our CPU rasterizer."""
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("talksplat: --device cuda, but torch sees no CUDA device (install a CUDA build of torch)")
-    return torch.device(device)
-
-
 def parse_expressions(items: tuple[str, ...], names: list[str]) -> dict[int, float]:
     """`("jawOpen=0.8", ...)` -> {expression index: value}; clear error for unknown names."""
     out: dict[int, float] = {}
@@ -101,6 +91,8 @@ def run_render(cfg: RenderConfig) -> list[Path]:
         raise SystemExit(f"talksplat: --out {cfg.out}: use a .mp4 (turntable) or .png (still) file name")
     if cfg.resolution < 16 or cfg.resolution % 2:
         raise SystemExit(f"talksplat: --resolution {cfg.resolution}: must be an even number >= 16")
+    from talksplat.render.device import pick_device
+
     device = pick_device(cfg.device)
     rig = load_rig(cfg.rig)
     if cfg.avatar is not None:
@@ -143,18 +135,13 @@ def run_render(cfg: RenderConfig) -> list[Path]:
 
     import imageio.v3 as iio
 
+    from talksplat.render.files import atomic_write
+
     written = []
     for yaw in cfg.yaw:
         path = cfg.out if len(cfg.yaw) == 1 else cfg.out.with_name(f"{cfg.out.stem}_yaw{yaw:+.0f}.png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_write(path) as tmp:
             iio.imwrite(tmp, frame(yaw))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         written.append(path)
     return written
 

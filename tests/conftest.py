@@ -84,3 +84,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test recordings not found at {SHARED_DATA} (see shared/README.md)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def open_rig() -> HeadRig:
+    """The built-in open head (built once into $TALKSPLAT_CACHE)."""
+    from talksplat.rigs import load_rig
+
+    return load_rig("open")

@@ -1,0 +1,258 @@
+"""`talksplat drive`: a fitted avatar + speech (or text) -> an H.264 MP4 with the audio muxed in.
+
+Audio -> predictor -> rig parameters (written to OUT.npz for other tools) -> rendered in batches ->
+encoded by ffmpeg in a second thread (rendering and encoding overlap; a bounded queue keeps memory
+flat, so hours of audio work) -> AAC audio muxed -> renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import tyro
+
+
+@dataclass
+class DriveConfig:
+    """Drive a fitted avatar with speech: `talksplat drive AVATAR --audio speech.wav --out talk.mp4`."""
+
+    avatar: tyro.conf.Positional[Path]
+    """A `talksplat fit` output folder (avatar, audio predictor, tuned parameters)."""
+    audio: Path | None = None
+    """Speech: any file ffmpeg reads (wav, mp3, m4a, flac, or a video's audio track)."""
+    text: str | None = None
+    """Text to speak with the local TTS (espeak-ng) instead of --audio."""
+    out: Path = Path("drive.mp4")
+    """Output MP4; the predicted parameters go beside it as OUT.npz."""
+    resolution: int = 1024
+    """Output width and height in pixels (even)."""
+    fps: float = 25.0
+    """Output frame rate."""
+    pose: Literal["still", "replay", "idle"] = "replay"
+    """Head motion: still, the subject's own tracked motion looped (replay), or a generated sway (idle)."""
+    background: str = "white"
+    """`white`, `black`, `#rrggbb`, or an image file (scaled to fill the frame)."""
+    camera: str = "0,0"
+    """Camera `yaw,pitch` in degrees around the head (0,0 = the training camera's direction)."""
+    rig: str | None = None
+    """Rig spec (`open`, `flame:PATH`); default: the one the avatar's dataset was tracked with."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: CUDA (gsplat) when available, else the CPU rasterizer."""
+    batch: int = 8
+    """Frames posed and rendered per batch."""
+    voice: str = "en-us"
+    """espeak-ng voice for --text."""
+    blinks: bool = True
+    """Add blinks at a natural rate."""
+    seed: int = 0
+    """Random seed (idle motion, blink times)."""
+    quiet: bool = False
+    """No progress display."""
+
+
+def parse_background(spec: str, size: int) -> torch.Tensor:
+    """`white` | `black` | `#rrggbb` | image path -> [size, size, 3] float in [0, 1]."""
+    named = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+    if spec.lower() in named:
+        return torch.tensor(named[spec.lower()]).expand(size, size, 3)
+    if spec.startswith("#"):
+        h = spec[1:]
+        if len(h) != 6 or any(c not in "0123456789abcdefABCDEF" for c in h):
+            raise ValueError(f"--background {spec}: expected #rrggbb")
+        return torch.tensor([int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4)]).expand(size, size, 3)
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"--background {spec}: not white, black, #rrggbb or an existing image file")
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{path}: cannot read the background image")
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)[..., ::-1]
+    return torch.from_numpy(np.ascontiguousarray(img)).float() / 255.0
+
+
+def parse_camera(spec: str) -> tuple[float, float]:
+    try:
+        yaw, pitch = (float(x) for x in spec.split(","))
+    except ValueError:
+        raise ValueError(f"--camera {spec}: expected yaw,pitch in degrees, e.g. 20,5") from None
+    return yaw, pitch
+
+
+def drive_camera(rig, seq: dict, fit_camera: dict | None, resolution: int, yaw: float,
+                 pitch: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-to-camera [4, 4] (OpenCV) and K [3, 3] (pixels) looking at the head's median position.
+
+    The camera orbits the head in the head's own frame (median pose): yaw about its up axis, pitch
+    about its left-right axis; yaw = pitch = 0 is the training camera's direction and distance, with
+    the training camera's field of view (a frontal 0.65 m / 24° view without a dataset)."""
+    from talksplat.rigs.base import RigParams
+    from talksplat.rigs.geometry import axis_angle_to_matrix
+
+    med = {k: torch.from_numpy(np.median(seq[k], 0, keepdims=True)).float()
+           for k in ("global_rot", "neck", "jaw", "eyes", "translation")}
+    E = seq["expression"].shape[1]
+    p = RigParams(shape=torch.from_numpy(seq["shape"]).float()[None], expression=torch.zeros(1, E), **med)
+    with torch.no_grad():
+        v = rig.cpu()(p).vertices[0]
+    face = v[rig.region("face").cpu()]
+    center = face.mean(0).double()
+    R = axis_angle_to_matrix(med["global_rot"])[0].double()  # head frame -> world
+    if fit_camera is not None:
+        c2w = torch.from_numpy(fit_camera["c2w"])
+        offset = c2w[:3, 3] - center
+        distance = float(offset.norm())
+        direction = (R.T @ (offset / distance))  # camera direction in the head frame
+        fy = float(fit_camera["K"][1, 1]) / fit_camera["height"]
+    else:
+        distance, direction, fy = 0.65, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), 0.5 / math.tan(math.radians(12))
+    yaw_r, pitch_r = math.radians(yaw), math.radians(pitch)
+    Ry = torch.tensor([[math.cos(yaw_r), 0, math.sin(yaw_r)], [0, 1, 0], [-math.sin(yaw_r), 0, math.cos(yaw_r)]],
+                      dtype=torch.float64)
+    Rx = torch.tensor([[1, 0, 0], [0, math.cos(pitch_r), -math.sin(pitch_r)], [0, math.sin(pitch_r), math.cos(pitch_r)]],
+                      dtype=torch.float64)
+    d = R @ (Ry @ Rx @ direction)
+    eye = center + distance * d
+    forward = (center - eye) / (center - eye).norm()
+    up = R @ torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    right = torch.linalg.cross(forward, up)
+    right = right / right.norm()
+    down = torch.linalg.cross(forward, right)
+    w2c = torch.eye(4, dtype=torch.float64)
+    w2c[:3, :3] = torch.stack([right, down, forward])
+    w2c[:3, 3] = -w2c[:3, :3] @ eye
+    f = fy * resolution
+    K = torch.tensor([[f, 0, resolution / 2], [0, f, resolution / 2], [0, 0, 1]], dtype=torch.float64)
+    return w2c.float(), K.float()
+
+
+def _audio_for_mux(src: Path, tmp_dir: Path, seconds: float) -> Path:
+    """The first audio stream of ``src`` as a WAV of exactly ``seconds`` (padded with silence or cut), so
+    the MP4's audio and video end together and ffmpeg's stream choice can never pick a video."""
+    from .audio import _ffmpeg
+
+    out = tmp_dir / "audio.wav"
+    subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src),
+                    "-map", "0:a:0", "-vn", "-af", "apad", "-t", f"{seconds:.6f}", "-c:a", "pcm_s16le", str(out)],
+                   check=True, capture_output=True)
+    return out
+
+
+def run_drive(cfg: DriveConfig) -> dict:
+    """Do the work of `talksplat drive`; returns a summary (paths, frames, seconds, speed)."""
+    from talksplat.avatar.io import load_avatar
+    from talksplat.avatar.render import render_avatar
+    from talksplat.render.device import pick_device
+    from talksplat.render.files import atomic_write
+    from talksplat.render.video import VideoWriter
+    from talksplat.rigs import load_rig
+    from talksplat.rigs.base import RigParams
+
+    from .audio import load_audio, synthesize_speech
+    from .predict import open_fit, predict_sequence
+
+    if (cfg.audio is None) == (cfg.text is None):
+        raise ValueError("give exactly one of --audio FILE or --text \"...\"")
+    if cfg.resolution < 16 or cfg.resolution % 2:
+        raise ValueError(f"--resolution {cfg.resolution}: must be an even number >= 16")
+    if cfg.out.suffix.lower() != ".mp4":
+        raise ValueError(f"--out {cfg.out}: the output must be an .mp4 file")
+    if cfg.fps <= 0:
+        raise ValueError(f"--fps {cfg.fps}: must be positive")
+    yaw, pitch = parse_camera(cfg.camera)
+    background = parse_background(cfg.background, cfg.resolution)
+    t_start = time.perf_counter()
+    fit = open_fit(cfg.avatar)
+    with tempfile.TemporaryDirectory(prefix="talksplat-drive-") as tmp:
+        tmp = Path(tmp)
+        src = cfg.audio if cfg.audio is not None else synthesize_speech(cfg.text, tmp / "tts.wav", voice=cfg.voice)
+        wave = load_audio(src)
+        seq = predict_sequence(fit, wave, fps=cfg.fps, pose=cfg.pose, blinks=cfg.blinks, seed=cfg.seed)
+        T = len(seq["expression"])
+        npz = cfg.out.with_suffix(".npz")
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(npz) as t:
+            np.savez(t, **seq, audio=np.asarray(str(Path(src).resolve()) if cfg.audio else ""))
+        t_predict = time.perf_counter() - t_start
+
+        spec = cfg.rig or fit.rig_spec or ("open" if fit.header["rig_name"].startswith("open") else None)
+        if spec is None:
+            raise ValueError(f"{fit.avatar_file}: cannot tell which rig the avatar uses ({fit.header['rig_name']}); pass --rig")
+        rig = load_rig(spec)
+        avatar = load_avatar(fit.avatar_file, rig_checksum=rig.checksum)
+        device = pick_device(cfg.device)
+        viewmat, K = drive_camera(rig, seq, fit.camera, cfg.resolution, yaw, pitch)
+        rig, avatar = rig.to(device), avatar.to(device)
+        viewmat, K, background = viewmat.to(device), K.to(device), background.to(device)
+        mux = _audio_for_mux(Path(src), tmp, T / cfg.fps)
+
+        frames: queue.Queue = queue.Queue(maxsize=2 * cfg.batch)
+        failure: list[BaseException] = []
+        writer = VideoWriter(cfg.out, cfg.resolution, cfg.resolution, fps=cfg.fps, audio_path=mux, shortest=False)
+
+        def encode():
+            try:
+                while (item := frames.get()) is not None:
+                    writer.write(item)
+            except BaseException as e:  # reported by the main thread
+                failure.append(e)
+                while frames.get() is not None:
+                    pass
+
+        thread = threading.Thread(target=encode, name="talksplat-encode", daemon=True)
+        thread.start()
+        ok = False
+        progress = None
+        try:
+            if not cfg.quiet:
+                from rich.progress import Progress
+
+                progress = Progress(transient=True)
+                progress.start()
+                task = progress.add_task("drive", total=T)
+            shape = torch.from_numpy(seq["shape"]).float().to(device)
+            for s in range(0, T, cfg.batch):
+                e = min(T, s + cfg.batch)
+                p = RigParams(shape=shape[None].expand(e - s, -1),
+                              **{k: torch.from_numpy(seq[k][s:e]).float().to(device)
+                                 for k in ("expression", "global_rot", "neck", "jaw", "eyes", "translation")})
+                with torch.no_grad():
+                    colors, alphas, _ = render_avatar(avatar, rig, p, viewmat[None], K[None], cfg.resolution,
+                                                      cfg.resolution)
+                    out = colors[:, 0] + (1 - alphas[:, 0]) * background[None]
+                    out = (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+                for img in out:
+                    if failure:
+                        raise failure[0]
+                    frames.put(img)
+                if progress is not None:
+                    progress.update(task, completed=e)
+            ok = True
+        finally:
+            frames.put(None)
+            thread.join()
+            if progress is not None:
+                progress.stop()
+            writer.close(ok=ok and not failure)
+        if failure:
+            raise failure[0]
+        t_total = time.perf_counter() - t_start
+    duration = len(wave) / 16_000
+    return {"video": cfg.out, "params": npz, "frames": T, "audio_seconds": round(duration, 3),
+            "seconds": round(t_total, 2), "predict_seconds": round(t_predict, 2),
+            "render_encode_seconds": round(t_total - t_predict, 2),
+            "realtime_factor": round(t_total / max(duration, 1e-9), 3), "device": str(device)}

@@ -1,0 +1,174 @@
+"""Audio features behind one encoder interface.
+
+An encoder turns a 16 kHz waveform into a feature sequence at its own frame rate:
+
+    enc = make_encoder("logmel")                 # built in; or "hf:/path/to/local/wav2vec2"
+    feats = enc.encode(torch.from_numpy(wave))   # [T_f, enc.dim] at enc.rate frames per second
+
+* :class:`LogMelEncoder` (default): 80 log-mel bands from ``torch.stft`` (25 ms windows, 10 ms hop),
+  each band normalised by its mean over the active speech of a sliding 3 s window and by the
+  utterance's spread, so the features describe phonetic content (spectral shape) rather than one
+  voice or microphone, plus one absolute loudness channel (the input is loudness-normalised, so
+  silence stays recognisable).  ``warp`` rescales the frequency axis (vocal-tract-length
+  perturbation) for training augmentation.
+* :class:`HFEncoder`: a wav2vec2 / HuBERT model from a local Hugging Face directory (``transformers``,
+  the optional ``[hf]`` extra; loaded with ``local_files_only``: nothing is downloaded), its last
+  hidden state at 50 Hz plus the same loudness channel.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from .audio import SAMPLE_RATE, TARGET_DBFS
+
+
+class EncoderError(ValueError):
+    """An encoder spec or a local model directory that cannot be used."""
+
+
+def _hz_to_mel(f):
+    return 2595.0 * math.log10(1.0 + f / 700.0)
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float, fmax: float) -> torch.Tensor:
+    """[n_mels, n_fft // 2 + 1] triangular HTK-mel filters (unit peak)."""
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    mels = torch.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2, dtype=torch.float64)
+    hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
+    lo, ce, hi = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    up = (freqs[None] - lo) / (ce - lo)
+    down = (hi - freqs[None]) / (hi - ce)
+    return torch.clamp(torch.minimum(up, down), min=0.0).float()
+
+
+def loudness_channel(wave: torch.Tensor, hop: int, frames: int) -> torch.Tensor:
+    """[frames] frame energy in dB relative to the normalisation target, divided by 20 (~[-3, 1])."""
+    win = 2 * hop
+    x = torch.nn.functional.pad(wave, (win // 2, win + hop * frames))
+    seg = x.unfold(0, win, hop)[:frames]
+    db = 10 * torch.log10(seg.pow(2).mean(-1) + 1e-10)
+    return ((db - TARGET_DBFS) / 20.0).clamp(min=-3.0)
+
+
+def sliding_mean(x: torch.Tensor, weight: torch.Tensor, half: int) -> torch.Tensor:
+    """Weighted mean of ``x`` [T, D] over a window of ±``half`` frames; ``weight`` [T] >= 0."""
+    T = x.shape[0]
+    cs = torch.cat([x.new_zeros(1, x.shape[1]), torch.cumsum(x * weight[:, None], 0)])
+    cw = torch.cat([x.new_zeros(1), torch.cumsum(weight, 0)])
+    i = torch.arange(T, device=x.device)
+    lo, hi = (i - half).clamp(min=0), (i + half + 1).clamp(max=T)
+    return (cs[hi] - cs[lo]) / (cw[hi] - cw[lo]).clamp(min=1e-6)[:, None]
+
+
+class LogMelEncoder:
+    """Normalised log-mel features at 100 frames per second: [T_f, 81] (80 bands + loudness)."""
+
+    spec = "logmel"
+    rate = 100.0
+
+    def __init__(self, n_mels: int = 80, n_fft: int = 512, win: int = 400, hop: int = 160,
+                 fmin: float = 60.0, fmax: float = 7600.0, norm_window_s: float = 3.0):
+        self.n_mels, self.n_fft, self.win, self.hop = n_mels, n_fft, win, hop
+        self.fb = mel_filterbank(n_fft, n_mels, SAMPLE_RATE, fmin, fmax)
+        self.window = torch.hann_window(win)
+        self.half = int(norm_window_s * self.rate / 2)
+        self.dim = n_mels + 1
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples // self.hop + 1
+
+    def encode(self, wave: torch.Tensor, warp: float = 1.0) -> torch.Tensor:
+        """[N] float waveform at 16 kHz -> [N // 160 + 1, 81].  ``warp`` > 1 moves formants up."""
+        wave = wave.float().cpu()
+        if wave.numel() < self.win:
+            wave = torch.nn.functional.pad(wave, (0, self.win - wave.numel()))
+        spec = torch.stft(wave, self.n_fft, self.hop, self.win, self.window, center=True,
+                          return_complex=True).abs().pow(2)  # [F, T]
+        if warp != 1.0:  # power at f moves to warp * f
+            F = spec.shape[0]
+            src = torch.arange(F, dtype=torch.float32) / warp
+            i0 = src.floor().long().clamp(max=F - 1)
+            i1 = (i0 + 1).clamp(max=F - 1)
+            a = (src - i0.float()).clamp(0, 1)[:, None]
+            spec = spec[i0] * (1 - a) + spec[i1] * a
+        mel = torch.log(self.fb @ spec + 1e-8).T  # [T, n_mels]
+        T = mel.shape[0]
+        loud = loudness_channel(wave, self.hop, T)
+        active = (loud > loud.max() - 1.5).float()  # within 30 dB of the loudest frame
+        if active.sum() < 1:
+            active = torch.ones_like(active)
+        mel = mel - sliding_mean(mel, active, self.half)
+        spread = (mel[active > 0].std() if active.sum() > 1 else mel.std()).clamp(min=1e-3)
+        mel = mel / spread
+        return torch.cat([mel.clamp(-6, 6), loud[:, None]], 1)
+
+
+class HFEncoder:
+    """A local wav2vec2 / HuBERT model (``transformers``): [T_f, hidden + 1] at 50 frames per second."""
+
+    rate = 50.0
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", chunk_s: float = 30.0):
+        self.path = Path(path)
+        self.spec = f"hf:{self.path}"
+        if not self.path.is_dir() or not (self.path / "config.json").is_file():
+            raise EncoderError(f"{self.path}: not a local Hugging Face model directory (no config.json)")
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the network
+        try:
+            from transformers import AutoModel
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            raise EncoderError(f"{self.spec}: needs the transformers package "
+                               "(pip install 'talksplat[hf]')") from None
+        try:
+            self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).eval().to(device)
+        except Exception as e:  # transformers raises many types for bad directories
+            raise EncoderError(f"{self.path}: cannot load the model ({type(e).__name__}: {e})".splitlines()[0]) from None
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.device = torch.device(device)
+        self.hop = int(SAMPLE_RATE / self.rate)
+        self.chunk = int(chunk_s * SAMPLE_RATE)
+        self.dim = int(self.model.config.hidden_size) + 1
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples // self.hop + 1
+
+    @torch.no_grad()
+    def encode(self, wave: torch.Tensor, warp: float = 1.0) -> torch.Tensor:
+        """[N] float waveform at 16 kHz -> [N // 320 + 1, hidden + 1].  ``warp`` is ignored."""
+        wave = wave.float().cpu()
+        T = self.num_frames(wave.numel())
+        x = (wave - wave.mean()) / (wave.std() + 1e-7)
+        outs = []
+        for s in range(0, max(x.numel(), 1), self.chunk):
+            piece = x[s:s + self.chunk]
+            if piece.numel() < 400:
+                piece = torch.nn.functional.pad(piece, (0, 400 - piece.numel()))
+            h = self.model(piece[None].to(self.device)).last_hidden_state[0].float().cpu()  # [t, H]
+            outs.append(h)
+        h = torch.cat(outs, 0)
+        # The model's frames are 20 ms apart starting at ~12.5 ms: resample onto i * 20 ms, T frames.
+        if h.shape[0] < T:
+            h = torch.cat([h, h[-1:].expand(T - h.shape[0], -1)], 0)
+        h = h[:T]
+        loud = loudness_channel(wave, self.hop, T)
+        return torch.cat([h, loud[:, None]], 1)
+
+
+def make_encoder(spec: str = "logmel", device: str | torch.device = "cpu"):
+    """``"logmel"`` or ``"hf:/path/to/dir"`` -> an encoder with ``dim``, ``rate``, ``spec``, ``encode()``."""
+    if spec == "logmel":
+        return LogMelEncoder()
+    if spec.startswith("hf:"):
+        return HFEncoder(spec[3:], device=device)
+    raise EncoderError(f"unknown audio encoder '{spec}': use 'logmel' or 'hf:/path/to/local/model'")

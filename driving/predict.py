@@ -1,0 +1,113 @@
+"""From speech to a full per-frame rig parameter sequence for a fitted avatar.
+
+    fit = open_fit("avatar/")                                  # avatar, driver, tuned parameters, camera
+    seq = predict_sequence(fit, load_audio("speech.wav"), fps=25, pose="idle")
+    # seq: shape [S], expression [T, E], jaw [T, 3], global_rot [T, 3], neck [T, 3],
+    #      eyes [T, 2, 3], translation [T, 3] metres — the fields of RigParams — plus fps
+
+Expression and jaw come from the audio predictor (mouth closed in silences), head pose and gaze
+from :func:`talksplat.driving.motion.head_motion`, blinks at a natural rate on the rig's eyelid
+coefficients (the predictor does not produce them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from talksplat.avatar.io import AvatarFileError, read_header
+
+from .audio import SAMPLE_RATE, load_audio
+from .motion import add_blinks, head_motion
+from .predictor import Driver, load_driver
+
+FRAME_KEYS = ("expression", "jaw", "global_rot", "neck", "eyes", "translation")
+
+
+@dataclass
+class FitFolder:
+    """What driving needs from `talksplat fit --out DIR`.
+
+    Attributes:
+        avatar_file: DIR/avatar.safetensors.
+        header: the avatar's JSON header (rig name and checksum, the dataset it was fitted on).
+        driver: the audio predictor (DIR/driver.safetensors).
+        tracked: per-frame training parameters (fit-tuned when present): FRAME_KEYS -> [T, ...] plus
+            ``shape`` [S].
+        fps: the training video's frame rate.
+        camera: the dataset's first training camera ``{"c2w": [4, 4], "K": [3, 3], "width", "height"}``
+            (OpenCV, metres, pixels), or None when the dataset is not at its recorded path.
+        rig_spec: the rig spec the dataset was tracked with (``open``, ``flame:PATH``) when known.
+    """
+
+    avatar_file: Path
+    header: dict
+    driver: Driver
+    tracked: dict[str, np.ndarray]
+    fps: float
+    camera: dict | None
+    rig_spec: str | None
+
+
+def open_fit(path: str | os.PathLike) -> FitFolder:
+    """Read a fit folder (or its avatar file); one-line errors naming what is missing."""
+    path = Path(path)
+    if path.is_dir():
+        fit_dir, avatar_file = path, path / "avatar.safetensors"
+    else:
+        fit_dir, avatar_file = path.parent, path
+    if not avatar_file.is_file():
+        raise AvatarFileError(f"{path}: not a fit folder or avatar file (no {avatar_file.name}); "
+                              "make one with `talksplat fit DATASET --out DIR`")
+    header = read_header(avatar_file)
+    driver = load_driver(fit_dir / "driver.safetensors", rig_checksum=header["rig_checksum"])
+    tuned = fit_dir / "tuned_params.npz"
+    if not tuned.is_file():
+        raise AvatarFileError(f"{fit_dir}: no tuned_params.npz (the head motion to drive with); "
+                              "is this a `talksplat fit` output folder?")
+    with np.load(tuned, allow_pickle=False) as z:
+        tracked = {k: z[k].astype(np.float32) for k in ("shape",) + FRAME_KEYS}
+    fps, camera, spec = driver.fps, None, None
+    dataset = header.get("extra", {}).get("dataset")
+    if dataset and (Path(dataset) / "meta.json").is_file():
+        meta = json.loads((Path(dataset) / "meta.json").read_text())
+        fps = float(meta.get("fps", fps))
+        spec = meta.get("rig", {}).get("spec")
+        train = set(meta.get("split", {}).get("train", []))
+        keep = [t for t in range(len(tracked["expression"]))
+                if (not train or t in train) and t not in set(meta.get("dropped_timesteps", []))]
+        if keep:
+            tracked = {k: (v if k == "shape" else v[keep]) for k, v in tracked.items()}
+        frames = json.loads((Path(dataset) / "transforms.json").read_text())["frames"]
+        f = next((f for f in frames if not train or f["timestep"] in train), frames[0])
+        camera = {"c2w": np.asarray(f["c2w"], np.float64), "K": np.asarray(f["K"], np.float64),
+                  "width": int(f["width"]), "height": int(f["height"])}
+    return FitFolder(avatar_file, header, driver, tracked, fps, camera, spec)
+
+
+def predict_sequence(fit: FitFolder, wave: np.ndarray, fps: float = 25.0, pose: str = "replay",
+                     blinks: bool = True, seed: int = 0, num_frames: int | None = None) -> dict[str, np.ndarray]:
+    """[N] loudness-normalised 16 kHz speech -> per-frame rig parameters (see the module doc).
+
+    The sequence has ``round(duration * fps)`` frames unless ``num_frames`` is given."""
+    if num_frames is None:
+        num_frames = max(1, int(round(len(wave) / SAMPLE_RATE * fps)))
+    mouth = fit.driver.predict(wave, fps, num_frames)
+    motion = head_motion(pose, fit.tracked, num_frames, fps, seed=seed)
+    expr = mouth["expression"]
+    ids = fit.driver.layout.blink_ids
+    if blinks and ids:
+        amp = float(np.clip(np.percentile(fit.tracked["expression"][:, ids], 97), 0.6, 1.0))
+        expr = add_blinks(expr, ids, fps, amplitude=amp, seed=seed)
+    out = {"shape": fit.tracked["shape"].astype(np.float32), "expression": expr.astype(np.float32),
+           "jaw": mouth["jaw"].astype(np.float32), **motion, "fps": np.float32(fps)}
+    return out
+
+
+def predict_from_audio(avatar_path: Path, audio_path: Path, fps: float = 25.0, pose: str = "replay") -> dict[str, np.ndarray]:
+    """Convenience for the viewer: a fit folder (or its avatar file) + any audio file -> the sequence."""
+    return predict_sequence(open_fit(avatar_path), load_audio(audio_path), fps=fps, pose=pose)

@@ -1,0 +1,247 @@
+"""The audio-to-rig predictor: audio features -> expression and jaw parameters at the video frame rate.
+
+    drv = load_driver("avatar/driver.safetensors", rig_checksum=rig.checksum)
+    out = drv.predict(wave, fps=25.0, num_frames=T)   # {"expression": [T, E], "jaw": [T, 3]}
+
+Network (:class:`AudioToRig`): a stride-2 input projection (100 -> 50 Hz for log-mel), residual
+dilated 1-D convolutions (receptive field about ±0.3 s), the hidden sequence sampled at the video
+frame times (linear interpolation), and a small convolutional head at the video rate.  Targets are
+the rig's speech-related expression coefficients plus the jaw rotation, standardised with the
+training statistics; eye-related expression coefficients are not predicted (blinks come from
+:mod:`talksplat.driving.motion`) and keep their training median.
+
+Silence: frames in a run of at least 0.2 s whose loudness is 30 dB under the speech level blend
+to the subject's rest (its mean parameters over the silent training frames), so the mouth closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from talksplat.render.files import atomic_write
+
+from .features import loudness_channel, make_encoder
+
+FORMAT = "talksplat-driver"
+VERSION = 1
+#: Loudness-channel value under which a frame counts as silent (30 dB under the speech target).
+SILENCE_LEVEL = -1.5
+#: Shortest silence (seconds) that closes the mouth.
+MIN_SILENCE_S = 0.2
+
+
+class DriverFileError(ValueError):
+    """A driver file that is missing, not a talksplat driver, or made for another rig."""
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int, kernel: int, dilation: int, dropout: float):
+        super().__init__()
+        self.conv1 = nn.Conv1d(ch, ch, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+        self.conv2 = nn.Conv1d(ch, ch, 1)
+        self.norm = nn.GroupNorm(1, ch)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return x + self.conv2(self.drop(torch.nn.functional.gelu(self.norm(self.conv1(x)))))
+
+
+class AudioToRig(nn.Module):
+    """[B, T_f, D] features + [B, T] query positions (in feature frames) -> [B, T, out_dim]."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, kernel: int = 5,
+                 dilations: tuple[int, ...] = (1, 2, 4), dropout: float = 0.1, stride: int = 2):
+        super().__init__()
+        self.stride = stride
+        self.inp = nn.Conv1d(in_dim, hidden, stride, stride=stride)
+        self.blocks = nn.Sequential(*[ResBlock(hidden, kernel, d, dropout) for d in dilations])
+        self.head = nn.Sequential(nn.Conv1d(hidden, hidden, 3, padding=1), nn.GELU(), nn.Conv1d(hidden, out_dim, 1))
+
+    def forward(self, feats: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        x = feats.transpose(1, 2)
+        pad = (-x.shape[-1]) % self.stride
+        h = self.blocks(self.inp(torch.nn.functional.pad(x, (0, pad), mode="replicate")))  # [B, H, T_f / stride]
+        Tf = h.shape[-1]
+        # frame i of h averages input frames [i*s, i*s + s): its centre is at (s - 1) / 2
+        q = ((query - 0.5 * (self.stride - 1)) / self.stride).clamp(0, Tf - 1)
+        i0 = q.floor().long().clamp(max=Tf - 1)
+        i1 = (i0 + 1).clamp(max=Tf - 1)
+        a = (q - i0.float())[:, None]
+        idx0 = i0[:, None].expand(-1, h.shape[1], -1)
+        idx1 = i1[:, None].expand(-1, h.shape[1], -1)
+        hv = torch.gather(h, 2, idx0) * (1 - a) + torch.gather(h, 2, idx1) * a  # [B, H, T]
+        return self.head(hv).transpose(1, 2)
+
+
+@dataclass
+class TargetLayout:
+    """Which rig parameters the predictor outputs, and how to fill the rest.
+
+    Attributes:
+        expr_ids: [K_e] expression indices predicted.
+        num_expression: E, the rig's expression count.
+        fill_expression: [E] values for expression coefficients that are not predicted (training median).
+        blink_ids: expression indices of the eyelid blinks (empty when the rig has none).
+    """
+
+    expr_ids: list[int]
+    num_expression: int
+    fill_expression: np.ndarray
+    blink_ids: list[int]
+
+    @property
+    def dim(self) -> int:
+        return len(self.expr_ids) + 3
+
+    def pack(self, expression: np.ndarray, jaw: np.ndarray) -> np.ndarray:
+        """[T, E], [T, 3] -> [T, dim]."""
+        return np.concatenate([expression[:, self.expr_ids], jaw], 1).astype(np.float32)
+
+    def unpack(self, y: np.ndarray) -> dict[str, np.ndarray]:
+        """[T, dim] -> {"expression": [T, E], "jaw": [T, 3]}."""
+        expr = np.repeat(self.fill_expression[None].astype(np.float32), len(y), 0)
+        expr[:, self.expr_ids] = y[:, :len(self.expr_ids)]
+        return {"expression": expr, "jaw": y[:, len(self.expr_ids):].astype(np.float32)}
+
+
+def choose_layout(expression_names: list[str], expression: np.ndarray) -> TargetLayout:
+    """Predict every expression coefficient that moves in training except eye ones; fill with the median."""
+    std = expression.std(0)
+    eye = [i for i, n in enumerate(expression_names) if n.lower().startswith("eye")]
+    ids = [i for i in range(expression.shape[1]) if i not in eye and std[i] > 1e-4]
+    blinks = [i for i, n in enumerate(expression_names) if n.lower().startswith("eyeblink")]
+    return TargetLayout(ids, expression.shape[1], np.median(expression, 0).astype(np.float32), blinks)
+
+
+def silence_gate(wave: np.ndarray, fps: float, num_frames: int, sample_rate: int = 16_000) -> np.ndarray:
+    """[num_frames] in [0, 1]: 1 inside silences of at least MIN_SILENCE_S, ramping over 3 frames."""
+    hop = int(round(sample_rate / fps))
+    loud = loudness_channel(torch.from_numpy(np.asarray(wave, np.float32)), hop, num_frames).numpy()
+    silent = loud < SILENCE_LEVEL
+    gate = np.zeros(num_frames, np.float32)
+    min_run = max(1, int(round(MIN_SILENCE_S * fps)))
+    t = 0
+    while t < num_frames:
+        if silent[t]:
+            e = t
+            while e < num_frames and silent[e]:
+                e += 1
+            if e - t >= min_run:
+                gate[t:e] = 1.0
+            t = e
+        else:
+            t += 1
+    kernel = np.ones(3, np.float32) / 3
+    return np.clip(np.convolve(np.pad(gate, 1, mode="edge"), kernel, "valid"), 0, 1)
+
+
+class Driver:
+    """A trained predictor with its normalisation, layout, rest pose and encoder spec."""
+
+    def __init__(self, model: AudioToRig, layout: TargetLayout, mean: np.ndarray, std: np.ndarray,
+                 rest: np.ndarray, encoder_spec: str, fps: float, rig_checksum: str, meta: dict | None = None):
+        self.model = model.eval()
+        self.layout, self.mean, self.std, self.rest = layout, mean, std, rest
+        self.encoder_spec, self.fps, self.rig_checksum = encoder_spec, fps, rig_checksum
+        self.meta = meta or {}
+        self._encoder = None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = make_encoder(self.encoder_spec)
+        return self._encoder
+
+    @torch.no_grad()
+    def predict_normalised(self, wave: np.ndarray, fps: float, num_frames: int, chunk_s: float = 60.0,
+                           context_s: float = 2.0) -> np.ndarray:
+        """[N] loudness-normalised 16 kHz samples -> [num_frames, dim] standardised outputs.
+
+        Long audio is processed in chunks of ``chunk_s`` seconds with ``context_s`` of context on each
+        side, so memory stays bounded and chunk borders are seamless."""
+        enc = self.encoder
+        sr = 16_000
+        out = np.zeros((num_frames, self.layout.dim), np.float32)
+        step = max(1, int(chunk_s * fps))
+        for f0 in range(0, num_frames, step):
+            f1 = min(num_frames, f0 + step)
+            s0 = max(0, int((f0 / fps - context_s) * sr))
+            s1 = min(len(wave), int((f1 / fps + context_s) * sr))
+            piece = torch.from_numpy(np.asarray(wave[s0:s1], np.float32))
+            feats = enc.encode(piece)
+            q = (torch.arange(f0, f1, dtype=torch.float32) / fps - s0 / sr) * enc.rate
+            out[f0:f1] = self.model(feats[None], q[None])[0].numpy()
+        return out
+
+    def predict(self, wave: np.ndarray, fps: float | None = None, num_frames: int | None = None,
+                close_in_silence: bool = True) -> dict[str, np.ndarray]:
+        """[N] loudness-normalised 16 kHz samples -> {"expression": [T, E], "jaw": [T, 3]} (rig units).
+
+        ``num_frames`` defaults to round(duration * fps): the video lasts as long as the audio."""
+        fps = fps or self.fps
+        if num_frames is None:
+            num_frames = max(1, int(round(len(wave) / 16_000 * fps)))
+        y = self.predict_normalised(wave, fps, num_frames) * self.std + self.mean
+        if close_in_silence:
+            g = silence_gate(wave, fps, num_frames)[:, None]
+            y = g * self.rest[None] + (1 - g) * y
+        return self.layout.unpack(y)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tensors.update({"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std),
+                        "rest": torch.from_numpy(self.rest),
+                        "fill_expression": torch.from_numpy(self.layout.fill_expression)})
+        header = {"format": FORMAT, "version": VERSION, "encoder": self.encoder_spec, "fps": self.fps,
+                  "rig_checksum": self.rig_checksum, "expr_ids": self.layout.expr_ids,
+                  "num_expression": self.layout.num_expression, "blink_ids": self.layout.blink_ids,
+                  "in_dim": self.model.inp.in_channels, "hidden": self.model.inp.out_channels,
+                  "dilations": [b.conv1.dilation[0] for b in self.model.blocks],
+                  "kernel": self.model.blocks[0].conv1.kernel_size[0], "stride": self.model.stride,
+                  "meta": self.meta}
+        path = Path(path)
+        with atomic_write(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"talksplat": json.dumps(header)})
+        return path
+
+
+def load_driver(path: str | os.PathLike, rig_checksum: str | None = None) -> Driver:
+    """Read a driver file; :class:`DriverFileError` naming the file on any problem."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DriverFileError(f"{path}: no audio predictor here (train one with `talksplat fit DATASET "
+                              f"--out {path.parent} --driver-only`)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = json.loads((f.metadata() or {})["talksplat"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise DriverFileError(f"{path}: not a talksplat driver file ({type(e).__name__})") from None
+    if header.get("format") != FORMAT:
+        raise DriverFileError(f"{path}: not a talksplat driver file (format {header.get('format')!r})")
+    if header.get("version", 0) > VERSION:
+        raise DriverFileError(f"{path}: driver format version {header['version']} is newer than this "
+                              f"talksplat reads ({VERSION}); upgrade talksplat")
+    if rig_checksum is not None and header["rig_checksum"] != rig_checksum:
+        raise DriverFileError(f"{path}: made for another rig (checksum {header['rig_checksum'][:12]}, "
+                              f"loaded rig {rig_checksum[:12]})")
+    layout = TargetLayout(list(header["expr_ids"]), int(header["num_expression"]),
+                          tensors["fill_expression"].numpy(), list(header["blink_ids"]))
+    model = AudioToRig(int(header["in_dim"]), layout.dim, hidden=int(header["hidden"]),
+                       kernel=int(header["kernel"]), dilations=tuple(header["dilations"]),
+                       stride=int(header.get("stride", 1)))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    return Driver(model, layout, tensors["mean"].numpy(), tensors["std"].numpy(), tensors["rest"].numpy(),
+                  header["encoder"], float(header["fps"]), header["rig_checksum"], header.get("meta", {}))

@@ -1,0 +1,58 @@
+"""`talksplat fit`: the Gaussian avatar (talksplat.fitting), then the audio predictor (talksplat.driving).
+
+The two stages live in their own packages (driving may import fitting, not the reverse); this thin
+command runs them in order and prints what each measured.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from talksplat.fitting.config import FitConfig
+
+
+def run_fit_command(cfg: FitConfig) -> dict:
+    """Fit the avatar (unless ``--driver-only``), then the audio predictor (unless disabled).
+
+    Returns the metrics written to OUT/metrics.json."""
+    metrics: dict = {}
+    if not cfg.driver_only:
+        from talksplat.fitting.trainer import run_fit
+
+        metrics = run_fit(cfg)
+        h = metrics.get("heldout", {})
+        print(f"wrote {cfg.out}: {metrics['num_gaussians']} Gaussians after {metrics['step']} steps "
+              f"({metrics['steps_per_second']:.2f} steps/s)"
+              + (f"; held-out PSNR {h['psnr']:.2f} dB, SSIM {h['ssim']:.4f}" if "psnr" in h else "")
+              + (f", mouth PSNR {h['mouth_psnr']:.2f} dB" if "mouth_psnr" in h else "")
+              + (f", LPIPS {h['lpips']:.4f}" if "lpips" in h else ""))
+    if cfg.driver.enabled or cfg.driver_only:
+        from talksplat.driving.train import train_driver_on_dataset
+        from talksplat.fitting.trainer import load_dataset_rig, open_dataset
+
+        ds = open_dataset(cfg.dataset)
+        if not cfg.driver_only and (ds.audio_path is None or not ds.audio_path.is_file()):
+            print(f"talksplat: warning: {ds.root} has no audio: skipping the audio predictor", file=sys.stderr)
+            return metrics
+        rig = load_dataset_rig(ds, cfg.rig)
+        _, m = train_driver_on_dataset(cfg.dataset, cfg.out, rig, cfg.driver, progress=_progress(cfg))
+        metrics["driver"] = m
+        h = m.get("heldout")
+        print(f"wrote {cfg.out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s"
+              + (f"; held-out lip vertex error {h['lve_mm2']:.2f} mm² (mean-expression baseline "
+                 f"{h['lve_mean_baseline_mm2']:.2f} mm²), mouth-opening correlation {h['mouth_open_corr']:.3f}"
+                 if h else "; no held-out time steps to evaluate"))
+    return metrics
+
+
+def _progress(cfg: FitConfig):
+    if cfg.quiet:
+        return None
+
+    def show(step: int, total: int, loss: float, rate: float) -> None:
+        print(f"\raudio predictor: step {step}/{total}  loss {loss:.4f}  {rate:.1f} steps/s", end="",
+              flush=True)
+        if step == total:
+            print()
+
+    return show

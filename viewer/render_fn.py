@@ -1,0 +1,251 @@
+"""The viewer's render callback: a browser camera (viser) -> our camera -> a rendered avatar frame.
+
+viser reports each browser's camera as a camera-to-world rotation ``wxyz`` (a unit quaternion) and
+a ``position`` in world metres, in OpenCV axes (camera x right, y down, z forward: viser's
+``CameraHandle.wxyz`` is the R of ``P_world = R p_camera + t``), a vertical field of view in
+radians and the canvas aspect ratio.  We turn that into the rasterizer's world-to-camera
+``viewmat [4, 4]`` and intrinsics ``K [3, 3]`` (pixels, principal point at the image centre) at a
+size whose longer side is the requested resolution.
+
+:class:`RenderLoop` is nerfview's pattern: one thread per browser that renders only the newest
+request (stale ones are dropped while a frame is being rendered), renders at the interactive
+resolution while things move and once more at full resolution when they stop.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+#: Rig parameter fields of one frame, with their per-frame shapes ("shape" is [S]).
+FRAME_FIELDS = ("expression", "global_rot", "neck", "jaw", "eyes", "translation")
+
+MIN_RESOLUTION = 16
+MAX_RESOLUTION = 1024
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse (Linux, process-wide); True if it took.
+
+    The CPU rasterizer allocates and frees tens of MB per frame.  By default glibc serves such blocks
+    with fresh mmaps (and trims the heap top), so every frame page-faults its working memory in
+    again.  On the 2-core development VM under memory/CPU load from other processes that cost
+    3.7 s instead of 30-40 ms per 512 px frame (9k Gaussians) until the allocator's adaptive
+    threshold happened to rise; on an idle machine it makes no measurable difference.  A
+    long-running viewer trades that for keeping its peak heap resident: blocks up to 32 MB come
+    from the heap and freed memory is only returned above 1 GB.
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+
+
+def quat_wxyz_to_matrix(wxyz) -> np.ndarray:
+    """[4] quaternion w, x, y, z (any norm > 0) -> [3, 3] rotation matrix, float64."""
+    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def viser_to_viewmat(wxyz, position) -> np.ndarray:
+    """viser camera pose -> our world-to-camera matrix.
+
+    Args:
+        wxyz: [4] camera-to-world rotation as a unit quaternion (OpenCV camera axes).
+        position: [3] camera centre, metres, world.
+    Returns:
+        viewmat [4, 4] float64, world-to-camera (OpenCV: x right, y down, z forward).
+    """
+    R = quat_wxyz_to_matrix(wxyz)
+    t = np.asarray(position, dtype=np.float64)
+    viewmat = np.eye(4)
+    viewmat[:3, :3] = R.T
+    viewmat[:3, 3] = -R.T @ t
+    return viewmat
+
+
+def render_size(aspect: float, resolution: int) -> tuple[int, int]:
+    """Image (width, height) in pixels for a canvas of ``aspect`` = width / height: the longer side is
+    ``resolution`` (clamped to 16..1024), the other follows the aspect (at least 8 px)."""
+    res = int(min(max(int(resolution), MIN_RESOLUTION), MAX_RESOLUTION))
+    if not (aspect > 0 and math.isfinite(aspect)):
+        aspect = 1.0
+    if aspect >= 1.0:
+        return res, max(8, int(round(res / aspect)))
+    return max(8, int(round(res * aspect))), res
+
+
+def intrinsics_from_fov(fov_y: float, width: int, height: int) -> np.ndarray:
+    """K [3, 3] in pixels for a vertical field of view ``fov_y`` (radians), square pixels and the
+    principal point at the image centre (pixel centres at integer + 0.5)."""
+    f = 0.5 * height / math.tan(0.5 * fov_y)
+    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def viser_camera(wxyz, position, fov_y: float, aspect: float, resolution: int) -> "ViewCamera":
+    """A browser camera (viser convention) -> :class:`ViewCamera` at ``resolution`` (longer side, px)."""
+    width, height = render_size(aspect, resolution)
+    return ViewCamera(viser_to_viewmat(wxyz, position), intrinsics_from_fov(fov_y, width, height), width, height)
+
+
+@dataclass
+class ViewCamera:
+    """viewmat [4, 4] world-to-camera (OpenCV), K [3, 3] pixels, image size in pixels."""
+
+    viewmat: np.ndarray
+    K: np.ndarray
+    width: int
+    height: int
+
+
+@dataclass
+class Frame:
+    """One rendered frame: image [H, W, 3] uint8 RGB, render time in seconds, Gaussians drawn."""
+
+    image: np.ndarray
+    seconds: float
+    num_gaussians: int
+
+
+def frame_params(frame: dict[str, np.ndarray], device) -> "RigParams":  # noqa: F821
+    """One frame of rig parameters (numpy: shape [S], expression [E], eyes [2, 3], others [3],
+    rotations axis-angle radians, translation metres) -> :class:`RigParams` with batch 1 on ``device``."""
+    from talksplat.rigs import RigParams
+
+    t = lambda k: torch.as_tensor(np.asarray(frame[k], dtype=np.float32), device=device)[None]  # noqa: E731
+    return RigParams(shape=t("shape"), expression=t("expression"), global_rot=t("global_rot"), neck=t("neck"),
+                     jaw=t("jaw"), eyes=t("eyes"), translation=t("translation"))
+
+
+class AvatarRenderer:
+    """Renders an avatar posed by one frame of rig parameters, seen by a :class:`ViewCamera`.
+
+    Renders are serialised by a lock (one device, and two CPU cores go further one frame at a time).
+    """
+
+    def __init__(self, avatar, rig, device: torch.device, background=(1.0, 1.0, 1.0)):
+        self.rig = rig.to(device)
+        self.avatar = avatar.to(device)
+        self.device = device
+        self.background = torch.tensor(background, dtype=torch.float32, device=device)[None]
+        self.lock = threading.Lock()
+
+    @property
+    def backend(self) -> str:
+        """'CUDA (gsplat)' or 'CPU (talksplat rasterizer)'."""
+        return "CUDA (gsplat)" if self.device.type == "cuda" else "CPU (talksplat rasterizer)"
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.avatar.num_gaussians
+
+    def render(self, frame: dict[str, np.ndarray], cam: ViewCamera) -> Frame:
+        """Pose the rig with ``frame`` (see :func:`frame_params`) and rasterize the avatar."""
+        from talksplat.avatar.render import render_avatar
+
+        with self.lock, torch.no_grad():
+            t0 = time.perf_counter()
+            params = frame_params(frame, self.device)
+            viewmat = torch.as_tensor(cam.viewmat, dtype=torch.float32, device=self.device)[None]
+            K = torch.as_tensor(cam.K, dtype=torch.float32, device=self.device)[None]
+            colors, _, _ = render_avatar(self.avatar, self.rig, params, viewmat, K, cam.width, cam.height,
+                                         backgrounds=self.background)
+            image = (colors[0, 0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            return Frame(image, time.perf_counter() - t0, self.num_gaussians)
+
+    def posed(self, frame: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Posed rig vertices [V, 3] and Gaussian centres [N, 3], metres, world (for the overlays)."""
+        with self.lock, torch.no_grad():
+            params = frame_params(frame, self.device)
+            verts = self.rig(params).vertices
+            means, _, _ = self.avatar.posed_geometry(verts, self.rig.faces)
+            return verts[0].cpu().numpy(), means[0].cpu().numpy()
+
+
+@dataclass
+class RenderRequest:
+    """What to render: a camera at a resolution (longer side, px) from the state it was asked in."""
+
+    make_camera: Callable[[int], ViewCamera]
+    frame: dict[str, np.ndarray]
+    resolution: int
+    moving_resolution: int
+    created: float = field(default_factory=time.perf_counter)
+
+
+class RenderLoop(threading.Thread):
+    """A render thread for one browser (nerfview's pattern).
+
+    :meth:`submit` replaces any request not yet started, so a slow renderer never falls behind the
+    camera: it always renders the newest state.  A request is first rendered at its moving
+    resolution; when nothing new arrives for ``settle_s`` seconds it is rendered again at full
+    resolution.  ``show(frame, final)`` receives every finished frame.
+    """
+
+    def __init__(self, renderer: AvatarRenderer, show: Callable[[Frame, bool], None], settle_s: float = 0.25):
+        super().__init__(daemon=True, name="talksplat-render")
+        self.renderer = renderer
+        self.show = show
+        self.settle_s = settle_s
+        self._cond = threading.Condition()
+        self._pending: RenderRequest | None = None
+        self._to_refine: RenderRequest | None = None
+        self._stopped = False
+        self.dropped = 0
+        self.rendered = 0
+
+    def submit(self, request: RenderRequest) -> None:
+        with self._cond:
+            if self._pending is not None:
+                self.dropped += 1
+            self._pending = request
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                if self._pending is None and not self._stopped:
+                    self._cond.wait(timeout=self.settle_s if self._to_refine is not None else None)
+                if self._stopped:
+                    return
+                req, self._pending = self._pending, None
+                if req is not None:
+                    final = req.moving_resolution >= req.resolution
+                    resolution = req.resolution if final else req.moving_resolution
+                    self._to_refine = None if final else req
+                elif self._to_refine is not None:  # nothing new for settle_s: full resolution now
+                    req, self._to_refine = self._to_refine, None
+                    final, resolution = True, req.resolution
+                else:
+                    continue
+            try:
+                frame = self.renderer.render(req.frame, req.make_camera(resolution))
+                self.rendered += 1
+                self.show(frame, final)
+            except Exception as e:  # a closed browser or a bad state must not kill the thread
+                print(f"talksplat view: render failed: {type(e).__name__}: {e}", file=sys.stderr)
