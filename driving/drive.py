@@ -1,6 +1,7 @@
 """`talksplat drive`: a fitted avatar + speech (or text) -> an H.264 MP4 with the audio muxed in.
 
-Audio -> predictor -> rig parameters (written to OUT.npz for other tools) -> rendered in batches ->
+Audio -> predictor -> rig parameters (written to OUT.npz for other tools and `talksplat view
+--params`, with the audio as OUT.wav) -> rendered in batches ->
 encoded by ffmpeg in a second thread (rendering and encoding overlap; a bounded queue keeps memory
 flat, so hours of audio work) -> AAC audio muxed -> renamed into place when complete.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import queue
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -33,7 +35,7 @@ class DriveConfig:
     text: str | None = None
     """Text to speak with the local TTS (espeak-ng) instead of --audio."""
     out: Path = Path("drive.mp4")
-    """Output MP4; the predicted parameters go beside it as OUT.npz."""
+    """Output MP4; beside it OUT.npz (the predicted rig parameters) and OUT.wav (the audio as muxed)."""
     resolution: int = 1024
     """Output width and height in pixels (even)."""
     fps: float = 25.0
@@ -183,10 +185,9 @@ def run_drive(cfg: DriveConfig) -> dict:
         wave = load_audio(src)
         seq = predict_sequence(fit, wave, fps=cfg.fps, pose=cfg.pose, blinks=cfg.blinks, seed=cfg.seed)
         T = len(seq["expression"])
-        npz = cfg.out.with_suffix(".npz")
+        npz, wav = cfg.out.with_suffix(".npz"), cfg.out.with_suffix(".wav")
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(npz) as t:
-            np.savez(t, **seq, audio=np.asarray(str(Path(src).resolve()) if cfg.audio else ""))
+        mux = _audio_for_mux(Path(src), tmp, T / cfg.fps)
         t_predict = time.perf_counter() - t_start
 
         spec = cfg.rig or fit.rig_spec or ("open" if fit.header["rig_name"].startswith("open") else None)
@@ -198,7 +199,6 @@ def run_drive(cfg: DriveConfig) -> dict:
         viewmat, K = drive_camera(rig, seq, fit.camera, cfg.resolution, yaw, pitch)
         rig, avatar = rig.to(device), avatar.to(device)
         viewmat, K, background = viewmat.to(device), K.to(device), background.to(device)
-        mux = _audio_for_mux(Path(src), tmp, T / cfg.fps)
 
         frames: queue.Queue = queue.Queue(maxsize=2 * cfg.batch)
         failure: list[BaseException] = []
@@ -250,9 +250,13 @@ def run_drive(cfg: DriveConfig) -> dict:
             writer.close(ok=ok and not failure)
         if failure:
             raise failure[0]
+        with atomic_write(wav) as t:
+            shutil.copyfile(mux, t)
+        with atomic_write(npz) as t:
+            np.savez(t, **seq, audio=np.asarray(wav.name))
         t_total = time.perf_counter() - t_start
     duration = len(wave) / 16_000
-    return {"video": cfg.out, "params": npz, "frames": T, "audio_seconds": round(duration, 3),
+    return {"video": cfg.out, "params": npz, "audio": wav, "frames": T, "audio_seconds": round(duration, 3),
             "seconds": round(t_total, 2), "predict_seconds": round(t_predict, 2),
             "render_encode_seconds": round(t_total - t_predict, 2),
             "realtime_factor": round(t_total / max(duration, 1e-9), 3), "device": str(device)}

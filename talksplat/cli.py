@@ -12,6 +12,7 @@ from typing import Annotated, Union
 
 import tyro
 
+from talksplat.benchmarks.drive import BenchDriveConfig
 from talksplat.benchmarks.fit import BenchFitConfig
 from talksplat.benchmarks.prep import BenchPrepConfig
 from talksplat.benchmarks.render import BenchRenderConfig
@@ -39,6 +40,7 @@ Bench = Union[
     Annotated[BenchRigConfig, tyro.conf.subcommand("rig")],
     Annotated[BenchPrepConfig, tyro.conf.subcommand("prep")],
     Annotated[BenchFitConfig, tyro.conf.subcommand("fit")],
+    Annotated[BenchDriveConfig, tyro.conf.subcommand("drive")],
 ]
 
 Command = Union[
@@ -47,7 +49,7 @@ Command = Union[
     Annotated[DriveConfig, tyro.conf.subcommand("drive")],
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
     Annotated[ViewConfig, tyro.conf.subcommand("view")],
-    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep and fitting.")],
+    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving.")],
 ]
 
 
@@ -127,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             from talksplat.benchmarks.fit import bench_fit, print_rows as print_fit
 
             print_fit(bench_fit(cfg))
+        elif isinstance(cfg, BenchDriveConfig):
+            from talksplat.benchmarks.drive import bench_drive, print_rows as print_drive
+
+            print_drive(bench_drive(cfg))
         elif isinstance(cfg, BenchRigConfig):
             _bench_rig(cfg)
     except errors as e:

@@ -103,7 +103,8 @@ def test_drive_from_speech_writes_an_mp4_with_sound(grid_fit, shared_data, tmp_p
     z = np.load(out.with_suffix(".npz"))
     assert z["expression"].shape[0] == 100 and z["jaw"].shape == (100, 3) and float(z["fps"]) == 25.0
     assert z["jaw"][:, 0].std() > 1e-3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.mp4", "talk.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.mp4", "talk.npz", "talk.wav"]
+    assert str(z["audio"]) == "talk.wav"
 
 
 def test_drive_from_a_video_audio_track_and_replay(grid_fit, shared_data, tmp_path):
@@ -166,7 +167,7 @@ def test_drive_bad_input(grid_fit, tmp_path, capsys):
         assert "install espeak-ng" in err(["drive", str(fit), "--text", "hi", "--out", str(out)])
     finally:
         os.environ["PATH"] = path
-    assert not out.exists() and not out.with_suffix(".npz").exists()
+    assert not out.exists() and not out.with_suffix(".npz").exists() and not out.with_suffix(".wav").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "junk.m4a", "nofit"]
 
 
@@ -183,3 +184,27 @@ def test_driver_only_needs_audio(tmp_path, capsys):
     assert main(["fit", str(ds), "--out", str(tmp_path / "fit"), "--driver-only", "--quiet"]) == 1
     e = capsys.readouterr().err.strip()
     assert len(e.splitlines()) == 1 and "silent: the dataset has no audio.wav" in e
+
+
+def test_viewer_plays_predicted_and_driven_sequences(grid_fit, shared_data, tmp_path, open_rig):
+    """`talksplat view --audio` runs the avatar's predictor; `--params` reads what `drive` wrote."""
+    from talksplat.viewer.server import load_params_file, predict_sequence
+
+    speech = shared_data / "audio" / "cmu_arctic_awb_a0007.wav"
+    seq = predict_sequence(grid_fit / "fit" / "avatar.safetensors", speech, 25.0, open_rig)
+    assert seq.length == 100 and seq.audio == speech and seq.frames["jaw"][:, 0].std() > 1e-3
+    out = tmp_path / "d.mp4"
+    assert main(["drive", str(grid_fit / "fit"), "--audio", str(speech), "--out", str(out), "--resolution", "32",
+                 "--quiet"]) == 0
+    driven = load_params_file(out.with_suffix(".npz"), open_rig)
+    assert driven.length == 100 and driven.audio == out.with_suffix(".wav") and driven.fps == 25.0
+
+
+def test_bench_drive_runs():
+    from talksplat.benchmarks.drive import BenchDriveConfig, bench_drive
+
+    rows = bench_drive(BenchDriveConfig(seconds=1.0, resolution=(32,), device=("cpu", "cuda"), per_face=1))
+    cpu = rows[0]
+    assert cpu["device"] == "cpu" and cpu["frames"] == 25 and cpu["audio_seconds"] == 1.0
+    assert 0 < cpu["predict_seconds"] < cpu["seconds"] and cpu["realtime_factor"] == pytest.approx(cpu["seconds"], rel=0.01)
+    assert len(rows) == 2 and (rows[1].get("skipped") == "no CUDA device") != ("frames" in rows[1])
