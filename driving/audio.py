@@ -58,14 +58,23 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.
 
 
 def frame_rms(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, hop_s: float = 0.01,
-              win_s: float = 0.03) -> np.ndarray:
-    """[N] samples -> [ceil(N / hop)] RMS per frame (frame i centred at ``i * hop_s`` seconds)."""
+              win_s: float = 0.03, block: int = 65536) -> np.ndarray:
+    """[N] samples -> [ceil(N / hop)] RMS per frame (frame i centred at ``i * hop_s`` seconds).
+
+    Computed in blocks of ``block`` frames, so memory stays small for hours of audio."""
     hop, win = int(round(hop_s * sample_rate)), int(round(win_s * sample_rate))
     n = int(np.ceil(len(wave) / hop))
-    padded = np.pad(wave.astype(np.float64), (win // 2, win))
-    csum = np.concatenate([[0.0], np.cumsum(padded ** 2)])
-    starts = np.arange(n) * hop
-    return np.sqrt(np.maximum(csum[starts + win] - csum[starts], 0.0) / win).astype(np.float32)
+    out = np.empty(n, np.float32)
+    for f0 in range(0, n, block):
+        f1 = min(n, f0 + block)
+        s0 = f0 * hop - win // 2
+        lo, hi = max(s0, 0), min(len(wave), (f1 - 1) * hop - win // 2 + win)
+        seg = np.zeros(max(0, (f1 - 1) * hop + win - (f0 * hop)), np.float64)
+        seg[lo - s0:hi - s0] = wave[lo:hi]
+        csum = np.concatenate([[0.0], np.cumsum(seg ** 2)])
+        starts = np.arange(f1 - f0) * hop
+        out[f0:f1] = np.sqrt(np.maximum(csum[starts + win] - csum[starts], 0.0) / win)
+    return out
 
 
 def speech_level_db(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:

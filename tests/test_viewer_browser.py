@@ -1,7 +1,7 @@
 """`talksplat view` in a real browser: Debian's headless chromium driven through chromedriver
 (selenium), a real viser server, real rasterization.
 
-Needs chromium and chromedriver (`scripts/install_browser.sh`, run by `.ci/run`); without them the
+Needs chromium and chromedriver (`scripts/install_test_tools.sh`, run by `.ci/run`); without them the
 tests skip and say so (set TALKSPLAT_REQUIRE_BROWSER=1 to fail instead).  Screenshots are kept in
 `test-artifacts/viewer/` (git-ignored).
 """
@@ -55,7 +55,7 @@ def browser():
     chromium = _find("TALKSPLAT_CHROMIUM", ["chromium", "chromium-browser"])
     driver = _find("TALKSPLAT_CHROMEDRIVER", ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
     if chromium is None or driver is None:
-        _unavailable("no working chromium + chromedriver: run scripts/install_browser.sh (apt, needs root or sudo)")
+        _unavailable("no working chromium + chromedriver: run scripts/install_test_tools.sh (apt, needs root or sudo)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,800",
