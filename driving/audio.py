@@ -41,29 +41,37 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
-    proc = subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
-                           "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"],
-                          capture_output=True)
-    if proc.returncode != 0:
-        text = proc.stderr.decode(errors="replace")
-        err = text.strip().splitlines()
-        reason = err[-1] if err else f"ffmpeg exit status {proc.returncode}"
-        if "matches no streams" in text:
-            reason = "no audio track"
-        raise AudioError(f"{path}: cannot read audio ({reason})")
-    samples = np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    # ffmpeg writes raw float32 to a temporary file that numpy maps in one piece: an hour of audio
+    # costs its 230 MB once (a pipe would hold it two or three times while being joined).
+    fd, raw = tempfile.mkstemp(prefix="talksplat-audio-", suffix=".f32")
+    os.close(fd)
+    try:
+        proc = subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(path),
+                               "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", raw],
+                              capture_output=True)
+        if proc.returncode != 0:
+            text = proc.stderr.decode(errors="replace")
+            err = text.strip().splitlines()
+            reason = err[-1] if err else f"ffmpeg exit status {proc.returncode}"
+            if "matches no streams" in text:
+                reason = "no audio track"
+            raise AudioError(f"{path}: cannot read audio ({reason})")
+        samples = np.fromfile(raw, dtype="<f4")
+    finally:
+        os.unlink(raw)
     if samples.size == 0:
         raise AudioError(f"{path}: the audio track is empty (no samples)")
     return samples
 
 
 def frame_rms(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, hop_s: float = 0.01,
-              win_s: float = 0.03, block: int = 65536) -> np.ndarray:
+              win_s: float = 0.03, block_samples: int = 1 << 20) -> np.ndarray:
     """[N] samples -> [ceil(N / hop)] RMS per frame (frame i centred at ``i * hop_s`` seconds).
 
-    Computed in blocks of ``block`` frames, so memory stays small for hours of audio."""
+    Computed in blocks of about ``block_samples`` samples, so memory stays small for hours of audio."""
     hop, win = int(round(hop_s * sample_rate)), int(round(win_s * sample_rate))
     n = int(np.ceil(len(wave) / hop))
+    block = max(1, block_samples // hop)
     out = np.empty(n, np.float32)
     for f0 in range(0, n, block):
         f1 = min(n, f0 + block)
@@ -90,11 +98,11 @@ def normalize_loudness(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, target_
     """Scale so active speech sits at ``target_dbfs``; gain capped at ``MAX_GAIN_DB``; peaks kept below 1."""
     level = speech_level_db(wave, sample_rate)
     gain_db = min(target_dbfs - level, MAX_GAIN_DB)
-    out = wave * np.float32(10 ** (gain_db / 20))
-    peak = float(np.abs(out).max()) if out.size else 0.0
-    if peak > 0.999:
-        out = out * np.float32(0.999 / peak)
-    return out.astype(np.float32)
+    peak = float(np.abs(wave).max()) if wave.size else 0.0
+    gain = 10 ** (gain_db / 20)
+    if peak * gain > 0.999:
+        gain = 0.999 / peak
+    return np.multiply(wave, np.float32(gain), dtype=np.float32)
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
