@@ -198,6 +198,11 @@ def test_viewer_plays_predicted_and_driven_sequences(grid_fit, shared_data, tmp_
                  "--quiet"]) == 0
     driven = load_params_file(out.with_suffix(".npz"), open_rig)
     assert driven.length == 100 and driven.audio == out.with_suffix(".wav") and driven.fps == 25.0
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "avatar.safetensors").write_bytes((grid_fit / "fit" / "avatar.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="driver.safetensors: no audio predictor here"):
+        predict_sequence(bare / "avatar.safetensors", speech, 25.0, open_rig)
 
 
 def test_bench_drive_runs():

@@ -311,17 +311,6 @@ def test_bad_input_is_one_clear_line(tmp_path, sphere_rig, open_avatar, case, me
     assert "talksplat view: http" not in r.stdout
 
 
-def test_audio_without_predictor_is_one_clear_line(tmp_path, open_avatar):
-    import importlib.util
-
-    if importlib.util.find_spec("talksplat.driving.predict") is not None:
-        pytest.skip("talksplat.driving.predict exists: --audio is tested with the driving module")
-    (tmp_path / "speech.wav").write_bytes(b"RIFF....WAVE")
-    r = talksplat("view", str(open_avatar), "--audio", str(tmp_path / "speech.wav"), "--port", str(_free_port()))
-    assert r.returncode != 0 and "has no audio predictor" in r.stderr and str(open_avatar) in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-
-
 def test_view_is_a_subcommand():
     r = talksplat("view", "--help")
     assert r.returncode == 0 and "AVATAR" in r.stdout and "--params" in r.stdout and "--audio" in r.stdout

@@ -164,17 +164,26 @@ def load_params_file(path: Path, rig) -> Sequence:
 
 
 def predict_sequence(avatar_file: Path, audio: Path, fps: float, rig) -> Sequence:
-    """Run the avatar's audio predictor (`talksplat.driving.predict`) on ``audio``."""
+    """Run the avatar's audio predictor (`talksplat.driving.predict`) on ``audio`` (any format ffmpeg
+    reads; a non-WAV file is played in the browser from a temporary WAV copy)."""
+    import atexit
+    import os
+    import tempfile
+
+    from talksplat.driving.audio import load_audio, write_wav
+    from talksplat.driving.predict import open_fit, predict_sequence as predict
+
     if not audio.is_file():
         raise ValueError(f"{audio}: audio file not found")
-    try:
-        from talksplat.driving.predict import predict_from_audio
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"{avatar_file}: this avatar has no audio predictor (talksplat.driving.predict is not "
-                         f"available: {e}); use --params with a file from `talksplat drive`") from None
-    arrays = predict_from_audio(avatar_file, audio, fps=fps)
+    wave = load_audio(audio)
+    arrays = predict(open_fit(avatar_file), wave, fps=fps)
     seq = check_sequence(arrays, rig, f"{audio} (predicted)", fps, f"driven: {audio.name}")
     seq.audio = audio
+    if audio.suffix.lower() != ".wav":
+        fd, tmp = tempfile.mkstemp(prefix="talksplat-view-", suffix=".wav")
+        os.close(fd)
+        atexit.register(lambda: Path(tmp).unlink(missing_ok=True))
+        seq.audio = write_wav(tmp, wave)
     return seq
 
 
