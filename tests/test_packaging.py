@@ -22,8 +22,11 @@ def test_wheel_has_only_the_talksplat_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"talksplat", wheel.name.split("-py3")[0] + ".dist-info"}, top
-    for pkg in ("render", "rigs", "avatar", "fitting", "driving", "data_prep", "benchmarks"):
+    for pkg in ("render", "rigs", "avatar", "fitting", "driving", "data_prep", "benchmarks", "viewer"):
         assert f"talksplat/{pkg}/__init__.py" in names
+    for module in ("driving/drive.py", "driving/predictor.py", "fitting/lpips.py", "viewer/server.py",
+                   "fit_command.py"):
+        assert f"talksplat/{module}" in names, module
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert "talksplat = talksplat.cli:entry" in zipfile.ZipFile(wheel).read(entry[0]).decode()
 
