@@ -264,3 +264,34 @@ def test_lip_metrics(open_rig):
     tracked = {"expression": expr, "jaw": jaw}
     same = lip_sync_metrics(geo, tracked, tracked, {"expression": expr, "jaw": np.zeros_like(jaw)})
     assert same["lve_mm2"] == 0 and same["mouth_open_corr"] > 0.999 and same["lve_mean_baseline_mm2"] > 10
+
+
+def test_predictor_on_a_flame_layout_rig(sphere_rig, tmp_path):
+    """A FLAME-like rig (numbered expression components, no eyelid units): the predictor trains, saves,
+    reloads and predicts all moving components and the jaw; there are no blink coefficients to drive."""
+    from talksplat.driving.evaluate import LipGeometry
+    from talksplat.driving.predictor import choose_layout, load_driver
+    from talksplat.driving.train import train_predictor
+    from talksplat.fitting.config import DriverConfig
+
+    rig = sphere_rig
+    fps = 25.0
+    wave = np.concatenate([_tone_speech(3.0, 16_000, seed=s) for s in range(3)])
+    T = int(len(wave) / SAMPLE_RATE * fps)
+    o = _envelope_targets(wave, fps, T)
+    expr = np.zeros((T, rig.num_expression), np.float32)
+    expr[:, 0] = o
+    jaw = np.zeros((T, 3), np.float32)
+    jaw[:, 0] = 0.2 * o
+    layout = choose_layout(rig.expression_names, expr)
+    assert layout.expr_ids == [0] and layout.blink_ids == []
+    geo = LipGeometry(rig, np.zeros(rig.num_shape, np.float32))
+    drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout,
+                          DriverConfig(steps=150), geo=geo, rig_checksum=rig.checksum)
+    drv.save(tmp_path / "driver.safetensors")
+    again = load_driver(tmp_path / "driver.safetensors", rig_checksum=rig.checksum)
+    pred = again.predict(wave, fps, T)
+    assert pred["expression"].shape == (T, rig.num_expression) and pred["jaw"].shape == (T, 3)
+    assert np.corrcoef(pred["jaw"][:, 0], jaw[:, 0])[0, 1] > 0.8  # seen audio: fits it
+    with pytest.raises(ValueError, match="made for another rig"):
+        load_driver(tmp_path / "driver.safetensors", rig_checksum="0" * 64)
