@@ -108,13 +108,37 @@ def test_drive_from_speech_writes_an_mp4_with_sound(grid_fit, shared_data, tmp_p
 
 
 def test_drive_from_a_video_audio_track_and_replay(grid_fit, shared_data, tmp_path):
+    import imageio.v3 as iio
+
+    bg = np.zeros((100, 200, 3), np.uint8)
+    bg[..., 1] = 200  # green, with a red left edge that the centre crop must cut away
+    bg[:, :40, 0] = 255
+    iio.imwrite(tmp_path / "bg.png", bg)
     out = tmp_path / "clip.mp4"
     rc = main(["drive", str(grid_fit / "fit"), "--audio", str(shared_data / "grid" / "lbbc2a.mpg"), "--out", str(out),
-               "--resolution", "64", "--pose", "replay", "--camera", "25,5", "--quiet"])
+               "--resolution", "64", "--pose", "replay", "--camera", "25,5", "--background", str(tmp_path / "bg.png"),
+               "--quiet"])
     assert rc == 0
     from talksplat.driving.audio import decode_audio
 
-    _check_mp4(out, len(decode_audio(shared_data / "grid" / "lbbc2a.mpg")) / 16000, 25.0, 64)
+    frames = _check_mp4(out, len(decode_audio(shared_data / "grid" / "lbbc2a.mpg")) / 16000, 25.0, 64)
+    assert np.abs(frames[:, :3, :3].reshape(-1, 3).mean(0) - [0, 200, 0]).max() < 15
+
+
+def test_drive_silence_keeps_the_mouth_closed(grid_fit, tmp_path):
+    from talksplat.driving.audio import write_wav
+    from talksplat.driving.predictor import load_driver
+
+    write_wav(tmp_path / "quiet.wav", np.zeros(32000, np.float32))
+    out = tmp_path / "quiet.mp4"
+    assert main(["drive", str(grid_fit / "fit"), "--audio", str(tmp_path / "quiet.wav"), "--out", str(out),
+                 "--resolution", "32", "--pose", "still", "--quiet"]) == 0
+    z = np.load(out.with_suffix(".npz"))
+    drv = load_driver(grid_fit / "fit" / "driver.safetensors")
+    ne = len(drv.layout.expr_ids)
+    assert z["jaw"].shape == (50, 3)
+    assert np.allclose(z["jaw"], drv.rest[ne:], atol=1e-5)  # every frame: the subject's silent mouth
+    assert np.allclose(z["expression"][:, drv.layout.expr_ids], drv.rest[:ne], atol=1e-5)
 
 
 def test_drive_from_text(grid_fit, tmp_path):
