@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from talksplat.data_prep.decode import ffmpeg_exe
+
 SAMPLE_RATE = 16_000
 #: Target loudness of speech after normalisation (RMS of the active frames, dBFS).
 TARGET_DBFS = -23.0
@@ -28,12 +30,6 @@ MAX_GAIN_DB = 30.0
 
 class AudioError(ValueError):
     """An audio file that is missing, unreadable, without an audio track, or empty."""
-
-
-def _ffmpeg() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -46,7 +42,7 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.
     fd, raw = tempfile.mkstemp(prefix="talksplat-audio-", suffix=".f32")
     os.close(fd)
     try:
-        proc = subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(path),
+        proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(path),
                                "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", raw],
                               capture_output=True)
         if proc.returncode != 0:

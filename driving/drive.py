@@ -102,6 +102,7 @@ def drive_camera(rig, seq: dict, fit_camera: dict | None, resolution: int, yaw: 
     The camera orbits the head in the head's own frame (median pose): yaw about its up axis, pitch
     about its left-right axis; yaw = pitch = 0 is the training camera's direction and distance, with
     the training camera's field of view (a frontal 0.65 m / 24° view without a dataset)."""
+    from talksplat.render.camera import look_at
     from talksplat.rigs.base import RigParams
     from talksplat.rigs.geometry import axis_angle_to_matrix
 
@@ -127,16 +128,8 @@ def drive_camera(rig, seq: dict, fit_camera: dict | None, resolution: int, yaw: 
                       dtype=torch.float64)
     Rx = torch.tensor([[1, 0, 0], [0, math.cos(pitch_r), -math.sin(pitch_r)], [0, math.sin(pitch_r), math.cos(pitch_r)]],
                       dtype=torch.float64)
-    d = R @ (Ry @ Rx @ direction)
-    eye = center + distance * d
-    forward = (center - eye) / (center - eye).norm()
-    up = R @ torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
-    right = torch.linalg.cross(forward, up)
-    right = right / right.norm()
-    down = torch.linalg.cross(forward, right)
-    w2c = torch.eye(4, dtype=torch.float64)
-    w2c[:3, :3] = torch.stack([right, down, forward])
-    w2c[:3, 3] = -w2c[:3, :3] @ eye
+    eye = center + distance * (R @ (Ry @ Rx @ direction))
+    w2c = look_at(eye, center, R @ torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
     f = fy * resolution
     K = torch.tensor([[f, 0, resolution / 2], [0, f, resolution / 2], [0, 0, 1]], dtype=torch.float64)
     return w2c.float(), K.float()
@@ -145,10 +138,10 @@ def drive_camera(rig, seq: dict, fit_camera: dict | None, resolution: int, yaw: 
 def _audio_for_mux(src: Path, tmp_dir: Path, seconds: float) -> Path:
     """The first audio stream of ``src`` as a WAV of exactly ``seconds`` (padded with silence or cut), so
     the MP4's audio and video end together and ffmpeg's stream choice can never pick a video."""
-    from .audio import _ffmpeg
+    from talksplat.data_prep.decode import ffmpeg_exe
 
     out = tmp_dir / "audio.wav"
-    subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src),
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src),
                     "-map", "0:a:0", "-vn", "-af", "apad", "-t", f"{seconds:.6f}", "-c:a", "pcm_s16le", str(out)],
                    check=True, capture_output=True)
     return out

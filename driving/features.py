@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, TARGET_DBFS
+from .audio import SAMPLE_RATE, TARGET_DBFS, frame_rms
 
 
 class EncoderError(ValueError):
@@ -46,12 +47,13 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float, fmax:
 
 
 def loudness_channel(wave: torch.Tensor, hop: int, frames: int) -> torch.Tensor:
-    """[frames] frame energy in dB relative to the normalisation target, divided by 20 (~[-3, 1])."""
-    win = 2 * hop
-    x = torch.nn.functional.pad(wave, (win // 2, win + hop * frames))
-    seg = x.unfold(0, win, hop)[:frames]
-    db = 10 * torch.log10(seg.pow(2).mean(-1) + 1e-10)
-    return ((db - TARGET_DBFS) / 20.0).clamp(min=-3.0)
+    """[frames] energy of 2 * ``hop`` sample windows centred at ``i * hop``, in dB relative to the
+    normalisation target, divided by 20 (about [-3, 1]; frames past the end count as silence)."""
+    rms = frame_rms(wave.detach().float().cpu().numpy(), SAMPLE_RATE, hop_s=hop / SAMPLE_RATE,
+                    win_s=2 * hop / SAMPLE_RATE)
+    rms = np.pad(rms, (0, max(0, frames - len(rms))))[:frames]
+    db = 10 * np.log10(rms.astype(np.float64) ** 2 + 1e-10)
+    return torch.from_numpy(np.maximum((db - TARGET_DBFS) / 20.0, -3.0).astype(np.float32))
 
 
 def sliding_mean(x: torch.Tensor, weight: torch.Tensor, half: int) -> torch.Tensor:

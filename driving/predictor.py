@@ -27,8 +27,7 @@ from torch import nn
 
 from talksplat.render.files import atomic_write
 
-from .audio import TARGET_DBFS
-from .features import make_encoder
+from .features import loudness_channel, make_encoder
 
 FORMAT = "talksplat-driver"
 VERSION = 1
@@ -123,11 +122,8 @@ def choose_layout(expression_names: list[str], expression: np.ndarray) -> Target
 
 def silence_gate(wave: np.ndarray, fps: float, num_frames: int, sample_rate: int = 16_000) -> np.ndarray:
     """[num_frames] in [0, 1]: 1 inside silences of at least MIN_SILENCE_S, ramping over 3 frames."""
-    from .audio import frame_rms
-
-    rms = frame_rms(np.asarray(wave, np.float32), sample_rate, hop_s=1.0 / fps, win_s=2.0 / fps)
-    rms = np.pad(rms, (0, max(0, num_frames - len(rms))))[:num_frames]
-    loud = np.maximum((20 * np.log10(np.maximum(rms, 1e-5)) - TARGET_DBFS) / 20.0, -3.0)
+    hop = int(round(sample_rate / fps))
+    loud = loudness_channel(torch.from_numpy(np.asarray(wave, np.float32)), hop, num_frames).numpy()
     silent = loud < SILENCE_LEVEL
     gate = np.zeros(num_frames, np.float32)
     min_run = max(1, int(round(MIN_SILENCE_S * fps)))

@@ -11,12 +11,7 @@ import numpy as np
 import pytest
 
 from talksplat.cli import main
-
-
-def _ffmpeg() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
+from talksplat.data_prep.decode import ffmpeg_exe
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +63,7 @@ def test_lip_sync_on_another_clip_of_the_same_speaker(grid_fit, open_rig):
 
 
 def _probe(path: Path) -> str:
-    return subprocess.run([_ffmpeg(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    return subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
 
 
 def _check_mp4(path: Path, audio_seconds: float, fps: float, size: int, expected: int | None = None):

@@ -9,17 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from talksplat.data_prep.decode import ffmpeg_exe
 from talksplat.driving.audio import (SAMPLE_RATE, AudioError, decode_audio, espeak_exe, load_audio,
                                      speech_level_db, synthesize_speech, write_wav)
 from talksplat.driving.features import EncoderError, LogMelEncoder, make_encoder
 from talksplat.driving.motion import add_blinks, blink_times, head_motion
 from talksplat.driving.predictor import silence_gate
-
-
-def _ffmpeg() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def _tone_speech(seconds: float = 2.0, sr: int = 44_100, seed: int = 0) -> np.ndarray:
@@ -41,7 +36,7 @@ def speech_wav(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("codec,ext", [("libmp3lame", "mp3"), ("aac", "m4a"), ("flac", "flac")])
 def test_any_format_is_resampled_to_16k_mono(speech_wav, tmp_path, codec, ext):
     out = tmp_path / f"speech.{ext}"
-    subprocess.run([_ffmpeg(), "-v", "error", "-y", "-i", str(speech_wav), "-ac", "2", "-c:a", codec, str(out)],
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(speech_wav), "-ac", "2", "-c:a", codec, str(out)],
                    check=True)
     wave = load_audio(out)
     assert wave.dtype == np.float32 and wave.ndim == 1
