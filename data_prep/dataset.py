@@ -215,8 +215,9 @@ def _read_png(path: Path, color: bool) -> np.ndarray:
     return img[..., ::-1].copy() if color else img
 
 
-def load_dataset(root: str | os.PathLike) -> Dataset:
-    """Read meta.json, transforms.json, rig_params.npz and landmarks.npz; check the format version."""
+def load_metadata(root: str | os.PathLike) -> tuple[dict, list[Frame]]:
+    """Only meta.json and transforms.json (cameras, no images or parameters): ``(meta, frames)``;
+    checks the format and version like :func:`load_dataset`."""
     root = Path(root)
     if not is_dataset(root):
         raise DatasetError(f"{root}: not a talksplat dataset (no meta.json); make one with `talksplat prep`")
@@ -230,6 +231,19 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
     if int(meta.get("version", -1)) > FORMAT_VERSION:
         raise DatasetError(f"{root}/meta.json: dataset version {meta.get('version')} is newer than this "
                            f"talksplat reads ({FORMAT_VERSION}); upgrade talksplat")
+    return meta, [Frame.from_json(d) for d in tr["frames"]]
+
+
+def first_training_frame(meta: dict, frames: list[Frame]) -> Frame:
+    """The first frame of a training time step (the first frame when the split is empty)."""
+    train = set(meta.get("split", {}).get("train", []))
+    return next((f for f in frames if not train or f.timestep in train), frames[0])
+
+
+def load_dataset(root: str | os.PathLike) -> Dataset:
+    """Read meta.json, transforms.json, rig_params.npz and landmarks.npz; check the format version."""
+    root = Path(root)
+    meta, frames = load_metadata(root)
     with np.load(root / "rig_params.npz") as z:
         shape = z["shape"]
         params = {k: z[k] for k in RIG_PARAM_KEYS}
@@ -237,5 +251,4 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
     if (root / "landmarks.npz").is_file():
         with np.load(root / "landmarks.npz") as z:
             landmarks = {k: z[k] for k in z.files}
-    frames = [Frame.from_json(d) for d in tr["frames"]]
     return Dataset(root=root, meta=meta, frames=frames, shape=shape, params=params, landmarks=landmarks)

@@ -17,11 +17,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import tyro
+
+if TYPE_CHECKING:
+    from talksplat.data_prep.dataset import Frame
 
 
 @dataclass
@@ -95,13 +98,14 @@ def parse_camera(spec: str) -> tuple[float, float]:
     return yaw, pitch
 
 
-def drive_camera(rig, seq: dict, fit_camera: dict | None, resolution: int, yaw: float,
+def drive_camera(rig, seq: dict, fit_camera: Frame | None, resolution: int, yaw: float,
                  pitch: float) -> tuple[torch.Tensor, torch.Tensor]:
     """World-to-camera [4, 4] (OpenCV) and K [3, 3] (pixels) looking at the head's median position.
 
     The camera orbits the head in the head's own frame (median pose): yaw about its up axis, pitch
     about its left-right axis; yaw = pitch = 0 is the training camera's direction and distance, with
-    the training camera's field of view (a frontal 0.65 m / 24° view without a dataset)."""
+    the training camera's field of view (a frontal 0.65 m / 24° view without a dataset).
+    ``fit_camera``: a training :class:`talksplat.data_prep.dataset.Frame`, or None."""
     from talksplat.render.camera import look_at
     from talksplat.rigs.base import RigParams
     from talksplat.rigs.geometry import axis_angle_to_matrix
@@ -116,11 +120,10 @@ def drive_camera(rig, seq: dict, fit_camera: dict | None, resolution: int, yaw: 
     center = face.mean(0).double()
     R = axis_angle_to_matrix(med["global_rot"])[0].double()  # head frame -> world
     if fit_camera is not None:
-        c2w = torch.from_numpy(fit_camera["c2w"])
-        offset = c2w[:3, 3] - center
+        offset = torch.from_numpy(fit_camera.c2w[:3, 3]) - center
         distance = float(offset.norm())
         direction = (R.T @ (offset / distance))  # camera direction in the head frame
-        fy = float(fit_camera["K"][1, 1]) / fit_camera["height"]
+        fy = float(fit_camera.K[1, 1]) / fit_camera.height
     else:
         distance, direction, fy = 0.65, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), 0.5 / math.tan(math.radians(12))
     yaw_r, pitch_r = math.radians(yaw), math.radians(pitch)

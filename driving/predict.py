@@ -12,7 +12,6 @@ coefficients (the predictor does not produce them).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from talksplat.avatar.io import AvatarFileError, read_header
+from talksplat.data_prep.dataset import DatasetError, Frame, first_training_frame, is_dataset, load_metadata
 
 from .audio import SAMPLE_RATE, load_audio
 from .motion import add_blinks, head_motion
@@ -39,8 +39,8 @@ class FitFolder:
         tracked: per-frame training parameters (fit-tuned when present): FRAME_KEYS -> [T, ...] plus
             ``shape`` [S].
         fps: the training video's frame rate.
-        camera: the dataset's first training camera ``{"c2w": [4, 4], "K": [3, 3], "width", "height"}``
-            (OpenCV, metres, pixels), or None when the dataset is not at its recorded path.
+        camera: the dataset's first training frame (its ``c2w`` [4, 4] OpenCV metres, ``K`` [3, 3]
+            pixels, ``width``, ``height``), or None when the dataset is not at its recorded path.
         rig_spec: the rig spec the dataset was tracked with (``open``, ``flame:PATH``) when known.
     """
 
@@ -49,7 +49,7 @@ class FitFolder:
     driver: Driver
     tracked: dict[str, np.ndarray]
     fps: float
-    camera: dict | None
+    camera: Frame | None
     rig_spec: str | None
 
 
@@ -73,8 +73,11 @@ def open_fit(path: str | os.PathLike) -> FitFolder:
         tracked = {k: z[k].astype(np.float32) for k in ("shape",) + FRAME_KEYS}
     fps, camera, spec = driver.fps, None, None
     dataset = header.get("extra", {}).get("dataset")
-    if dataset and (Path(dataset) / "meta.json").is_file():
-        meta = json.loads((Path(dataset) / "meta.json").read_text())
+    try:
+        meta, frames = load_metadata(dataset) if dataset and is_dataset(Path(dataset)) else (None, [])
+    except DatasetError:  # moved or replaced since the fit: drive without its camera and split
+        meta, frames = None, []
+    if meta is not None:
         fps = float(meta.get("fps", fps))
         spec = meta.get("rig", {}).get("spec")
         train = set(meta.get("split", {}).get("train", []))
@@ -82,10 +85,7 @@ def open_fit(path: str | os.PathLike) -> FitFolder:
                 if (not train or t in train) and t not in set(meta.get("dropped_timesteps", []))]
         if keep:
             tracked = {k: (v if k == "shape" else v[keep]) for k, v in tracked.items()}
-        frames = json.loads((Path(dataset) / "transforms.json").read_text())["frames"]
-        f = next((f for f in frames if not train or f["timestep"] in train), frames[0])
-        camera = {"c2w": np.asarray(f["c2w"], np.float64), "K": np.asarray(f["K"], np.float64),
-                  "width": int(f["width"]), "height": int(f["height"])}
+        camera = first_training_frame(meta, frames)
     return FitFolder(avatar_file, header, driver, tracked, fps, camera, spec)
 
 

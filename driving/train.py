@@ -1,6 +1,6 @@
 """Train the subject's audio-to-rig predictor on a prepared dataset (``talksplat fit``'s second stage).
 
-    drv, metrics = train_driver_on_dataset("dataset/", "avatar/", rig, DriverConfig())
+    drv, metrics = train_driver_on_dataset(load_dataset("dataset/"), "avatar/", rig, DriverConfig())
 
 Training samples random windows (``window_s``) of the training time steps: the audio under the window
 (plus 0.4 s of context each side) and the per-frame targets.  Augmentation makes the predictor care
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from talksplat.data_prep.dataset import Dataset
 from talksplat.fitting.config import DriverConfig
 from talksplat.render.files import atomic_write
 from talksplat.rigs.base import HeadRig, RigParams
@@ -219,15 +220,13 @@ def evaluate_driver(drv: Driver, geo: LipGeometry, wave: np.ndarray, fps: float,
     return lip_sync_metrics(geo, sel(pred), sel(tracked), mean)
 
 
-def train_driver_on_dataset(dataset_dir: str | Path, out_dir: str | Path, rig: HeadRig, cfg: DriverConfig,
+def train_driver_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, cfg: DriverConfig,
                             progress=None) -> tuple[Driver, dict]:
-    """Train on a talksplat dataset, save ``OUT/driver.safetensors``, add ``driver`` to ``OUT/metrics.json``.
+    """Train on a loaded talksplat dataset, save ``OUT/driver.safetensors``, add ``driver`` to
+    ``OUT/metrics.json``.
 
     Returns the driver and its held-out metrics (lip vertex error against the mean baseline, mouth-opening
     correlation)."""
-    from talksplat.data_prep.dataset import load_dataset
-
-    ds = load_dataset(dataset_dir)
     out_dir = Path(out_dir)
     if ds.audio_path is None or not Path(ds.audio_path).is_file():
         raise DriverTrainingError(f"{ds.root}: the dataset has no audio.wav (the video had no sound): the audio "

@@ -35,7 +35,7 @@ def run_fit_command(cfg: FitConfig) -> dict:
             print(f"talksplat: warning: {ds.root} has no audio: skipping the audio predictor", file=sys.stderr)
             return metrics
         rig = load_dataset_rig(ds, cfg.rig)
-        _, m = train_driver_on_dataset(cfg.dataset, cfg.out, rig, cfg.driver, progress=_progress(cfg))
+        _, m = train_driver_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
         metrics["driver"] = m
         h = m.get("heldout")
         print(f"wrote {cfg.out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s"

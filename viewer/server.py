@@ -16,7 +16,6 @@ import base64
 import collections
 import html
 import ipaddress
-import json
 import math
 import signal
 import sys
@@ -216,23 +215,21 @@ def load_training(fit_dir: Path | None, header: dict, rig) -> tuple[Sequence | N
 
     Anything missing (a bare avatar file, a moved dataset) gives None; a warning says what.
     """
+    from talksplat.data_prep.dataset import DatasetError, first_training_frame, is_dataset, load_metadata
+
     seq, cam = None, None
     dataset = header.get("extra", {}).get("dataset")
     dataset = Path(dataset) if dataset else None
     fps, audio = 25.0, None
-    if dataset is not None and (dataset / "meta.json").is_file():
+    if dataset is not None and is_dataset(dataset):
         try:
-            meta = json.loads((dataset / "meta.json").read_text())
+            meta, frames = load_metadata(dataset)
             fps = float(meta.get("fps") or 25.0)
             if meta.get("audio") and (dataset / meta["audio"]).is_file():
                 audio = dataset / meta["audio"]
-            tr = json.loads((dataset / "transforms.json").read_text())
-            train = set(meta.get("split", {}).get("train", []))
-            frames = [f for f in tr["frames"] if not train or f["timestep"] in train] or tr["frames"]
-            f = frames[0]
-            cam = TrainingCamera(np.asarray(f["c2w"], np.float64), np.asarray(f["K"], np.float64),
-                                 int(f["width"]), int(f["height"]))
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            f = first_training_frame(meta, frames)
+            cam = TrainingCamera(f.c2w, f.K, f.width, f.height)
+        except (OSError, ValueError, KeyError, IndexError, TypeError, DatasetError) as e:
             print(f"talksplat view: warning: {dataset}: cannot read the training cameras ({e}); "
                   "using a default camera", file=sys.stderr)
             cam = None
