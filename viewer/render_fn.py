@@ -55,16 +55,6 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def quat_wxyz_to_matrix(wxyz) -> np.ndarray:
-    """[4] quaternion w, x, y, z (any norm > 0) -> [3, 3] rotation matrix, float64."""
-    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
-
-
 def viser_to_viewmat(wxyz, position) -> np.ndarray:
     """viser camera pose -> our world-to-camera matrix.
 
@@ -74,7 +64,9 @@ def viser_to_viewmat(wxyz, position) -> np.ndarray:
     Returns:
         viewmat [4, 4] float64, world-to-camera (OpenCV: x right, y down, z forward).
     """
-    R = quat_wxyz_to_matrix(wxyz)
+    from talksplat.render.cpu import quat_to_rotmat
+
+    R = quat_to_rotmat(torch.as_tensor(np.asarray(wxyz, np.float64))).numpy()
     t = np.asarray(position, dtype=np.float64)
     viewmat = np.eye(4)
     viewmat[:3, :3] = R.T
@@ -96,8 +88,9 @@ def render_size(aspect: float, resolution: int) -> tuple[int, int]:
 def intrinsics_from_fov(fov_y: float, width: int, height: int) -> np.ndarray:
     """K [3, 3] in pixels for a vertical field of view ``fov_y`` (radians), square pixels and the
     principal point at the image centre (pixel centres at integer + 0.5)."""
-    f = 0.5 * height / math.tan(0.5 * fov_y)
-    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+    from talksplat.render.camera import intrinsics
+
+    return intrinsics(math.degrees(fov_y), width, height, fov_axis="y", dtype=torch.float64).numpy()
 
 
 def viser_camera(wxyz, position, fov_y: float, aspect: float, resolution: int) -> "ViewCamera":
