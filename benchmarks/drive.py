@@ -80,6 +80,7 @@ def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0
 
 
 def bench_drive(cfg: BenchDriveConfig) -> list[dict]:
+    from talksplat.avatar.io import read_header
     from talksplat.driving.audio import write_wav
     from talksplat.driving.drive import DriveConfig, run_drive
 
@@ -95,6 +96,7 @@ def bench_drive(cfg: BenchDriveConfig) -> list[dict]:
 
             wave = load_audio(audio)
         avatar = cfg.avatar or make_bench_fit(d / "fit", cfg.per_face, wave)
+        n = read_header(Path(avatar) / "avatar.safetensors")["num_gaussians"]
         for dev in cfg.device:
             for res in cfg.resolution:
                 if dev == "cuda" and not torch.cuda.is_available():
@@ -102,9 +104,6 @@ def bench_drive(cfg: BenchDriveConfig) -> list[dict]:
                     continue
                 r = run_drive(DriveConfig(avatar=avatar, audio=audio, out=d / f"out{res}{dev}.mp4", resolution=res,
                                           device=dev, batch=cfg.batch, pose="replay", quiet=True))
-                from talksplat.avatar.io import read_header
-
-                n = read_header(Path(avatar) / "avatar.safetensors")["num_gaussians"]
                 rows.append({"device": dev, "resolution": res, "gaussians": n, **{k: r[k] for k in (
                     "frames", "audio_seconds", "seconds", "predict_seconds", "render_encode_seconds", "realtime_factor")}})
     return rows

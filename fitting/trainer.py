@@ -213,14 +213,18 @@ class Trainer:
         opa = (o * (1 - o)).mean()
         total = photo + cfg.lambda_position * pos + cfg.lambda_scale * scl + cfg.lambda_opacity * opa
         parts = {"photo": photo}
-        # LPIPS on the whole image (AlexNet's stride leaves nothing of images under 32 px).
-        if self.lpips is not None and min(render.shape[:2]) >= self.lpips.min_side:
+        # LPIPS on the whole image (skipped under the backbone's minimum size).
+        if self._lpips_applies(render):
             parts["lpips"] = self.lpips(render, target)
             total = total + cfg.lambda_lpips * parts["lpips"]
         if cfg.tune_params:
             reg = sum((self.frames.delta(k) ** 2).mean() for k in FRAME_FIELDS)
             total = total + 1e-2 * reg
         return total, parts
+
+    def _lpips_applies(self, render: torch.Tensor) -> bool:
+        """LPIPS weights were given and the [H, W, 3] image is big enough for the backbone."""
+        return self.lpips is not None and min(render.shape[:2]) >= self.lpips.min_side
 
     # ------------------------------------------------------------------ training
     def train(self, progress=None, checkpoints: bool = True) -> None:
@@ -369,7 +373,7 @@ class Trainer:
             rows["psnr"].append(float(psnr(render, target)))
             smap = ssim_map(render.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None])[0].mean(0)
             rows["ssim"].append(float(smap.mean()))
-            if self.lpips is not None and min(render.shape[:2]) >= self.lpips.min_side:
+            if self._lpips_applies(render):
                 rows["lpips"].append(float(self.lpips(render, target)))
             if s.landmarks is not None:
                 m = torch.from_numpy(region_mask(s.landmarks, s.frame.height, s.frame.width, "mouth")).to(self.device)
