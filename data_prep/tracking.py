@@ -45,13 +45,19 @@ class TrackingConfig:
     num_shape: int = 100
     """Identity components fitted (capped at the rig's)."""
     w_shape: float = 0.1
+    """Weight of the identity prior (squared shape coefficients)."""
     w_expression: float = 0.1
+    """Weight of the expression prior (squared coefficients)."""
     w_expression_bounds: float = 100.0
     """Penalty outside the rig's expression range (open head: ARKit units in [0, 1])."""
     w_jaw: float = 1.0
+    """Weight of the jaw-rotation prior (opening; sideways rotation and closing past rest cost more)."""
     w_neck: float = 100.0
+    """Weight of the neck-rotation prior (squared axis-angle)."""
     w_eyes: float = 0.1
+    """Weight of the eye-rotation prior (and of the two eyes looking different ways)."""
     w_smooth_expression: float = 2.0
+    """Temporal smoothness of expression, jaw and eyes."""
     w_smooth_pose: float = 100.0
     """Second differences of head rotation and translation (per frame)."""
     w_focal: float = 1.0

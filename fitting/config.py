@@ -93,9 +93,11 @@ class FitConfig:
     lambda_position: float = 0.01
     """Hinge on local positions beyond `position_limit` face units."""
     position_limit: float = 1.0
+    """Distance from its triangle (in units of the triangle's size) a Gaussian may move freely."""
     lambda_scale: float = 1.0
     """Hinge on scales beyond `scale_limit` face units."""
     scale_limit: float = 0.6
+    """Largest scale (in units of the triangle's size) before the scale hinge applies."""
     lambda_opacity: float = 0.01
     """Pushes opacities towards 0 or 1."""
     refine_every: int = 100

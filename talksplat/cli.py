@@ -6,6 +6,7 @@ modules they call.  Errors the user can fix end as one line on stderr and a non-
 
 from __future__ import annotations
 
+import pickle
 import sys
 from dataclasses import dataclass
 from typing import Annotated, Union
@@ -17,9 +18,11 @@ from talksplat.benchmarks.fit import BenchFitConfig
 from talksplat.benchmarks.prep import BenchPrepConfig
 from talksplat.benchmarks.render import BenchRenderConfig
 from talksplat.data_prep.prep import PrepConfig
+from talksplat.demo.command import DemoConfig
 from talksplat.driving.drive import DriveConfig
 from talksplat.fitting.config import FitConfig
 from talksplat.render_command import RenderConfig
+from talksplat.run_command import RunConfig
 from talksplat.viewer.server import ViewConfig
 
 
@@ -47,6 +50,8 @@ Command = Union[
     Annotated[PrepConfig, tyro.conf.subcommand("prep")],
     Annotated[FitConfig, tyro.conf.subcommand("fit")],
     Annotated[DriveConfig, tyro.conf.subcommand("drive")],
+    Annotated[RunConfig, tyro.conf.subcommand("run")],
+    Annotated[DemoConfig, tyro.conf.subcommand("demo")],
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
     Annotated[ViewConfig, tyro.conf.subcommand("view")],
     Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving.")],
@@ -79,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
                    description="talksplat: talking Gaussian head avatars from video.")
     from talksplat.avatar.io import AvatarFileError
 
-    errors: tuple[type[BaseException], ...] = (AvatarFileError, FileNotFoundError, ValueError)
-    if isinstance(cfg, PrepConfig):
+    # a refused or unreadable FLAME pickle (talksplat.rigs.safe_pickle) is the user's file, not a bug
+    errors: tuple[type[BaseException], ...] = (AvatarFileError, FileNotFoundError, ValueError,
+                                               pickle.UnpicklingError)
+    if isinstance(cfg, (PrepConfig, RunConfig, DemoConfig)):
         from talksplat.data_prep.prep import prep_errors
 
         errors = errors + prep_errors()
-    if isinstance(cfg, FitConfig):
+    if isinstance(cfg, (FitConfig, RunConfig, DemoConfig)):
         from talksplat.fitting.trainer import FitError
 
         errors = errors + (FitError,)
@@ -108,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
             r = run_drive(cfg)
             print(f"wrote {r['video']} ({r['frames']} frames, {r['audio_seconds']:.2f} s of audio) and {r['params']} "
                   f"in {r['seconds']:.1f} s ({r['realtime_factor']:.2f} s per second of audio, {r['device']})")
+        elif isinstance(cfg, RunConfig):
+            from talksplat.run_command import run_pipeline
+
+            run_pipeline(cfg)
+        elif isinstance(cfg, DemoConfig):
+            from talksplat.demo.command import run_demo
+
+            run_demo(cfg)
         elif isinstance(cfg, RenderConfig):
             from talksplat.render_command import run_render
 

@@ -17,32 +17,48 @@ def run_fit_command(cfg: FitConfig) -> dict:
     Returns the metrics written to OUT/metrics.json."""
     metrics: dict = {}
     if not cfg.driver_only:
-        from talksplat.fitting.trainer import run_fit
-
-        metrics = run_fit(cfg)
-        h = metrics.get("heldout", {})
-        print(f"wrote {cfg.out}: {metrics['num_gaussians']} Gaussians after {metrics['step']} steps "
-              f"({metrics['steps_per_second']:.2f} steps/s)"
-              + (f"; held-out PSNR {h['psnr']:.2f} dB, SSIM {h['ssim']:.4f}" if "psnr" in h else "")
-              + (f", mouth PSNR {h['mouth_psnr']:.2f} dB" if "mouth_psnr" in h else "")
-              + (f", LPIPS {h['lpips']:.4f}" if "lpips" in h else ""))
+        metrics = fit_avatar(cfg)
     if cfg.driver.enabled or cfg.driver_only:
-        from talksplat.driving.train import train_driver_on_dataset
-        from talksplat.fitting.trainer import load_dataset_rig, open_dataset
-
-        ds = open_dataset(cfg.dataset)
-        if not cfg.driver_only and (ds.audio_path is None or not ds.audio_path.is_file()):
-            print(f"talksplat: warning: {ds.root} has no audio: skipping the audio predictor", file=sys.stderr)
-            return metrics
-        rig = load_dataset_rig(ds, cfg.rig)
-        _, m = train_driver_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
-        metrics["driver"] = m
-        h = m.get("heldout")
-        print(f"wrote {cfg.out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s"
-              + (f"; held-out lip vertex error {h['lve_mm2']:.2f} mm² (mean-expression baseline "
-                 f"{h['lve_mean_baseline_mm2']:.2f} mm²), mouth-opening correlation {h['mouth_open_corr']:.3f}"
-                 if h else "; no held-out time steps to evaluate"))
+        m = fit_driver(cfg, require_audio=cfg.driver_only)
+        if m is not None:
+            metrics["driver"] = m
     return metrics
+
+
+def fit_avatar(cfg: FitConfig) -> dict:
+    """The avatar stage of `talksplat fit`; prints and returns its metrics (OUT/metrics.json)."""
+    from talksplat.fitting.trainer import run_fit
+
+    metrics = run_fit(cfg)
+    h = metrics.get("heldout", {})
+    print(f"wrote {cfg.out}: {metrics['num_gaussians']} Gaussians after {metrics['step']} steps "
+          f"({metrics['steps_per_second']:.2f} steps/s)"
+          + (f"; held-out PSNR {h['psnr']:.2f} dB, SSIM {h['ssim']:.4f}" if "psnr" in h else "")
+          + (f", mouth PSNR {h['mouth_psnr']:.2f} dB" if "mouth_psnr" in h else "")
+          + (f", LPIPS {h['lpips']:.4f}" if "lpips" in h else ""))
+    return metrics
+
+
+def fit_driver(cfg: FitConfig, require_audio: bool = True) -> dict | None:
+    """The audio-predictor stage of `talksplat fit`: trains OUT/driver.safetensors on the dataset's audio.
+
+    Returns the predictor's metrics, or None (with a warning) when the dataset has no audio and
+    ``require_audio`` is false; with ``require_audio`` the trainer's error names the dataset."""
+    from talksplat.driving.train import train_driver_on_dataset
+    from talksplat.fitting.trainer import load_dataset_rig, open_dataset
+
+    ds = open_dataset(cfg.dataset)
+    if not require_audio and (ds.audio_path is None or not ds.audio_path.is_file()):
+        print(f"talksplat: warning: {ds.root} has no audio: skipping the audio predictor", file=sys.stderr)
+        return None
+    rig = load_dataset_rig(ds, cfg.rig)
+    _, m = train_driver_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
+    h = m.get("heldout")
+    print(f"wrote {cfg.out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s"
+          + (f"; held-out lip vertex error {h['lve_mm2']:.2f} mm² (mean-expression baseline "
+             f"{h['lve_mean_baseline_mm2']:.2f} mm²), mouth-opening correlation {h['mouth_open_corr']:.3f}"
+             if h else "; no held-out time steps to evaluate"))
+    return m
 
 
 def _progress(cfg: FitConfig):

@@ -102,3 +102,21 @@ def test_bench_render_prints_fps(env):
                   "--iters", "2", "--warmup", "1", env=env)
     assert r.returncode == 0, r.stderr
     assert "cpu" in r.stdout and "2,000" in r.stdout
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def test_a_refused_flame_pickle_is_one_line(tmp_path, env):
+    import pickle
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"v_template": _RunsCode()}))
+    r = talksplat("render", "--rig", f"flame:{evil}", "--out", str(tmp_path / "x.png"), env=env)
+    assert r.returncode == 1 and "pwned" not in r.stdout
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "evil.pkl: refusing to load" in r.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,104 @@
+"""The demo's side-by-side video: input | re-rendered avatar | avatar driven by new speech.
+
+Panels are square, ``size`` pixels.  The first two follow the training clip (looping when the
+driving speech is longer); the third is the driven video; the audio is the driving speech.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+FRAME_KEYS = ("expression", "global_rot", "neck", "jaw", "eyes", "translation")
+
+
+def rerender_training_clip(fit_dir: Path, dataset_dir: Path, size: int, device: str = "auto",
+                           batch: int = 8) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+    """Per time step of the dataset (first camera): ``(input [size, size, 3] uint8, render [size,
+    size, 3] uint8 on white, held_out)``; the render uses the fit-tuned parameters and the frame's camera."""
+    import cv2
+
+    from talksplat.avatar.io import load_avatar
+    from talksplat.avatar.render import render_avatar
+    from talksplat.data_prep.dataset import load_dataset
+    from talksplat.fitting.trainer import load_dataset_rig
+    from talksplat.render.device import pick_device
+    from talksplat.rigs.base import RigParams
+
+    ds = load_dataset(dataset_dir)
+    rig = load_dataset_rig(ds, None)
+    avatar = load_avatar(Path(fit_dir) / "avatar.safetensors", rig_checksum=rig.checksum)
+    dev = pick_device(device)
+    rig, avatar = rig.to(dev), avatar.to(dev)
+    with np.load(Path(fit_dir) / "tuned_params.npz", allow_pickle=False) as z:
+        tuned = {k: torch.from_numpy(z[k].astype(np.float32)) for k in ("shape",) + FRAME_KEYS}
+    cam = ds.meta["cameras"][0]
+    frames = sorted((f for f in ds.frames if f.camera == cam), key=lambda f: f.timestep)
+    held = set(ds.split.get("test", []))
+    for s in range(0, len(frames), batch):
+        chunk = frames[s:s + batch]
+        ts = torch.tensor([f.timestep for f in chunk])
+        p = RigParams(shape=tuned["shape"][None].expand(len(chunk), -1).to(dev),
+                      **{k: tuned[k][ts].to(dev) for k in FRAME_KEYS})
+        renders = []
+        with torch.no_grad():
+            for i, f in enumerate(chunk):
+                K = torch.as_tensor(np.asarray(f.K, np.float32)).clone()
+                K[:2] *= size / max(f.width, f.height)
+                vm = torch.linalg.inv(torch.as_tensor(np.asarray(f.c2w, np.float32)))
+                pi = RigParams(**{k: getattr(p, k)[i:i + 1] for k in ("shape",) + FRAME_KEYS})
+                col, alpha, _ = render_avatar(avatar, rig, pi, vm[None].to(dev), K[None].to(dev), size, size)
+                img = col[0, 0] + (1 - alpha[0, 0])  # white background
+                renders.append((img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+        for f, r in zip(chunk, renders):
+            inp = ds.load_image(f)
+            if inp.shape[:2] != (size, size):
+                inp = cv2.resize(inp, (size, size), interpolation=cv2.INTER_AREA)
+            yield inp, r, f.timestep in held
+
+
+def label(img: np.ndarray, text: str, bottom: str | None = None) -> np.ndarray:
+    """Draw a caption bar on a copy of ``img`` ([H, W, 3] uint8)."""
+    import cv2
+
+    out = img.copy()
+    h, w = out.shape[:2]
+    scale = max(0.35, w / 640)
+    bar = int(22 * scale * 1.6)
+    for y0, t in ((0, text), (h - bar, bottom)):
+        if not t:
+            continue
+        out[y0:y0 + bar] = (0.45 * out[y0:y0 + bar]).astype(np.uint8)
+        cv2.putText(out, t, (6, y0 + int(bar * 0.72)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    max(1, int(round(scale * 1.5))), cv2.LINE_AA)
+    return out
+
+
+def write_side_by_side(out_mp4: str | os.PathLike, training: list[tuple[np.ndarray, np.ndarray, bool]],
+                       driven: np.ndarray, audio: str | os.PathLike, fps: float, captions: tuple[str, str, str],
+                       footer: str = "") -> int:
+    """Write the three-panel MP4 (H.264 + AAC, temp file then rename); returns the frame count.
+
+    ``training``: the first two panels per training time step; ``driven``: [T, S, S, 3] uint8 frames of
+    the driven video (its length sets the output's); ``audio``: the driving speech."""
+    from talksplat.render.video import VideoWriter
+
+    T = len(driven)
+    S = driven.shape[1]
+    n = len(training)
+    writer = VideoWriter(out_mp4, 3 * S, S, fps=fps, audio_path=Path(audio), shortest=False)
+    ok = False
+    try:
+        for t in range(T):
+            inp, ren, held = training[t % n]
+            tag = " (held out)" if held else ""
+            panels = [label(inp, captions[0]), label(ren, captions[1] + tag), label(driven[t], captions[2], footer)]
+            writer.write(np.concatenate(panels, axis=1))
+        ok = True
+    finally:
+        writer.close(ok=ok)
+    return T

@@ -1,0 +1,251 @@
+"""`talksplat run`: video + speech -> talking-avatar MP4 in one command (prep -> fit -> predictor -> drive).
+
+Everything lands in one work directory::
+
+    WORKDIR/dataset/      talksplat prep's tracked dataset
+    WORKDIR/avatar/       talksplat fit's avatar (+ driver.safetensors, the audio predictor)
+    WORKDIR/talk.mp4      the driven avatar with the speech muxed in (+ talk.npz, talk.wav)
+    WORKDIR/metrics.json  every stage's figures and whether it ran or was reused
+    WORKDIR/stages/*.json what made each stage's output (input hashes, config, upstream keys)
+    WORKDIR/run.log       the stage decisions of every run
+
+A rerun repeats only the stages whose inputs or config changed (and those after them): a new
+``--audio`` reruns only ``drive``; new ``--driver.*`` options rerun the predictor and ``drive``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from talksplat.fitting.config import DriverConfig
+
+#: run preset -> (prep crop side px, fit preset, drive output side px)
+RUN_PRESETS = {"fast": (256, "fast", 512), "default": (512, "default", 1024), "quality": (512, "quality", 1024)}
+STAGE_NAMES = ("prep", "fit", "driver", "drive")
+
+
+@dataclass
+class RunConfig:
+    """Video of a talking person + speech -> an MP4 of their avatar saying it: prep, fit, drive in one go.
+
+    Reruns reuse every stage whose inputs and config are unchanged (see WORKDIR/run.log).  Presets:
+    fast (256 px crops, 2k fit steps, 512 px output), default (512 px, 10k steps, 1024 px), quality
+    (512 px, 30k steps, 1024 px).
+    """
+
+    videos: tyro.conf.Positional[tuple[Path, ...]]
+    """Video of the subject talking (several with --calibration: synchronized multi-view)."""
+    audio: Path | None = None
+    """Speech to drive the avatar with: any file ffmpeg reads."""
+    text: str | None = None
+    """Text to speak with the local TTS (espeak-ng) instead of --audio."""
+    out: Path = Path("talksplat-run")
+    """Work directory (dataset/, avatar/, talk.mp4, metrics.json, stages/, run.log)."""
+    preset: Literal["fast", "default", "quality"] = "default"
+    """Size and length of the job: crop size, fit preset, output size (see above)."""
+    calibration: Path | None = None
+    """Multi-view: cameras.json (see docs/formats.md)."""
+    rig: str = "open"
+    """Head rig: `open` (built in), `flame` ($TALKSPLAT_FLAME) or `flame:PATH`."""
+    fps: float = 25.0
+    """Frames per second of the dataset and the output video."""
+    resolution: int | None = None
+    """Side of the square head crop the avatar is fitted on (default: the preset's)."""
+    max_frames: int | None = None
+    """Use only the first N frames of the video."""
+    heldout: float = 0.1
+    """Fraction of time steps (the last ones) held out for evaluation."""
+    steps: int | None = None
+    """Avatar training steps (default: the preset's)."""
+    budget: int | None = None
+    """Maximum number of Gaussians (default: the preset's)."""
+    lpips_weights: Path | None = None
+    """LPIPS weights for fitting and evaluation (see README: Fit); off without them."""
+    driver: DriverConfig = field(default_factory=DriverConfig)
+    """The audio-to-rig predictor (as `talksplat fit --driver.*`; `run` always trains it)."""
+    drive_resolution: int | None = None
+    """Output video width and height (default: the preset's)."""
+    pose: Literal["still", "replay", "idle"] = "replay"
+    """Head motion of the driven avatar (as `talksplat drive --pose`)."""
+    background: str = "white"
+    """Background of the driven video: `white`, `black`, `#rrggbb` or an image file."""
+    camera: str = "0,0"
+    """Camera `yaw,pitch` in degrees around the head (0,0 = the training camera's direction)."""
+    voice: str = "en-us"
+    """espeak-ng voice for --text."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: CUDA when available, else the CPU."""
+    force: tuple[Literal["prep", "fit", "driver", "drive"], ...] = ()
+    """Rerun these stages even when up to date (later stages follow, as their inputs change)."""
+    quiet: bool = False
+    """No progress display (stage decisions and the summary are still printed)."""
+
+
+def _resolved(cfg: RunConfig):
+    from talksplat.data_prep.prep import PrepConfig
+    from talksplat.driving.drive import DriveConfig
+    from talksplat.fitting.config import FitConfig
+
+    crop, fit_preset, out_px = RUN_PRESETS[cfg.preset]
+    out = Path(cfg.out)
+    prep = PrepConfig(videos=tuple(cfg.videos), out=out / "dataset", calibration=cfg.calibration, rig=cfg.rig,
+                      fps=cfg.fps, resolution=cfg.resolution or crop, max_frames=cfg.max_frames, overwrite=True,
+                      heldout=cfg.heldout, device=cfg.device, quiet=cfg.quiet)
+    driver = DriverConfig(**{**cfg.driver.__dict__, "enabled": True})
+    fit = FitConfig(dataset=out / "dataset", out=out / "avatar", preset=fit_preset, steps=cfg.steps,
+                    budget=cfg.budget, overwrite=True, device=cfg.device, lpips_weights=cfg.lpips_weights,
+                    quiet=cfg.quiet, driver=driver)
+    drive = DriveConfig(avatar=out / "avatar", audio=cfg.audio, text=cfg.text, out=out / "talk.mp4",
+                        resolution=cfg.drive_resolution or out_px, fps=cfg.fps, pose=cfg.pose,
+                        background=cfg.background, camera=cfg.camera, device=cfg.device, voice=cfg.voice,
+                        quiet=cfg.quiet)
+    return prep, fit, drive
+
+
+def _without(config, *names: str) -> dict:
+    """A config's fields minus those that do not change the stage's output (paths, display, device)."""
+    from talksplat.stages import jsonable
+
+    return {k: v for k, v in jsonable(config).items() if k not in names}
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Fail early, with one line naming the file, before hours of fitting."""
+    if (cfg.audio is None) == (cfg.text is None):
+        raise ValueError("give exactly one of --audio FILE or --text \"...\"")
+    if not cfg.videos:
+        raise ValueError("no input video given")
+    for p in (*cfg.videos, cfg.audio, cfg.calibration, cfg.lpips_weights):
+        if p is not None and not Path(p).exists():
+            raise FileNotFoundError(f"{p}: no such file")
+    if cfg.background not in ("white", "black") and not cfg.background.startswith("#") \
+            and not Path(cfg.background).is_file():
+        raise FileNotFoundError(f"{cfg.background}: background image not found")
+    if cfg.text is not None:
+        from talksplat.driving.audio import espeak_exe
+
+        if espeak_exe() is None:
+            raise ValueError("--text needs espeak-ng (apt-get install espeak-ng); or give --audio FILE")
+
+
+def build_stages(cfg: RunConfig):
+    """The four stages of a run, in order (see :mod:`talksplat.stages`)."""
+    from talksplat.stages import Stage
+
+    prep, fit, drive = _resolved(cfg)
+    out = Path(cfg.out)
+
+    def run_prep_stage() -> dict:
+        from talksplat.data_prep.prep import run_prep
+
+        rep = run_prep(prep)
+        err = rep.tracking_error
+        print(f"prep: {rep.num_timesteps} time steps, {rep.num_images} images"
+              + (f", tracking error {100 * err['mean_iod']:.2f}% of the inter-ocular distance" if err else "")
+              + (f", {len(rep.dropped)} frames dropped" if rep.dropped else ""))
+        return {"timesteps": rep.num_timesteps, "images": rep.num_images, "dropped": len(rep.dropped),
+                "interpolated": len(rep.interpolated), "tracking_error": err,
+                "timings": {k: round(v, 2) for k, v in rep.timings.items()}}
+
+    def run_fit_stage(resume: bool = False) -> dict:
+        from talksplat.fit_command import fit_avatar
+
+        if resume and (fit.out / "checkpoint.safetensors").is_file():
+            print(f"fit: continuing from {fit.out / 'checkpoint.safetensors'}")
+            m = fit_avatar(replace(fit, resume=True, overwrite=False))
+        else:
+            if fit.out.exists():
+                shutil.rmtree(fit.out)
+            m = fit_avatar(fit)
+        return {k: m[k] for k in ("num_gaussians", "step", "steps_per_second", "seconds", "device", "heldout")
+                if k in m}
+
+    def run_driver_stage() -> dict:
+        from talksplat.fit_command import fit_driver
+
+        return fit_driver(fit, require_audio=True)
+
+    def run_drive_stage() -> dict:
+        from talksplat.driving.drive import run_drive
+
+        r = run_drive(drive)
+        print(f"drive: {r['frames']} frames, {r['audio_seconds']:.2f} s of audio in {r['seconds']:.1f} s "
+              f"({r['realtime_factor']:.2f} s per second of audio, {r['device']})")
+        return r
+
+    prep_cfg = _without(prep, "videos", "out", "overwrite", "quiet", "device", "calibration", "landmark_embedding")
+    fit_cfg = _without(fit, "dataset", "out", "resume", "overwrite", "quiet", "device", "driver", "driver_only",
+                       "log_every", "checkpoint_every", "cache_mb", "tensorboard", "lpips_weights")
+    drive_cfg = _without(drive, "avatar", "audio", "out", "quiet", "device", "batch")
+    drive_inputs: dict[str, Path | None] = {"audio": drive.audio}
+    if drive.background not in ("white", "black") and not drive.background.startswith("#"):
+        drive_inputs["background"] = Path(drive.background)
+    return [
+        Stage("prep", {**{f"video{i}": v for i, v in enumerate(prep.videos)}, "calibration": prep.calibration},
+              prep_cfg, [prep.out / "meta.json"], run_prep_stage, location=prep.out),
+        Stage("fit", {"lpips_weights": fit.lpips_weights}, fit_cfg,
+              [fit.out / "avatar.safetensors", fit.out / "tuned_params.npz"], run_fit_stage, depends=("prep",),
+              location=fit.out, resume=lambda: run_fit_stage(resume=True)),
+        Stage("driver", {}, _without(fit.driver), [fit.out / "driver.safetensors"], run_driver_stage,
+              depends=("prep", "fit")),
+        Stage("drive", drive_inputs, drive_cfg, [drive.out, drive.out.with_suffix(".npz")], run_drive_stage,
+              depends=("driver", "fit")),
+    ]
+
+
+def run_pipeline(cfg: RunConfig) -> dict:
+    """Do the work of `talksplat run`; returns the summary written to WORKDIR/metrics.json."""
+    from talksplat.render.files import atomic_write
+    from talksplat.stages import StageRunner
+
+    check_inputs(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = StageRunner(out, force=tuple(cfg.force))
+    for stage in build_stages(cfg):
+        runner.run(stage)
+    summary = {"workdir": str(out),
+               "outputs": {"dataset": str(out / "dataset"), "avatar": str(out / "avatar"),
+                           "video": str(out / "talk.mp4"), "params": str(out / "talk.npz"),
+                           "audio": str(out / "talk.wav"), "heldout_images": str(out / "avatar" / "heldout")},
+               "stages": {name: {"status": runner.status[name], "seconds": runner.records[name]["seconds"]}
+                          for name in STAGE_NAMES},
+               **{name: runner.records[name]["summary"] for name in STAGE_NAMES}}
+    with atomic_write(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    print_summary(summary)
+    return summary
+
+
+def print_summary(s: dict) -> None:
+    """Where everything is and the evaluation figures."""
+    prep, fit, drv, drive = s["prep"], s["fit"], s["driver"], s["drive"]
+    lines = [f"talksplat run: {s['workdir']}"]
+    for name in STAGE_NAMES:
+        st = s["stages"][name]
+        lines.append(f"  {name:7s} {st['status']:6s} ({st['seconds']:.1f} s when it ran)")
+    err = prep.get("tracking_error") or {}
+    lines.append(f"  dataset  {s['outputs']['dataset']}: {prep['timesteps']} time steps"
+                 + (f", tracking error {100 * err['mean_iod']:.2f}% of the inter-ocular distance" if err else ""))
+    h = fit.get("heldout", {})
+    lines.append(f"  avatar   {s['outputs']['avatar']}: {fit['num_gaussians']:,} Gaussians"
+                 + (f"; held-out PSNR {h['psnr']:.2f} dB, SSIM {h['ssim']:.4f}" if "psnr" in h else "")
+                 + (f", mouth PSNR {h['mouth_psnr']:.2f} dB" if "mouth_psnr" in h else "")
+                 + (f", LPIPS {h['lpips']:.4f}" if "lpips" in h else "")
+                 + (f" (images: {s['outputs']['heldout_images']})" if "psnr" in h else ""))
+    dh = drv.get("heldout")
+    lines.append("  driver   audio predictor"
+                 + (f": held-out lip vertex error {dh['lve_mm2']:.2f} mm² (mean-expression baseline "
+                    f"{dh['lve_mean_baseline_mm2']:.2f}), mouth-opening correlation {dh['mouth_open_corr']:.3f}"
+                    if dh else ": no held-out time steps"))
+    lines.append(f"  video    {s['outputs']['video']}: {drive['frames']} frames, {drive['audio_seconds']:.2f} s "
+                 f"(+ {Path(s['outputs']['params']).name}, {Path(s['outputs']['audio']).name})")
+    lines.append(f"  figures  {Path(s['workdir']) / 'metrics.json'}")
+    print("\n".join(lines), file=sys.stdout, flush=True)
