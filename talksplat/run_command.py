@@ -98,7 +98,7 @@ def _resolved(cfg: RunConfig):
     prep = PrepConfig(videos=tuple(cfg.videos), out=out / "dataset", calibration=cfg.calibration, rig=cfg.rig,
                       fps=cfg.fps, resolution=cfg.resolution or crop, max_frames=cfg.max_frames, overwrite=True,
                       heldout=cfg.heldout, device=cfg.device, quiet=cfg.quiet)
-    driver = DriverConfig(**{**cfg.driver.__dict__, "enabled": True})
+    driver = cfg.driver
     fit = FitConfig(dataset=out / "dataset", out=out / "avatar", preset=fit_preset, steps=cfg.steps,
                     budget=cfg.budget, overwrite=True, device=cfg.device, lpips_weights=cfg.lpips_weights,
                     quiet=cfg.quiet, driver=driver)
@@ -122,6 +122,9 @@ def check_inputs(cfg: RunConfig) -> None:
         raise ValueError("give exactly one of --audio FILE or --text \"...\"")
     if not cfg.videos:
         raise ValueError("no input video given")
+    if not cfg.driver.enabled:
+        raise ValueError("--driver.no-enabled: talksplat run always trains the audio predictor "
+                         "(use `talksplat prep` and `talksplat fit --driver.no-enabled` for an avatar alone)")
     for p in (*cfg.videos, cfg.audio, cfg.calibration, cfg.lpips_weights):
         if p is not None and not Path(p).exists():
             raise FileNotFoundError(f"{p}: no such file")

@@ -181,4 +181,6 @@ def test_run_refuses_bad_input_before_any_work(tmp_path, capsys):
     assert "missing.mp4: no such file" in capsys.readouterr().err
     assert main(["run", str(tmp_path), "--out", str(tmp_path / "w")]) == 1
     assert "exactly one of --audio" in capsys.readouterr().err
+    assert main(["run", str(tmp_path), "--audio", str(tmp_path), "--driver.no-enabled", "--out", str(tmp_path / "w")]) == 1
+    assert "always trains the audio predictor" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
