@@ -43,6 +43,8 @@ def write_synthetic_dataset(out: Path, rig: HeadRig, T: int = 30, size: int = 96
     avatar = textured_avatar(rig)
     t = torch.linspace(0, 2 * math.pi, T)
     p = rig.zero_params(T)
+    k = min(4, rig.num_shape)  # a subject that is not the mean head
+    p.shape[:, :k] = torch.tensor([0.4, -0.3, 0.5, 0.2])[:k]
     p.expression[:, rig.expression_index("jawOpen")] = 0.4 * (0.5 - 0.5 * torch.cos(3 * t))
     p.expression[:, rig.expression_index("mouthSmileLeft")] = 0.3 * (0.5 + 0.5 * torch.sin(t))
     p.global_rot[:, 1] = 0.3 * torch.sin(t) + 0.02 * torch.randn(T, generator=g)

@@ -107,9 +107,15 @@ class _Progress:
         return (lambda n=1: self._p.advance(t, n),
                 lambda completed, total=None: self._p.update(t, completed=completed, total=total))
 
-    def log(self, msg: str) -> None:
+    def log(self, msg: str, warning: bool = False) -> None:
+        """Print ``msg`` (rich markup) above the bars; with ``quiet`` only warnings, as plain text on stderr."""
         if self._p is not None:
             self._p.console.print(msg)
+        elif warning:
+            import re
+            import sys
+
+            print("talksplat: " + re.sub(r"\[/?[a-z ]*\]", "", msg), file=sys.stderr)
 
 
 def _timed_frames(path: Path, fps: float, max_frames: int | None, timings: dict[str, float]):
@@ -171,7 +177,7 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
         has_audio = extract_audio(videos[0], writer.root / "audio.wav")
         if not has_audio:
             progress.log(f"[yellow]warning:[/] {videos[0]}: no audio track — the avatar can be fitted but "
-                         "not trained to speak")
+                         "not trained to speak", warning=True)
 
         # ---------------------------------------------------------------- pass 1: landmarks
         per_cam_points, per_cam_found = [], []

@@ -407,7 +407,10 @@ class Trainer:
         save_avatar(self.avatar.cpu(), self.out / "avatar.safetensors",
                     extra={"dataset": str(Path(self.cfg.dataset).resolve()), "steps": self.step})
         self.avatar.to(self.device)
-        export_ply(self.avatar.cpu(), self.rig.cpu(), self.out / "avatar.ply")
+        rig = self.rig.cpu()
+        with torch.no_grad():  # the subject's neutral head: tracked identity, no expression, no pose
+            neutral = rig.shaped_vertices(self.frames.shape.cpu()[None], torch.zeros(1, rig.num_expression))[0]
+        export_ply(self.avatar.cpu(), rig, self.out / "avatar.ply", vertices=neutral)
         self.avatar.to(self.device)
         self.rig.to(self.device)
         with atomic_write(self.out / "tuned_params.npz") as tmp:

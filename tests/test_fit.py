@@ -61,6 +61,13 @@ def test_synthetic_round_trip_reaches_30db(synthetic, tmp_path, rig):
     ply = read_ply(out / "avatar.ply")
     assert {"x", "f_dc_0", "f_rest_0", "opacity", "scale_0", "rot_0", "binding"} <= set(ply)
     assert np.array_equal(ply["binding"], av.binding.numpy())
+    # posed on the subject's neutral head (tracked identity, no expression or pose)
+    tuned = np.load(out / "tuned_params.npz")
+    with torch.no_grad():
+        neutral = rig.shaped_vertices(torch.as_tensor(tuned["shape"], dtype=torch.float32)[None],
+                                      torch.zeros(1, rig.num_expression))
+        means, _, _ = av.posed_geometry(neutral, rig.faces)
+    assert np.allclose(np.stack([ply["x"], ply["y"], ply["z"]], -1), means[0].numpy(), atol=1e-5)
     tuned = np.load(out / "tuned_params.npz")
     assert tuned["expression"].shape == tuned["original_expression"].shape == (30, rig.num_expression)
     assert sorted(p.name for p in (out / "heldout").iterdir())[:1] == ["00027_cam0.png"]

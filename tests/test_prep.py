@@ -226,7 +226,7 @@ def test_refuses_existing_dataset_unless_overwrite(grid_dataset, tmp_path):
     assert (ds.root / "meta.json").is_file()  # untouched
 
 
-def test_two_people_one_subject_followed(shared_data, tmp_path):
+def test_two_people_one_subject_followed(shared_data, tmp_path, capsys):
     """Two GRID speakers side by side: prep follows one of them through the whole clip."""
     grid = shared_data / "grid"
     both = tmp_path / "two.mp4"
@@ -235,6 +235,7 @@ def test_two_people_one_subject_followed(shared_data, tmp_path):
     rep = run_prep(PrepConfig(videos=(both,), out=tmp_path / "ds", resolution=128, quiet=True))
     ds = load_dataset(tmp_path / "ds")
     assert ds.meta["audio"] is None and ds.num_timesteps == 40
+    assert "two.mp4: no audio track" in capsys.readouterr().err  # said even with quiet
     # Every stored crop shows the same person: the crop centres never jump between the halves.
     centres = np.array([fr.K[0, 2] for fr in ds.frames])  # principal point moves opposite to the crop
     assert np.ptp(centres) < 0.25 * 128

@@ -764,10 +764,10 @@ def run_view(cfg: ViewConfig) -> None:
     if device.type == "cpu":
         keep_freed_memory()
     renderer = AvatarRenderer(avatar, rig, device, cfg.background)
-    if not is_loopback(cfg.host):
-        print(f"talksplat view: warning: listening on {cfg.host}: anyone on the network who can reach port "
-              f"{cfg.port} can view the avatar", file=sys.stderr)
     viewer = Viewer(cfg, renderer, rig, sequences, train_cam, identity, title=f"talksplat: {cfg.avatar}")
+    if not is_loopback(cfg.host):  # the port viser bound (the next free one when --port was taken)
+        print(f"talksplat view: warning: listening on {cfg.host}: anyone on the network who can reach port "
+              f"{viewer.server.get_port()} can view the avatar", file=sys.stderr)
     stop = threading.Event()
     # Ctrl-C and SIGTERM both stop cleanly (SIGINT explicitly: a background job may have it ignored).
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
