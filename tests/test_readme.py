@@ -1,0 +1,102 @@
+"""The README's commands for a user's own video, run as written (`bash -e`), on real recordings.
+
+The blocks marked ``<!-- ci: own-video -->`` and ``<!-- ci: run -->`` run in a fresh directory that
+holds what they name: ``talking.mp4`` (a GRID clip), ``speech.m4a`` (a CMU ARCTIC sentence as AAC),
+``other.wav`` (another GRID speaker's audio) and ``.venv`` (this checkout's).  They use the real
+presets (`--preset fast`: 2,000 fit steps at 256 px), so each takes several minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from talksplat.data_prep.decode import ffmpeg_exe
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from readme_command import readme_block  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def user_dir(shared_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("user")
+    (d / "talking.mp4").symlink_to(shared_data / "grid" / "bbaf2n.mpg")
+    for src, dst in ((shared_data / "audio" / "cmu_arctic_awb_a0007.wav", "speech.m4a"),
+                     (shared_data / "grid" / "lbbc2a.mpg", "other.wav")):
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(src), "-vn", str(d / dst)], check=True)
+    from talksplat.driving.audio import espeak_exe
+
+    if espeak_exe() is None:
+        pytest.skip("espeak-ng not installed (apt-get install espeak-ng): the README's --text command needs it")
+    venv = ROOT / ".venv"
+    if not (venv / "bin" / "talksplat").exists():
+        pytest.skip(f"{venv}: no talksplat install there (run `bash scripts/setup.sh`): the README's commands use it")
+    (d / ".venv").symlink_to(venv)
+    return d
+
+
+def run_block(name: str, cwd: Path) -> str:
+    block = readme_block(name)
+    r = subprocess.run(["bash", "-e", "-c", block], cwd=cwd, capture_output=True, text=True, timeout=3000,
+                       env={**os.environ, "COLUMNS": "120"})
+    assert r.returncode == 0, f"README block '{name}' failed:\n{block}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def _seconds(path: Path) -> float:
+    from talksplat.driving.audio import decode_audio
+
+    return len(decode_audio(path)) / 16_000
+
+
+def test_readme_own_video_commands(user_dir):
+    from talksplat.render.video import read_video
+
+    out = run_block("own-video", user_dir)
+    assert "wrote dataset" in out and "held-out PSNR" in out and "wrote talk.mp4" in out
+    frames, fps = read_video(user_dir / "talk.mp4")
+    speech = _seconds(user_dir / "speech.m4a")
+    assert frames.shape == (round(speech * 25), 512, 512, 3) and fps == pytest.approx(25)
+    assert abs(_seconds(user_dir / "talk.mp4") - speech) <= 1 / 25
+    m = json.loads((user_dir / "avatar" / "metrics.json").read_text())
+    assert m["heldout"]["psnr"] > 20.0 and "driver" in m  # measured 22.6 dB (the same settings through run)
+
+
+def test_readme_more_commands(user_dir):
+    """After the own-video block: predictor only, text with idle pose and a colour, two renders."""
+    from talksplat.render.video import read_video
+
+    if not (user_dir / "avatar" / "avatar.safetensors").is_file():
+        pytest.skip("needs the own-video block's avatar (test_readme_own_video_commands failed or was deselected)")
+    run_block("more", user_dir)
+    m = json.loads((user_dir / "avatar" / "metrics.json").read_text())
+    assert "psnr" in m["heldout"] and m["driver"]["steps"] == 1000  # the avatar's figures are kept
+    hello, _ = read_video(user_dir / "hello.mp4")
+    assert hello.shape[1:] == (1024, 1024, 3) and len(hello) == round(_seconds(user_dir / "hello.wav") * 25)
+    corner = hello[:, :16, :16].reshape(-1, 3).mean(0)
+    assert abs(corner - [0x20, 0x30, 0x40]).max() < 12  # --background '#203040'
+    turn, _ = read_video(user_dir / "fitted.mp4")
+    assert turn.shape == (96, 1024, 1024, 3)
+    assert (user_dir / "face.png").is_file()
+
+
+def test_readme_run_commands(user_dir):
+    from talksplat.render.video import read_video
+
+    out = run_block("run", user_dir)
+    work = user_dir / "work"
+    log = (work / "run.log").read_text().splitlines()
+    ran = [line.split()[2].rstrip(":") for line in log if ": running (" in line]
+    # first command: every stage; second (new audio) and third (text): only drive
+    assert ran == ["prep", "fit", "driver", "drive", "drive", "drive"], log
+    assert out.count("talksplat run: work") == 3
+    m = json.loads((work / "metrics.json").read_text())
+    assert m["fit"]["heldout"]["psnr"] > 20.0
+    frames, _ = read_video(work / "talk.mp4")  # the text's video, as long as its speech
+    assert frames.shape[1:] == (512, 512, 3) and len(frames) == round(_seconds(work / "talk.wav") * 25)
