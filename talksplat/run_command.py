@@ -143,7 +143,6 @@ def build_stages(cfg: RunConfig):
     from talksplat.stages import Stage
 
     prep, fit, drive = _resolved(cfg)
-    out = Path(cfg.out)
 
     def run_prep_stage() -> dict:
         from talksplat.data_prep.prep import run_prep
