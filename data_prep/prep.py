@@ -79,6 +79,14 @@ class PrepReport:
     tracking_error: dict[str, float]
     timings: dict[str, float]
 
+    def describe(self) -> str:
+        """One line: time steps, images, tracking error, dropped frames."""
+        err = self.tracking_error
+        return (f"{self.num_timesteps} time steps, {self.num_images} images"
+                + (f", tracking error {100 * err['mean_iod']:.2f}% of the inter-ocular distance "
+                   f"({err['mean_px']:.2f} px)" if err else "")
+                + (f", {len(self.dropped)} frames dropped" if self.dropped else ""))
+
 
 class _Progress:
     """rich progress bars, one per stage (silent when quiet)."""

@@ -65,11 +65,18 @@ class DriveConfig:
     """No progress display."""
 
 
+_NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+
+
+def background_image(spec: str) -> Path | None:
+    """The image file a `--background` spec names, or None for a colour (`white`, `black`, `#rrggbb`)."""
+    return None if spec.lower() in _NAMED_BACKGROUNDS or spec.startswith("#") else Path(spec)
+
+
 def parse_background(spec: str, size: int) -> torch.Tensor:
     """`white` | `black` | `#rrggbb` | image path -> [size, size, 3] float in [0, 1]."""
-    named = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
-    if spec.lower() in named:
-        return torch.tensor(named[spec.lower()]).expand(size, size, 3)
+    if spec.lower() in _NAMED_BACKGROUNDS:
+        return torch.tensor(_NAMED_BACKGROUNDS[spec.lower()]).expand(size, size, 3)
     if spec.startswith("#"):
         h = spec[1:]
         if len(h) != 6 or any(c not in "0123456789abcdefABCDEF" for c in h):
@@ -148,6 +155,12 @@ def _audio_for_mux(src: Path, tmp_dir: Path, seconds: float) -> Path:
                     "-map", "0:a:0", "-vn", "-af", "apad", "-t", f"{seconds:.6f}", "-c:a", "pcm_s16le", str(out)],
                    check=True, capture_output=True)
     return out
+
+
+def describe_drive(r: dict) -> str:
+    """One line from :func:`run_drive`'s summary: frames, audio length, time, speed, device."""
+    return (f"{r['frames']} frames, {r['audio_seconds']:.2f} s of audio in {r['seconds']:.1f} s "
+            f"({r['realtime_factor']:.2f} s per second of audio, {r['device']})")
 
 
 def run_drive(cfg: DriveConfig) -> dict:

@@ -100,21 +100,16 @@ def main(argv: list[str] | None = None) -> int:
             from talksplat.data_prep.prep import run_prep
 
             rep = run_prep(cfg)
-            err = rep.tracking_error
-            print(f"wrote {rep.out}: {rep.num_timesteps} time steps, {rep.num_images} images"
-                  + (f", tracking error {100 * err['mean_iod']:.2f}% of the inter-ocular distance "
-                     f"({err['mean_px']:.2f} px)" if err else "")
-                  + (f", {len(rep.dropped)} frames dropped" if rep.dropped else ""))
+            print(f"wrote {rep.out}: {rep.describe()}")
         elif isinstance(cfg, FitConfig):
             from talksplat.fit_command import run_fit_command
 
             run_fit_command(cfg)
         elif isinstance(cfg, DriveConfig):
-            from talksplat.driving.drive import run_drive
+            from talksplat.driving.drive import describe_drive, run_drive
 
             r = run_drive(cfg)
-            print(f"wrote {r['video']} ({r['frames']} frames, {r['audio_seconds']:.2f} s of audio) and {r['params']} "
-                  f"in {r['seconds']:.1f} s ({r['realtime_factor']:.2f} s per second of audio, {r['device']})")
+            print(f"wrote {r['video']} and {r['params']}: {describe_drive(r)}")
         elif isinstance(cfg, RunConfig):
             from talksplat.run_command import run_pipeline
 

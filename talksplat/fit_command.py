@@ -30,13 +30,24 @@ def fit_avatar(cfg: FitConfig) -> dict:
     from talksplat.fitting.trainer import run_fit
 
     metrics = run_fit(cfg)
-    h = metrics.get("heldout", {})
     print(f"wrote {cfg.out}: {metrics['num_gaussians']} Gaussians after {metrics['step']} steps "
-          f"({metrics['steps_per_second']:.2f} steps/s)"
-          + (f"; held-out PSNR {h['psnr']:.2f} dB, SSIM {h['ssim']:.4f}" if "psnr" in h else "")
-          + (f", mouth PSNR {h['mouth_psnr']:.2f} dB" if "mouth_psnr" in h else "")
-          + (f", LPIPS {h['lpips']:.4f}" if "lpips" in h else ""))
+          f"({metrics['steps_per_second']:.2f} steps/s){heldout_text(metrics.get('heldout', {}))}")
     return metrics
+
+
+def heldout_text(h: dict) -> str:
+    """The avatar's held-out figures (a fit's metrics.json -> heldout) as "; held-out PSNR ...", or ""."""
+    return ((f"; held-out PSNR {h['psnr']:.2f} dB, SSIM {h['ssim']:.4f}" if "psnr" in h else "")
+            + (f", mouth PSNR {h['mouth_psnr']:.2f} dB" if "mouth_psnr" in h else "")
+            + (f", LPIPS {h['lpips']:.4f}" if "lpips" in h else ""))
+
+
+def driver_text(m: dict) -> str:
+    """The audio predictor's held-out figures (metrics.json -> driver) as one phrase."""
+    h = m.get("heldout")
+    return (f"held-out lip vertex error {h['lve_mm2']:.2f} mm² (mean-expression baseline "
+            f"{h['lve_mean_baseline_mm2']:.2f} mm²), mouth-opening correlation {h['mouth_open_corr']:.3f}"
+            if h else "no held-out time steps to evaluate")
 
 
 def fit_driver(cfg: FitConfig, require_audio: bool = True) -> dict | None:
@@ -53,11 +64,8 @@ def fit_driver(cfg: FitConfig, require_audio: bool = True) -> dict | None:
         return None
     rig = load_dataset_rig(ds, cfg.rig)
     _, m = train_driver_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
-    h = m.get("heldout")
-    print(f"wrote {cfg.out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s"
-          + (f"; held-out lip vertex error {h['lve_mm2']:.2f} mm² (mean-expression baseline "
-             f"{h['lve_mean_baseline_mm2']:.2f} mm²), mouth-opening correlation {h['mouth_open_corr']:.3f}"
-             if h else "; no held-out time steps to evaluate"))
+    print(f"wrote {cfg.out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s; "
+          f"{driver_text(m)}")
     return m
 
 

@@ -128,9 +128,10 @@ def check_inputs(cfg: RunConfig) -> None:
     for p in (*cfg.videos, cfg.audio, cfg.calibration, cfg.lpips_weights):
         if p is not None and not Path(p).exists():
             raise FileNotFoundError(f"{p}: no such file")
-    if cfg.background not in ("white", "black") and not cfg.background.startswith("#") \
-            and not Path(cfg.background).is_file():
-        raise FileNotFoundError(f"{cfg.background}: background image not found")
+    from talksplat.driving.drive import parse_background, parse_camera
+
+    parse_background(cfg.background, 16)  # a bad colour or an unreadable image fails here, not after the fit
+    parse_camera(cfg.camera)
     if cfg.text is not None:
         from talksplat.driving.audio import espeak_exe
 
@@ -148,12 +149,9 @@ def build_stages(cfg: RunConfig):
         from talksplat.data_prep.prep import run_prep
 
         rep = run_prep(prep)
-        err = rep.tracking_error
-        print(f"prep: {rep.num_timesteps} time steps, {rep.num_images} images"
-              + (f", tracking error {100 * err['mean_iod']:.2f}% of the inter-ocular distance" if err else "")
-              + (f", {len(rep.dropped)} frames dropped" if rep.dropped else ""))
+        print(f"prep: {rep.describe()}")
         return {"timesteps": rep.num_timesteps, "images": rep.num_images, "dropped": len(rep.dropped),
-                "interpolated": len(rep.interpolated), "tracking_error": err,
+                "interpolated": len(rep.interpolated), "tracking_error": rep.tracking_error,
                 "timings": {k: round(v, 2) for k, v in rep.timings.items()}}
 
     def run_fit_stage(resume: bool = False) -> dict:
@@ -175,20 +173,19 @@ def build_stages(cfg: RunConfig):
         return fit_driver(fit, require_audio=True)
 
     def run_drive_stage() -> dict:
-        from talksplat.driving.drive import run_drive
+        from talksplat.driving.drive import describe_drive, run_drive
 
         r = run_drive(drive)
-        print(f"drive: {r['frames']} frames, {r['audio_seconds']:.2f} s of audio in {r['seconds']:.1f} s "
-              f"({r['realtime_factor']:.2f} s per second of audio, {r['device']})")
+        print(f"drive: {describe_drive(r)}")
         return r
 
     prep_cfg = _without(prep, "videos", "out", "overwrite", "quiet", "device", "calibration", "landmark_embedding")
     fit_cfg = _without(fit, "dataset", "out", "resume", "overwrite", "quiet", "device", "driver", "driver_only",
                        "log_every", "checkpoint_every", "cache_mb", "tensorboard", "lpips_weights")
     drive_cfg = _without(drive, "avatar", "audio", "out", "quiet", "device", "batch")
-    drive_inputs: dict[str, Path | None] = {"audio": drive.audio}
-    if drive.background not in ("white", "black") and not drive.background.startswith("#"):
-        drive_inputs["background"] = Path(drive.background)
+    from talksplat.driving.drive import background_image
+
+    drive_inputs = {"audio": drive.audio, "background": background_image(drive.background)}
     return [
         Stage("prep", {**{f"video{i}": v for i, v in enumerate(prep.videos)}, "calibration": prep.calibration},
               prep_cfg, [prep.out / "meta.json"], run_prep_stage, location=prep.out),
@@ -228,6 +225,8 @@ def run_pipeline(cfg: RunConfig) -> dict:
 
 def print_summary(s: dict) -> None:
     """Where everything is and the evaluation figures."""
+    from talksplat.fit_command import driver_text, heldout_text
+
     prep, fit, drv, drive = s["prep"], s["fit"], s["driver"], s["drive"]
     lines = [f"talksplat run: {s['workdir']}"]
     for name in STAGE_NAMES:
@@ -237,16 +236,9 @@ def print_summary(s: dict) -> None:
     lines.append(f"  dataset  {s['outputs']['dataset']}: {prep['timesteps']} time steps"
                  + (f", tracking error {100 * err['mean_iod']:.2f}% of the inter-ocular distance" if err else ""))
     h = fit.get("heldout", {})
-    lines.append(f"  avatar   {s['outputs']['avatar']}: {fit['num_gaussians']:,} Gaussians"
-                 + (f"; held-out PSNR {h['psnr']:.2f} dB, SSIM {h['ssim']:.4f}" if "psnr" in h else "")
-                 + (f", mouth PSNR {h['mouth_psnr']:.2f} dB" if "mouth_psnr" in h else "")
-                 + (f", LPIPS {h['lpips']:.4f}" if "lpips" in h else "")
+    lines.append(f"  avatar   {s['outputs']['avatar']}: {fit['num_gaussians']:,} Gaussians{heldout_text(h)}"
                  + (f" (images: {s['outputs']['heldout_images']})" if "psnr" in h else ""))
-    dh = drv.get("heldout")
-    lines.append("  driver   audio predictor"
-                 + (f": held-out lip vertex error {dh['lve_mm2']:.2f} mm² (mean-expression baseline "
-                    f"{dh['lve_mean_baseline_mm2']:.2f}), mouth-opening correlation {dh['mouth_open_corr']:.3f}"
-                    if dh else ": no held-out time steps"))
+    lines.append(f"  driver   audio predictor: {driver_text(drv)}")
     lines.append(f"  video    {s['outputs']['video']}: {drive['frames']} frames, {drive['audio_seconds']:.2f} s "
                  f"(+ {Path(s['outputs']['params']).name}, {Path(s['outputs']['audio']).name})")
     lines.append(f"  figures  {Path(s['workdir']) / 'metrics.json'}")

@@ -96,7 +96,9 @@ class StageRunner:
             rec = json.loads(p.read_text())
         except (OSError, ValueError):
             return None
-        return rec if isinstance(rec, dict) and rec.get("version") == RECORD_VERSION else None
+        valid = (isinstance(rec, dict) and rec.get("version") == RECORD_VERSION
+                 and all(isinstance(rec.get(k), str) for k in ("key", "run_id")))
+        return rec if valid else None  # anything else: as if never run
 
     def key_parts(self, stage: Stage) -> dict[str, str]:
         parts = {"version": str(RECORD_VERSION), "config": digest(stage.config)}
@@ -122,7 +124,7 @@ class StageRunner:
             self.records[stage.name] = old
             self.status[stage.name] = "reused"
             self._log(f"{stage.name}: up to date (inputs and config unchanged), reusing "
-                      f"{_rel([stage.location or stage.outputs[0]], self.workdir)}")
+                      f"{_rel(stage.location or stage.outputs[0], self.workdir)}")
             return old
         if stage.name in self.force:
             reason = "forced (--force)"
@@ -165,11 +167,9 @@ def _read_key(path: Path) -> str | None:
         return None
 
 
-def _rel(paths: list[Path], root: Path) -> str:
-    out = []
-    for p in paths:
-        try:
-            out.append(str(p.relative_to(root)))
-        except ValueError:
-            out.append(str(p))
-    return ", ".join(out)
+def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies below it (for messages)."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

@@ -67,6 +67,11 @@ def test_a_failed_stage_is_not_recorded_as_finished(tmp_path):
     assert not (tmp_path / "stages" / "second.json").exists()
     # the old output is still there, but without a record the next run redoes the stage
     assert _run(tmp_path, calls, b=2).status == {"first": "reused", "second": "ran"}
+    # a damaged record (here: no run id) counts as no record
+    rec = json.loads((tmp_path / "stages" / "first.json").read_text())
+    del rec["run_id"]
+    (tmp_path / "stages" / "first.json").write_text(json.dumps(rec))
+    assert _run(tmp_path, calls, b=2).status == {"first": "ran", "second": "ran"}
 
 
 def test_an_interrupted_stage_resumes_with_the_same_key(tmp_path):

@@ -66,6 +66,7 @@ def mouth_sync_vs_truth(rig, truth: dict, truth_shape: np.ndarray, pred: dict, p
 def run_demo(cfg: DemoConfig) -> dict:
     """Do the work of `talksplat demo`; returns what it writes to OUT/metrics.json."""
     from talksplat.driving.audio import load_audio
+    from talksplat.fit_command import heldout_text
     from talksplat.fitting.config import DriverConfig
     from talksplat.render.files import atomic_write
     from talksplat.render.video import read_video
@@ -118,8 +119,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     with atomic_write(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
     print(f"demo: wrote {out / 'demo.mp4'} ({frames} frames): input | avatar re-render | driven by new speech\n"
-          f"  held-out PSNR {h.get('psnr', float('nan')):.2f} dB, SSIM {h.get('ssim', float('nan')):.4f}; "
-          f"driven mouth opening vs the subject's true motion for the new speech: r = {sync['mouth_open_corr']:.3f}\n"
+          f"  {heldout_text(h).removeprefix('; ') or 'no held-out frames'}; driven mouth opening vs the "
+          f"subject's true motion for the new speech: r = {sync['mouth_open_corr']:.3f}\n"
           f"  figures: {out / 'metrics.json'}; stills: {out / 'demo_frames.jpg'}; "
           f"{metrics['seconds']['total']:.0f} s in all", flush=True)
     return metrics

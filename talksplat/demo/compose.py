@@ -13,20 +13,19 @@ from typing import Iterator
 import numpy as np
 import torch
 
-FRAME_KEYS = ("expression", "global_rot", "neck", "jaw", "eyes", "translation")
-
-
-def rerender_training_clip(fit_dir: Path, dataset_dir: Path, size: int, device: str = "auto",
-                           batch: int = 8) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+def rerender_training_clip(fit_dir: Path, dataset_dir: Path, size: int,
+                           device: str = "auto") -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
     """Per time step of the dataset (first camera): ``(input [size, size, 3] uint8, render [size,
-    size, 3] uint8 on white, held_out)``; the render uses the fit-tuned parameters and the frame's camera."""
+    size, 3] uint8 on white, held_out)``; the render uses the fit-tuned parameters and the frame's camera
+    (each frame has its own crop intrinsics, so frames are rendered one by one)."""
     import cv2
 
     from talksplat.avatar.io import load_avatar
     from talksplat.avatar.render import render_avatar
-    from talksplat.data_prep.dataset import load_dataset
+    from talksplat.data_prep.dataset import RIG_PARAM_KEYS, load_dataset
     from talksplat.fitting.trainer import load_dataset_rig
     from talksplat.render.device import pick_device
+    from talksplat.render.video import to_uint8
     from talksplat.rigs.base import RigParams
 
     ds = load_dataset(dataset_dir)
@@ -35,30 +34,21 @@ def rerender_training_clip(fit_dir: Path, dataset_dir: Path, size: int, device: 
     dev = pick_device(device)
     rig, avatar = rig.to(dev), avatar.to(dev)
     with np.load(Path(fit_dir) / "tuned_params.npz", allow_pickle=False) as z:
-        tuned = {k: torch.from_numpy(z[k].astype(np.float32)) for k in ("shape",) + FRAME_KEYS}
+        tuned = {k: torch.from_numpy(z[k].astype(np.float32)).to(dev) for k in ("shape",) + RIG_PARAM_KEYS}
     cam = ds.meta["cameras"][0]
-    frames = sorted((f for f in ds.frames if f.camera == cam), key=lambda f: f.timestep)
     held = set(ds.split.get("test", []))
-    for s in range(0, len(frames), batch):
-        chunk = frames[s:s + batch]
-        ts = torch.tensor([f.timestep for f in chunk])
-        p = RigParams(shape=tuned["shape"][None].expand(len(chunk), -1).to(dev),
-                      **{k: tuned[k][ts].to(dev) for k in FRAME_KEYS})
-        renders = []
+    for f in sorted((f for f in ds.frames if f.camera == cam), key=lambda f: f.timestep):
+        K = torch.as_tensor(np.asarray(f.K, np.float32)).clone()
+        K[:2] *= size / max(f.width, f.height)
+        vm = torch.linalg.inv(torch.as_tensor(np.asarray(f.c2w, np.float32)))
+        p = RigParams(shape=tuned["shape"][None], **{k: tuned[k][f.timestep][None] for k in RIG_PARAM_KEYS})
         with torch.no_grad():
-            for i, f in enumerate(chunk):
-                K = torch.as_tensor(np.asarray(f.K, np.float32)).clone()
-                K[:2] *= size / max(f.width, f.height)
-                vm = torch.linalg.inv(torch.as_tensor(np.asarray(f.c2w, np.float32)))
-                pi = RigParams(**{k: getattr(p, k)[i:i + 1] for k in ("shape",) + FRAME_KEYS})
-                col, alpha, _ = render_avatar(avatar, rig, pi, vm[None].to(dev), K[None].to(dev), size, size)
-                img = col[0, 0] + (1 - alpha[0, 0])  # white background
-                renders.append((img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
-        for f, r in zip(chunk, renders):
-            inp = ds.load_image(f)
-            if inp.shape[:2] != (size, size):
-                inp = cv2.resize(inp, (size, size), interpolation=cv2.INTER_AREA)
-            yield inp, r, f.timestep in held
+            col, alpha, _ = render_avatar(avatar, rig, p, vm[None].to(dev), K[None].to(dev), size, size)
+        render = to_uint8(col[0, 0] + (1 - alpha[0, 0]))  # white background
+        inp = ds.load_image(f)
+        if inp.shape[:2] != (size, size):
+            inp = cv2.resize(inp, (size, size), interpolation=cv2.INTER_AREA)
+        yield inp, render, f.timestep in held
 
 
 def label(img: np.ndarray, text: str, bottom: str | None = None) -> np.ndarray:

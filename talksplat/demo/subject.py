@@ -510,8 +510,9 @@ def render_subject_video(out_mp4: str | os.PathLike, wave: np.ndarray, params, r
 def params_to_numpy(params) -> dict[str, np.ndarray]:
     """RigParams [T] -> the fields as arrays (``shape`` [S] shared, the rest [T, ...]), as in
     ``tuned_params.npz``."""
-    out = {k: getattr(params, k).detach().cpu().numpy().astype(np.float32)
-           for k in ("expression", "global_rot", "neck", "jaw", "eyes", "translation")}
+    from talksplat.data_prep.dataset import RIG_PARAM_KEYS
+
+    out = {k: getattr(params, k).detach().cpu().numpy().astype(np.float32) for k in RIG_PARAM_KEYS}
     out["shape"] = params.shape[0].detach().cpu().numpy().astype(np.float32)
     return out
 
