@@ -15,19 +15,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from talksplat.render.files import atomic_write
+from talksplat.core.errors import InputError
+from talksplat.core.files import atomic_write, json_text
 
 from .gaussians import GaussianAvatar
 
 FORMAT = "talksplat-avatar"
 VERSION = 1
-_TENSORS = ("binding", "local_means", "local_quats", "log_scales", "sh_dc", "sh_rest", "opacity_logits")
+TENSOR_NAMES = ("binding", "local_means", "local_quats", "log_scales", "sh_dc", "sh_rest", "opacity_logits")
 BINDING_DOC = ("each Gaussian's mean/rotation/scale live in its parent face's frame: origin = face centroid, "
                "axes [unit(v1-v0), unit normal, their cross], scale = face scale; local_means in face units, "
                "log_scales = log(scale / face scale), local_quats wxyz")
 
 
-class AvatarFileError(ValueError):
+class AvatarFileError(InputError):
     """An avatar file that is missing, not a talksplat avatar, or made for another rig."""
 
 
@@ -37,9 +38,9 @@ def save_avatar(avatar: GaussianAvatar, path: str | os.PathLike, extra: dict | N
     header = {"format": FORMAT, "version": VERSION, "rig_name": avatar.rig_name,
               "rig_checksum": avatar.rig_checksum, "sh_degree": avatar.sh_degree,
               "num_gaussians": avatar.num_gaussians, "binding": BINDING_DOC, "extra": extra or {}}
-    tensors = {k: getattr(avatar, k).detach().cpu().contiguous() for k in _TENSORS}
+    tensors = {k: getattr(avatar, k).detach().cpu().contiguous() for k in TENSOR_NAMES}
     with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"talksplat": json.dumps(header, sort_keys=True)})
+        save_file(tensors, str(tmp), metadata={"talksplat": json_text(header, indent=None, sort_keys=True)})
     return path
 
 
@@ -59,24 +60,56 @@ def read_header(path: str | os.PathLike) -> dict:
         header = json.loads(meta["talksplat"])
     except (KeyError, json.JSONDecodeError):
         raise AvatarFileError(f"{path}: safetensors file without a talksplat avatar header") from None
-    if header.get("format") != FORMAT:
-        raise AvatarFileError(f"{path}: not a talksplat avatar (format {header.get('format')!r})")
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise AvatarFileError(f"{path}: not a talksplat avatar (format "
+                              f"{header.get('format') if isinstance(header, dict) else None!r})")
     if header.get("version") != VERSION:
         raise AvatarFileError(f"{path}: avatar format version {header.get('version')} is not supported "
                               f"(this talksplat reads version {VERSION})")
+    for k, kind in (("rig_name", str), ("rig_checksum", str), ("sh_degree", int)):
+        if not isinstance(header.get(k), kind) or isinstance(header.get(k), bool):
+            raise AvatarFileError(f"{path}: damaged avatar header ('{k}' missing or not a {kind.__name__})")
+    if not 0 <= header["sh_degree"] <= 3:
+        raise AvatarFileError(f"{path}: damaged avatar header (sh_degree {header['sh_degree']} is not in 0..3)")
     return header
 
 
-def load_avatar(path: str | os.PathLike, rig_checksum: str | None = None) -> GaussianAvatar:
-    """Read an avatar.  If ``rig_checksum`` is given it must match the avatar's rig."""
-    header = read_header(path)
-    if rig_checksum is not None and header["rig_checksum"] != rig_checksum:
+def check_rig(path: str | os.PathLike, header: dict, rig_checksum: str) -> None:
+    """:class:`AvatarFileError` naming the avatar file when it was built on another rig."""
+    if header["rig_checksum"] != rig_checksum:
         raise AvatarFileError(f"{path}: avatar was built on rig '{header['rig_name']}' with checksum "
                               f"{header['rig_checksum'][:12]}..., not the given rig ({rig_checksum[:12]}...)")
-    t = load_file(str(path))
-    missing = [k for k in _TENSORS if k not in t]
+
+
+def load_avatar(path: str | os.PathLike, rig_checksum: str | None = None, rig=None) -> GaussianAvatar:
+    """Read an avatar and check it: the tensors' shapes agree, every value is finite, and (with ``rig``, a
+    :class:`~talksplat.rigs.HeadRig`, or ``rig_checksum``) it belongs to that rig and binds to its faces."""
+    path = Path(path)
+    header = read_header(path)
+    if rig is not None:
+        rig_checksum = rig.checksum
+    if rig_checksum is not None:
+        check_rig(path, header, rig_checksum)
+    try:
+        t = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AvatarFileError(f"{path}: damaged avatar file ({e})") from None
+    missing = [k for k in TENSOR_NAMES if k not in t]
     if missing:
         raise AvatarFileError(f"{path}: avatar file lacks tensors {missing}")
-    return GaussianAvatar(t["binding"], t["local_means"], t["local_quats"], t["log_scales"], t["sh_dc"],
-                          t["sh_rest"], t["opacity_logits"], rig_name=header["rig_name"],
-                          rig_checksum=header["rig_checksum"], sh_degree=int(header["sh_degree"]))
+    binding = t["binding"]
+    if binding.ndim != 1 or binding.dtype.is_floating_point or binding.dtype == torch.bool:
+        raise AvatarFileError(f"{path}: 'binding' must be [N] integers, got {tuple(binding.shape)} {binding.dtype}")
+    for k in TENSOR_NAMES[1:]:
+        if not t[k].dtype.is_floating_point or not bool(torch.isfinite(t[k]).all()):
+            raise AvatarFileError(f"{path}: '{k}' holds non-finite values (NaN or Inf)" if t[k].dtype.is_floating_point
+                                  else f"{path}: '{k}' must hold floating-point numbers")
+    if rig is not None and len(binding) and (int(binding.min()) < 0 or int(binding.max()) >= rig.faces.shape[0]):
+        raise AvatarFileError(f"{path}: 'binding' names faces {int(binding.min())}..{int(binding.max())}, but rig "
+                              f"'{rig.name}' has {rig.faces.shape[0]} faces")
+    try:
+        return GaussianAvatar(t["binding"], t["local_means"], t["local_quats"], t["log_scales"], t["sh_dc"],
+                              t["sh_rest"], t["opacity_logits"], rig_name=header["rig_name"],
+                              rig_checksum=header["rig_checksum"], sh_degree=int(header["sh_degree"]))
+    except ValueError as e:  # shapes that do not agree
+        raise AvatarFileError(f"{path}: {e}") from None

@@ -11,23 +11,26 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
+from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
+
 
 @dataclass
-class BenchFitConfig:
+class BenchFitConfig(ProcessOptions):
     """Time training steps of `talksplat fit` (rig + binding + rasterization + losses + backward + Adam)."""
 
-    resolution: tuple[int, ...] = (256, 512)
-    """Square image sizes."""
+    resolution: Annotated[tuple[int, ...], Range(16, 8192)] = (256, 512)
+    """Square image sizes (16 to 8192)."""
     device: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
     """Devices (cuda is skipped without a GPU)."""
-    iters: int = 20
-    """Timed steps."""
-    warmup: int = 5
-    """Untimed steps first."""
+    iters: Annotated[int, Range(1)] = 20
+    """Timed steps (at least 1)."""
+    warmup: Annotated[int, Range(0)] = 5
+    """Untimed steps first (at least 0)."""
 
 
 def bench_fit(cfg: BenchFitConfig) -> list[dict]:

@@ -8,10 +8,16 @@ listed separately and excluded from frames per second of the later runs.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
+from talksplat.core.errors import InputError
 
 STAGES = ("decode", "landmarks", "tracking", "crop", "masks", "write")
 
@@ -21,15 +27,15 @@ def default_video() -> Path:
 
 
 @dataclass
-class BenchPrepConfig:
+class BenchPrepConfig(ProcessOptions):
     """Time `talksplat prep` on one video, split by stage (default: a GRID clip from ../shared/data)."""
 
     video: Path | None = None
     """Video to prepare (default: ../shared/data/grid/bbaf2n.mpg beside the repository)."""
-    resolution: int = 512
-    """Crop size in pixels."""
-    repeat: int = 2
-    """Runs; the fastest is reported."""
+    resolution: Annotated[int, Range(64, 4096)] = 512
+    """Crop size in pixels (64 to 4096)."""
+    repeat: Annotated[int, Range(1, 100)] = 2
+    """Runs; the fastest is reported (1 to 100)."""
     rig: str = "open"
     """Head rig spec."""
 
@@ -39,7 +45,7 @@ def bench_prep(cfg: BenchPrepConfig) -> list[dict]:
 
     video = cfg.video or default_video()
     if not video.is_file():
-        raise FileNotFoundError(f"{video}: no such video (pass --video)")
+        raise InputError(f"{video}: no such video (pass --video)")
     rows = []
     for i in range(cfg.repeat):
         with tempfile.TemporaryDirectory() as d:

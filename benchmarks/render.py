@@ -11,27 +11,30 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
+from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
+
 
 @dataclass
-class BenchRenderConfig:
+class BenchRenderConfig(ProcessOptions):
     """Time avatar rendering (rig deformation + binding + rasterization), per backend."""
 
-    gaussians: tuple[int, ...] = (10_000, 100_000)
-    """Gaussian counts to time."""
-    resolution: tuple[int, ...] = (512, 1024)
-    """Square image sizes to time."""
+    gaussians: Annotated[tuple[int, ...], Range(1, 100000000)] = (10_000, 100_000)
+    """Gaussian counts to time (1 to 100000000)."""
+    resolution: Annotated[tuple[int, ...], Range(16, 8192)] = (512, 1024)
+    """Square image sizes to time (16 to 8192)."""
     backend: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
     """Backends to time (cuda is skipped when no GPU is present)."""
     rig: str = "open"
     """Head rig spec (see `talksplat render --help`)."""
-    iters: int = 5
-    """Timed frames per configuration."""
-    warmup: int = 2
-    """Untimed frames first (kernel compilation, allocator warm-up)."""
+    iters: Annotated[int, Range(1)] = 5
+    """Timed frames per configuration (at least 1)."""
+    warmup: Annotated[int, Range(0)] = 2
+    """Untimed frames first (kernel compilation, allocator warm-up) (at least 0)."""
     backward: bool = False
     """Also time a backward pass (training cost) per frame."""
 

@@ -15,6 +15,13 @@ Schema (metres; OpenCV camera convention: x right, y down, z forward)::
 ``K`` follows OpenCV's pixel convention: pixel centres at *integer* coordinates.  talksplat's cameras
 (gsplat) put pixel centres at integer + 0.5; :attr:`CameraCalib.K_talksplat` is ``K`` in that
 convention (cx, cy + 0.5), the one to store in a dataset's ``transforms.json``.
+
+Validation (:func:`load_calibration`): every number must be finite (JSON ``NaN`` / ``Infinity`` are
+refused), ``width`` / ``height`` positive integers, ``K`` upper triangular with ``fx, fy > 0`` and
+last row ``[0, 0, 1]``, ``R`` a rotation (``|R R^T - I|`` and ``|det R - 1|`` at most
+:data:`ROTATION_TOL`), ``t`` three numbers, ``distortion`` at most 14 numbers.  Anything else raises
+:class:`CalibrationError` (an :class:`~talksplat.core.errors.InputError`), one line
+``<file>: camera <i> ('<id>'): <problem>``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from talksplat.core.errors import InputError
+
 __all__ = ["CalibrationError", "CameraCalib", "load_calibration", "write_calibration", "match_videos",
            "undistort_points", "undistort_image", "ROTATION_TOL"]
 
@@ -34,7 +43,7 @@ ROTATION_TOL = 1e-4  # |R R^T - I| and |det R - 1| allowed for a rotation matrix
 _CV_DIST_LENGTHS = (4, 5, 8, 12, 14)  # distortion vector lengths OpenCV accepts
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError):
     """A calibration file that cannot be used; the message is one line starting with the file path."""
 
 
@@ -124,10 +133,21 @@ class CameraCalib:
 
 
 # ----------------------------------------------------------------------------- reading
+def _printable(text: str, limit: int = 40) -> str:
+    """``text`` for a message: control characters escaped (one line), at most ``limit`` characters."""
+    r = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def _show(v, limit: int = 40) -> str:
+    """A value read from the file, for a message (its repr, one line, at most ``limit`` characters)."""
+    return _printable(repr(v), limit)
+
+
 def _matrix(path: Path, where: str, cam: dict, key: str, shape: tuple[int, ...]) -> np.ndarray:
     try:
         a = np.asarray(cam[key], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise CalibrationError(f"{path}: {where}: '{key}' is not a numeric array") from None
     if a.shape != shape:
         raise CalibrationError(f"{path}: {where}: '{key}' has shape {list(a.shape)}, expected {list(shape)}")
@@ -138,8 +158,9 @@ def _matrix(path: Path, where: str, cam: dict, key: str, shape: tuple[int, ...])
 
 def _size(path: Path, where: str, cam: dict, key: str) -> int:
     v = cam[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v):
-        raise CalibrationError(f"{path}: {where}: '{key}' must be an integer number of pixels, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        # float.is_integer() is False for NaN and +-Inf
+        raise CalibrationError(f"{path}: {where}: '{key}' must be an integer number of pixels, got {_show(v)}")
     if int(v) <= 0:
         raise CalibrationError(f"{path}: {where}: '{key}' must be positive, got {v}")
     return int(v)
@@ -151,7 +172,7 @@ def _distortion(path: Path, where: str, cam: dict) -> np.ndarray:
         return np.zeros(0)
     try:
         d = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise CalibrationError(f"{path}: {where}: 'distortion' is not a numeric list") from None
     if d.ndim != 1 or d.size > 14:
         raise CalibrationError(f"{path}: {where}: 'distortion' must be a flat list of at most 14 "
@@ -171,12 +192,14 @@ def _parse_camera(path: Path, i: int, cam) -> CameraCalib:
     if not isinstance(cam, dict):
         raise CalibrationError(f"{path}: {where} is not an object")
     if "id" in cam:
-        where = f"camera {i} ('{cam['id']}')"
+        cid = cam["id"]
+        where = f"camera {i} ('{_printable(cid, 60)}')" if isinstance(cid, str) else f"camera {i} ({_show(cid)})"
     missing = [k for k in ("id", "width", "height", "K", "R", "t") if k not in cam]
     if missing:
         raise CalibrationError(f"{path}: {where} lacks {', '.join(repr(k) for k in missing)}")
     cid = cam["id"]
-    if not isinstance(cid, str) or not cid or "/" in cid or "\\" in cid or cid in (".", ".."):
+    if (not isinstance(cid, str) or not cid or "/" in cid or "\\" in cid or cid in (".", "..")
+            or not cid.isprintable()):
         raise CalibrationError(f"{path}: {where}: 'id' must be a non-empty string usable as a file name")
     width, height = _size(path, where, cam, "width"), _size(path, where, cam, "height")
     K = _matrix(path, where, cam, "K", (3, 3))
@@ -198,7 +221,7 @@ def load_calibration(path: str | os.PathLike) -> list[CameraCalib]:
     """Read ``cameras.json``; :class:`CalibrationError` (one line, starting with the path) if unusable."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise CalibrationError(f"{path}: cannot read calibration file ({e.strerror or e})") from None
     except UnicodeDecodeError:
@@ -207,6 +230,8 @@ def load_calibration(path: str | os.PathLike) -> list[CameraCalib]:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise CalibrationError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise CalibrationError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(doc, dict) or "cameras" not in doc:
         raise CalibrationError(f"{path}: expected an object with a 'cameras' list")
     cams = doc["cameras"]

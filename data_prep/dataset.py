@@ -23,19 +23,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from talksplat.core import outputs
+from talksplat.core.checks import check_array
+from talksplat.core.errors import InputError
+from talksplat.core.files import commit_dir, json_text, make_partial_dir
+
 FORMAT_NAME = "talksplat-dataset"
 FORMAT_VERSION = 1
 CAMERA_CONVENTION = "OpenCV camera-to-world: camera x right, y down, z forward; world metres, right-handed"
 RIG_PARAM_KEYS = ("expression", "global_rot", "neck", "jaw", "eyes", "translation")
+#: Shapes of the per-frame parameters after the time axis (expression: [E], any E).
+RIG_PARAM_TAIL = {"global_rot": (3,), "neck": (3,), "jaw": (3,), "eyes": (2, 3), "translation": (3,)}
 
 
-class DatasetError(Exception):
+class DatasetError(InputError):
     """A dataset that cannot be written or read; the message names the path and the problem."""
 
 
@@ -90,27 +96,23 @@ def default_split(num_timesteps: int, heldout_fraction: float = 0.1) -> dict[str
     return {"train": list(range(cut)), "heldout": list(range(cut, num_timesteps))}
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to write over an existing dataset or a non-empty directory unless `overwrite`."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        if is_dataset(out):
-            raise DatasetError(f"{out}: already holds a dataset (pass --overwrite to replace it)")
-        if out.is_file() or any(out.iterdir()):
-            raise DatasetError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+def check_output_dir(out: Path, overwrite: bool, inputs=(), kind: str = "dataset") -> None:
+    """Refuse ``out`` unless it is new or empty, or (with ``overwrite``) a talksplat dataset holding
+    nothing else and none of ``inputs`` (see :mod:`talksplat.core.outputs`)."""
+    outputs.check_output_dir(out, kind, overwrite, inputs)
 
 
 class DatasetWriter:
     """Writes a dataset into a temporary directory beside `out`; :meth:`commit` renames it into place.
 
-    Use as a context manager: leaving the block with an exception removes the temporary directory.
+    Use as a context manager: leaving the block with an exception (Ctrl-C included) removes the
+    temporary directory.  ``inputs``: the files the dataset is made from (never inside ``out``).
     """
 
-    def __init__(self, out: str | os.PathLike, overwrite: bool = False):
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False, inputs=()):
         self.out = Path(out)
-        check_output_dir(self.out, overwrite)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        check_output_dir(self.out, overwrite, inputs)
+        self.root = make_partial_dir(self.out)
         self.frames: list[Frame] = []
         self._committed = False
 
@@ -141,6 +143,10 @@ class DatasetWriter:
         if missing:
             raise DatasetError(f"rig parameters lack {missing}")
         arrays = {k: np.asarray(params[k], np.float32) for k in RIG_PARAM_KEYS}
+        bad = [k for k, v in (("shape", np.asarray(shape, np.float32)), *arrays.items()) if not np.all(np.isfinite(v))]
+        if bad:
+            raise DatasetError(f"{self.out}: the tracked rig parameters {bad} hold non-finite values (tracking "
+                               "diverged); nothing was written")
         np.savez(self.root / "rig_params.npz", shape=np.asarray(shape, np.float32), **arrays)
 
     def write_landmarks(self, cameras: list[str], points: np.ndarray, confidence: np.ndarray,
@@ -150,25 +156,16 @@ class DatasetWriter:
                  confidence=confidence.astype(np.float32), interpolated=interpolated.astype(bool))
 
     def write_json(self, name: str, obj: dict) -> None:
-        with open(self.root / name, "w") as f:
-            json.dump(obj, f, indent=1)
+        (self.root / name).write_text(json_text(obj))
 
     def commit(self, meta: dict) -> Path:
-        """Write transforms.json and meta.json, then atomically move the dataset into place."""
+        """Write transforms.json, meta.json and the marker, then atomically move the dataset into place."""
         self.write_json("transforms.json", {"camera_convention": CAMERA_CONVENTION,
                                             "frames": [fr.to_json() for fr in self.frames]})
         meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **meta}
         self.write_json("meta.json", meta)
-        for p in self.root.rglob("*"):
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        os.chmod(self.root, 0o755)
-        if self.out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-            os.replace(self.out, trash / "old")
-            os.replace(self.root, self.out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.root, self.out)
+        outputs.write_marker(self.root, "dataset")
+        commit_dir(self.root, self.out)
         self._committed = True
         return self.out
 
@@ -215,23 +212,75 @@ def _read_png(path: Path, color: bool) -> np.ndarray:
     return img[..., ::-1].copy() if color else img
 
 
+def _inside(root: Path, rel: object, where: str) -> str:
+    """A path stored in the dataset: relative, and inside the dataset folder."""
+    if not isinstance(rel, str) or not rel:
+        raise DatasetError(f"{where}: expected a relative path, got {rel!r}")
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts:
+        raise DatasetError(f"{where}: path {rel!r} points outside the dataset folder")
+    return rel
+
+
+def _frame(d: object, root: Path, where: str) -> Frame:
+    """One transforms.json entry, checked: paths inside the dataset, finite K with positive focal
+    lengths, a finite rigid c2w, positive size, an integer time step."""
+    if not isinstance(d, dict):
+        raise DatasetError(f"{where}: not an object")
+    missing = [k for k in ("image", "K", "c2w", "timestep", "camera", "width", "height") if k not in d]
+    if missing:
+        raise DatasetError(f"{where}: lacks {missing}")
+    try:
+        K = check_array(np.asarray(d["K"], np.float64), where, "K", (3, 3))
+        c2w = check_array(np.asarray(d["c2w"], np.float64), where, "c2w", (4, 4))
+        width, height, timestep = int(d["width"]), int(d["height"]), int(d["timestep"])
+    except (TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise DatasetError(str(e)) from None
+        raise DatasetError(f"{where}: K, c2w, width, height and timestep must be numbers") from None
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise DatasetError(f"{where}: K has non-positive focal lengths ({K[0, 0]:g}, {K[1, 1]:g})")
+    R = c2w[:3, :3]
+    if not np.allclose(c2w[3], [0, 0, 0, 1]) or not np.allclose(R @ R.T, np.eye(3), atol=1e-3) \
+            or np.linalg.det(R) < 0:
+        raise DatasetError(f"{where}: c2w is not a rigid camera-to-world transform")
+    if width < 1 or height < 1:
+        raise DatasetError(f"{where}: size {width}x{height} is not positive")
+    mask = d.get("mask")
+    return Frame(image=_inside(root, d["image"], where), mask=None if mask is None else _inside(root, mask, where),
+                 K=K, c2w=c2w, timestep=timestep, camera=str(d["camera"]), width=width, height=height)
+
+
 def load_metadata(root: str | os.PathLike) -> tuple[dict, list[Frame]]:
     """Only meta.json and transforms.json (cameras, no images or parameters): ``(meta, frames)``;
-    checks the format and version like :func:`load_dataset`."""
+    checks the format, version and every camera like :func:`load_dataset`."""
     root = Path(root)
     if not is_dataset(root):
         raise DatasetError(f"{root}: not a talksplat dataset (no meta.json); make one with `talksplat prep`")
     try:
         meta = json.loads((root / "meta.json").read_text())
         tr = json.loads((root / "transforms.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{root}: unreadable dataset metadata ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(tr, dict) or not isinstance(tr.get("frames"), list):
+        raise DatasetError(f"{root}: meta.json and transforms.json must be objects (transforms.json with a "
+                           "'frames' list)")
     if meta.get("format") != FORMAT_NAME:
         raise DatasetError(f"{root}/meta.json: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
-    if int(meta.get("version", -1)) > FORMAT_VERSION:
+    try:
+        version = int(meta.get("version", -1))
+    except (TypeError, ValueError):
+        raise DatasetError(f"{root}/meta.json: 'version' must be a number") from None
+    if version > FORMAT_VERSION:
         raise DatasetError(f"{root}/meta.json: dataset version {meta.get('version')} is newer than this "
                            f"talksplat reads ({FORMAT_VERSION}); upgrade talksplat")
-    return meta, [Frame.from_json(d) for d in tr["frames"]]
+    fps = meta.get("fps", 25.0)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (0 < fps < 1e4):
+        raise DatasetError(f"{root}/meta.json: 'fps' must be a positive number, not {fps!r}")
+    frames = [_frame(d, root, f"{root}/transforms.json: frame {i}") for i, d in enumerate(tr["frames"])]
+    if not frames:
+        raise DatasetError(f"{root}/transforms.json: no frames")
+    return meta, frames
 
 
 def first_training_frame(meta: dict, frames: list[Frame]) -> Frame:
@@ -240,15 +289,73 @@ def first_training_frame(meta: dict, frames: list[Frame]) -> Frame:
     return next((f for f in frames if not train or f.timestep in train), frames[0])
 
 
+def _rig_params(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """rig_params.npz, checked: every key present, shapes ``[T, ...]`` with one T, all finite."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise DatasetError(f"{path.parent}: incomplete dataset (no {path.name}, the tracked rig parameters)") from None
+    except Exception as e:  # noqa: BLE001 - a damaged zip fails in many ways (BadZipFile, EOFError, ...)
+        raise DatasetError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
+    missing = [k for k in ("shape",) + RIG_PARAM_KEYS if k not in data]
+    if missing:
+        raise DatasetError(f"{path}: lacks {missing}")
+    try:
+        shape = check_array(data["shape"], str(path), "shape", (None,))
+        T = check_array(data["expression"], str(path), "expression", (None, None)).shape[0]
+        params = {k: check_array(data[k], str(path), k, (T,) + RIG_PARAM_TAIL.get(k, (None,)))
+                  for k in RIG_PARAM_KEYS}
+    except InputError as e:
+        raise DatasetError(str(e)) from None
+    if T < 1:
+        raise DatasetError(f"{path}: no time steps")
+    return shape.astype(np.float32), {k: v.astype(np.float32) for k, v in params.items()}
+
+
 def load_dataset(root: str | os.PathLike) -> Dataset:
-    """Read meta.json, transforms.json, rig_params.npz and landmarks.npz; check the format version."""
+    """Read meta.json, transforms.json, rig_params.npz and landmarks.npz; check the format version, every
+    camera, the parameters' shapes and finiteness, and that frames and split name existing time steps."""
     root = Path(root)
     meta, frames = load_metadata(root)
-    with np.load(root / "rig_params.npz") as z:
-        shape = z["shape"]
-        params = {k: z[k] for k in RIG_PARAM_KEYS}
+    shape, params = _rig_params(root / "rig_params.npz")
+    T = params["expression"].shape[0]
+    for i, f in enumerate(frames):
+        if not 0 <= f.timestep < T:
+            raise DatasetError(f"{root}/transforms.json: frame {i} has timestep {f.timestep}, but "
+                               f"rig_params.npz holds {T} time steps")
+    split = meta.get("split", {"train": list(range(T)), "heldout": []})
+    if not isinstance(split, dict) or not all(isinstance(split.get(k, []), list) and
+                                              all(isinstance(t, int) and 0 <= t < T for t in split.get(k, []))
+                                              for k in ("train", "heldout")):
+        raise DatasetError(f"{root}/meta.json: 'split' must hold lists of time steps in 0..{T - 1}")
+    meta.setdefault("split", split)
     landmarks = {}
     if (root / "landmarks.npz").is_file():
-        with np.load(root / "landmarks.npz") as z:
-            landmarks = {k: z[k] for k in z.files}
+        path = root / "landmarks.npz"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                landmarks = {k: z[k] for k in z.files}
+            pts = check_array(landmarks["points"], str(path), "points", (None, None, None, 2))
+            check_array(landmarks["confidence"], str(path), "confidence", pts.shape[:2])
+        except InputError as e:
+            raise DatasetError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - damaged zip, missing keys
+            raise DatasetError(f"{path}: not a readable landmarks file ({type(e).__name__})") from None
     return Dataset(root=root, meta=meta, frames=frames, shape=shape, params=params, landmarks=landmarks)
+
+
+def check_files(ds: Dataset) -> None:
+    """Every image and mask the frames name exists and is not empty (cheap: one stat each); raises
+    :class:`DatasetError` naming the first that is not."""
+    for f in ds.frames:
+        for rel in (f.image, f.mask):
+            if rel is None:
+                continue
+            try:
+                ok = (ds.root / rel).stat().st_size > 0
+            except OSError:
+                ok = False
+            if not ok:
+                raise DatasetError(f"{ds.root / rel}: missing or empty (the dataset is incomplete; prepare it again "
+                                   "with `talksplat prep`)")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from talksplat.core.errors import InputError
 from talksplat.rigs.base import HeadRig
 
 from .landmarks import NUM_LANDMARKS, FaceMeshDetector
@@ -31,7 +32,7 @@ VIEWS = [(y, p) for p in (-8.0, 0.0, 8.0) for y in (-24.0, -12.0, 0.0, 12.0, 24.
 HIDDEN_REGIONS = ("teeth", "tongue")
 
 
-class EmbeddingError(Exception):
+class EmbeddingError(InputError):
     """The landmark embedding could not be computed or read (message names the rig or file)."""
 
 

@@ -6,8 +6,14 @@ offline.  Coordinates are pixels in the image given (x right, y down).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -20,6 +26,9 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
 
 
 def _quiet_mediapipe() -> None:
+    """Environment and Python-side log levels that keep mediapipe's C++ code (glog/absl, TFLite) to
+    errors; must run before ``import mediapipe``.  What it still prints while a model is created and
+    first run is held back by :func:`quiet_native_stderr`."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
@@ -28,6 +37,75 @@ def _quiet_mediapipe() -> None:
         absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:  # pragma: no cover
         pass
+
+
+#: The informational lines of mediapipe's C++ side: absl's I/W lines (``W0000 00:00:1796336104.725632
+#: 11469 inference_feedback_manager.cc:114] ...``), absl's notice before InitializeLog, TFLite's
+#: ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``, glog/GL context chatter.
+_NATIVE_NOISE = re.compile(
+    r"^(?:[IW]\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\]"
+    r"|INFO: "
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|WARNING: Logging before InitGoogleLogging\(\) is written to STDERR)")
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_state: tuple[int, object] | None = None  # (saved fd 2, capture file) while redirected
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Hold back what native code (mediapipe's C++, TFLite) writes to file descriptor 2 inside the block.
+
+    fd 2 goes to a temporary file and is restored on the way out, exceptions included (they pass
+    through untouched).  Then every captured line that is not known informational noise
+    (:data:`_NATIVE_NOISE`: absl I/W lines, TFLite INFO) is written to the real stderr, so C++ errors
+    (``E0000 ...``, ``F0000 ...``) and anything Python printed in the block still reach the user.
+    Nests (only the outermost block redirects), also across threads; while a block is open every
+    thread's writes to fd 2 are captured and replayed at its end.
+    """
+    global _quiet_depth, _quiet_state
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_state = None
+            try:
+                sys.stderr.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+            try:
+                saved = os.dup(2)
+            except OSError:  # no fd 2 at all: nothing to quieten
+                saved = None
+            if saved is not None:
+                capture = tempfile.TemporaryFile()
+                os.dup2(capture.fileno(), 2)
+                _quiet_state = (saved, capture)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_state is not None:
+                saved, capture = _quiet_state
+                _quiet_state = None
+                try:
+                    sys.stderr.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                try:
+                    capture.seek(0)
+                    text = capture.read().decode(errors="replace")
+                finally:
+                    capture.close()
+                keep = [line for line in text.splitlines(keepends=True) if not _NATIVE_NOISE.match(line)]
+                if keep:
+                    try:
+                        os.write(2, "".join(keep).encode())
+                    except OSError:
+                        pass
 
 
 class FaceMeshDetector:
@@ -40,18 +118,33 @@ class FaceMeshDetector:
     """
 
     def __init__(self, static: bool = False, max_faces: int = 3, min_confidence: float = 0.5):
+        # Checked here: a bad value reaching mediapipe's C++ side may abort the process (a CHECK).
+        if int(max_faces) != max_faces or max_faces < 1:
+            raise ValueError(f"max_faces must be a positive integer, got {max_faces}")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         _quiet_mediapipe()
-        import mediapipe as mp
+        with quiet_native_stderr():
+            import mediapipe as mp
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=static, max_num_faces=max_faces, refine_landmarks=True,
-            min_detection_confidence=min_confidence, min_tracking_confidence=0.5)
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=static, max_num_faces=int(max_faces), refine_landmarks=True,
+                min_detection_confidence=min_confidence, min_tracking_confidence=0.5)
+            # The graph opens its calculators on worker threads, which log as they go; one run on a blank
+            # image waits for all of them (and leaves no tracking state: no face in it).
+            self._mesh.process(np.zeros((128, 128, 3), np.uint8))
+        self._first = True
 
     def detect(self, rgb: np.ndarray) -> list[np.ndarray]:
         """[H, W, 3] uint8 RGB -> one [478, 3] float32 array per face: x, y in pixels, z (relative
         depth in the same pixel scale, camera-facing negative)."""
         h, w = rgb.shape[:2]
-        res = self._mesh.process(np.ascontiguousarray(rgb))
+        if self._first:  # some calculators log as they first run, once a face is found
+            with quiet_native_stderr():
+                res = self._mesh.process(np.ascontiguousarray(rgb))
+            self._first = not res.multi_face_landmarks
+        else:
+            res = self._mesh.process(np.ascontiguousarray(rgb))
         if not res.multi_face_landmarks:
             return []
         out = []

@@ -7,17 +7,23 @@ from typing import Iterator
 
 import numpy as np
 
-from .landmarks import _quiet_mediapipe
+from .landmarks import _quiet_mediapipe, quiet_native_stderr
 
 
 class Segmenter:
     """mediapipe SelfieSegmentation (general model, 256x256 input; shipped in the wheel)."""
 
     def __init__(self, model: int = 0):
+        if model not in (0, 1):  # any other value aborts the process in mediapipe's C++ code
+            raise ValueError(f"model must be 0 (general) or 1 (landscape), got {model}")
         _quiet_mediapipe()
-        import mediapipe as mp
+        with quiet_native_stderr():
+            import mediapipe as mp
 
-        self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model)
+            self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model)
+            # The graph opens its calculators on worker threads, which log as they go (TFLite's XNNPACK
+            # line among them); one run on a blank image waits for all of them.
+            self._seg.process(np.zeros((128, 128, 3), np.uint8))
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """[H, W, 3] uint8 -> [H, W] float32 foreground probability in [0, 1]."""

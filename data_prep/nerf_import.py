@@ -35,6 +35,26 @@ for frames without ``flame_param_path``: pass it as ``flame_params``, or leave i
 
 NeRF intrinsics follow the ray convention of pixel centres at integer + 0.5, as talksplat's, so
 ``fl_x, fl_y, cx, cy`` are copied into ``K`` unchanged.
+
+Validation.  Everything is checked before anything is written, and the source folder is only read
+(never modified: images are re-encoded or copied; ``copy_images=False`` hard-links a source PNG only
+when it is the user's and already has the mode the dataset gives its files, 0644).  Each problem
+raises :class:`NerfImportError` (an :class:`~talksplat.core.errors.InputError`), one line starting
+with the json or npz file and naming the frame and field:
+
+* intrinsics (``fl_x, fl_y, cx, cy, w, h, camera_angle_x, camera_angle_y``, in a frame or at the top
+  level) must be finite numbers; ``fl_x, fl_y, w, h`` positive, the angles in (0, pi);
+* ``transform_matrix`` must be finite, 4x4 (or 3x4), with bottom row ``[0, 0, 0, 1]`` and a
+  *rigid* upper-left 3x3: a rotation, ``|R^T R - I| <= ROTATION_TOL`` and ``|det R - 1| <=
+  ROTATION_TOL`` (1e-3, loose enough for float32 round trips).  A uniform scale is refused too:
+  VHAP writes rigid camera-to-world matrices (OpenCV extrinsics with columns 1 and 2 negated) and
+  GaussianAvatars inverts them as rigid transforms, so a scaled or singular matrix (all zeros) means
+  a broken export, not a convention to honour;
+* ``timestep_index`` / ``camera_index`` non-negative integers, ``fps`` a positive number;
+* FLAME parameter files: the keys of :data:`FLAME_NPZ_KEYS`, numeric and finite (no NaN / Inf);
+* ``file_path``, ``fg_mask_path`` and ``flame_param_path`` must lie inside SRC once symlinks are
+  resolved (no absolute paths or ``../`` elsewhere) unless ``allow_external_paths=True``
+  (``--allow-external-paths``).  The ``flame_params=`` file is given explicitly and may lie anywhere.
 """
 
 from __future__ import annotations
@@ -44,17 +64,22 @@ import math
 import os
 import re
 import shutil
-import tempfile
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from talksplat.core.checks import check_array
+from talksplat.core.errors import InputError
+from talksplat.core.files import commit_dir, make_partial_dir
+from talksplat.core.outputs import write_marker
+
 from .dataset import DatasetWriter, Frame, check_output_dir, image_name, load_dataset
 
 __all__ = ["NerfImportError", "import_nerf_dataset", "export_nerf_dataset", "FLAME_NPZ_KEYS", "GL_TO_CV",
-           "DEFAULT_FPS", "NUM_LANDMARKS"]
+           "DEFAULT_FPS", "NUM_LANDMARKS", "ROTATION_TOL"]
 
 #: Keys a FLAME parameter file must hold (VHAP / GaussianAvatars names).
 FLAME_NPZ_KEYS = ("translation", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "shape", "expr")
@@ -64,9 +89,14 @@ DEFAULT_FPS = 25.0
 NUM_LANDMARKS = 478  # MediaPipe FaceMesh with irises: the dataset's landmark layout
 DIVISIONS = ("train", "val", "test")
 FLAME_VERTICES = 5023  # static_offset written on export (GaussianAvatars reads it from time step 0)
+#: |R^T R - I| and |det R - 1| allowed for the rotation part of a ``transform_matrix`` (no scale).
+ROTATION_TOL = 1e-3
+#: Intrinsics a frame or a json's top level may carry.
+INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
+_MAX_INDEX = 2 ** 31  # timestep_index / camera_index must be below
 
 
-class NerfImportError(ValueError):
+class NerfImportError(InputError):
     """A NeRF-style dataset that cannot be imported; one line naming the file and the problem."""
 
 
@@ -87,16 +117,74 @@ class _SrcFrame:
 
 
 # ============================================================================= import
+def _printable(text: str, limit: int = 80) -> str:
+    """``text`` for a message: control characters escaped (one line), at most ``limit`` characters."""
+    r = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def _show(v, limit: int = 40) -> str:
+    """A value read from a json file, for a message (its repr, one line, at most ``limit`` characters)."""
+    return _printable(repr(v), limit)
+
+
 def _read_json(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise NerfImportError(f"{path}: cannot read ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NerfImportError(f"{path}: invalid JSON ({e})") from None
+        raise NerfImportError(f"{path}: invalid JSON ({_printable(str(e), 200)})") from None
+    except RecursionError:
+        raise NerfImportError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list):
         raise NerfImportError(f"{path}: expected an object with a 'frames' list")
     return doc
+
+
+def _number(v, where: str, key: str) -> float:
+    """A json value as a finite float, else :class:`NerfImportError` naming ``where`` and ``key``."""
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        x = float(v)
+    except (TypeError, ValueError, OverflowError):
+        raise NerfImportError(f"{where}: '{key}' must be a number, got {_show(v)}") from None
+    if not math.isfinite(x):
+        raise NerfImportError(f"{where}: '{key}' must be a finite number, got {_show(v)}")
+    return x
+
+
+def _index(v, where: str, key: str) -> int:
+    """A json value as a non-negative integer (an index), else :class:`NerfImportError`."""
+    n = None
+    if isinstance(v, int) and not isinstance(v, bool):
+        n = v
+    elif isinstance(v, float) and v.is_integer():  # False for NaN and Inf
+        n = int(v)
+    elif isinstance(v, str) and v.isascii() and v.isdigit():
+        n = int(v)
+    if n is None or not 0 <= n < _MAX_INDEX:
+        raise NerfImportError(f"{where}: '{key}' must be a non-negative integer, got {_show(v)}")
+    return n
+
+
+def _check_intrinsics(d: dict, where: str) -> dict[str, float]:
+    """The intrinsics present in one json object (a frame or the top level), checked: finite numbers,
+    ``fl_x, fl_y, w, h`` positive, ``camera_angle_x/y`` in (0, pi).  None counts as absent."""
+    out = {}
+    for k in INTRINSIC_KEYS:
+        if d.get(k) is None:
+            continue
+        x = _number(d[k], where, k)
+        if k in ("w", "h") and not round(x) >= 1:
+            raise NerfImportError(f"{where}: '{k}' must be a positive number of pixels, got {_show(d[k])}")
+        if k in ("fl_x", "fl_y") and not x > 0:
+            raise NerfImportError(f"{where}: '{k}' (focal length) must be positive, got {_show(d[k])}")
+        if k.startswith("camera_angle") and not 0 < x < math.pi:
+            raise NerfImportError(f"{where}: '{k}' (field of view, radians) must lie in (0, pi), got {_show(d[k])}")
+        out[k] = x
+    return out
 
 
 def _intrinsics(frame: dict, top: dict, where: str, size: tuple[int, int]) -> tuple[np.ndarray, int, int]:
@@ -104,57 +192,120 @@ def _intrinsics(frame: dict, top: dict, where: str, size: tuple[int, int]) -> tu
 
     size: (W, H) of the image, used where the json gives no w / h (field of view, centred principal point).
     """
-    def get(k):
-        return frame[k] if k in frame else top.get(k)
+    fr, tp = _check_intrinsics(frame, where), _check_intrinsics(top, where)
 
-    try:
-        w0 = int(round(float(get("w")))) if get("w") is not None else 0
-        h0 = int(round(float(get("h")))) if get("h") is not None else 0
-        w, h = w0 or size[0], h0 or size[1]
-        for src in (frame, top):
-            if "fl_x" in src or "fl_y" in src:
-                fx = float(src.get("fl_x", src.get("fl_y")))
-                fy = float(src.get("fl_y", fx))
-                break
-            if "camera_angle_x" in src:
-                fx = 0.5 * w / math.tan(0.5 * float(src["camera_angle_x"]))
-                fy = 0.5 * h / math.tan(0.5 * float(src["camera_angle_y"])) if "camera_angle_y" in src else fx
-                break
-        else:
-            raise NerfImportError(f"{where}: no intrinsics (need fl_x/fl_y or camera_angle_x, in the frame or at "
-                                  f"the top level)")
-        cx = float(get("cx")) if get("cx") is not None else w / 2
-        cy = float(get("cy")) if get("cy") is not None else h / 2
-    except (TypeError, ValueError):
-        raise NerfImportError(f"{where}: intrinsics (fl_x, fl_y, cx, cy, w, h, camera_angle_x) must be numbers") \
-            from None
+    def get(k):
+        return fr[k] if k in fr else tp.get(k)
+
+    w0 = int(round(get("w"))) if get("w") is not None else 0
+    h0 = int(round(get("h"))) if get("h") is not None else 0
+    w, h = w0 or size[0], h0 or size[1]
+    for src in (fr, tp):
+        if "fl_x" in src or "fl_y" in src:
+            fx = src.get("fl_x", src.get("fl_y"))
+            fy = src.get("fl_y", fx)
+            break
+        if "camera_angle_x" in src:
+            fx = 0.5 * w / math.tan(0.5 * src["camera_angle_x"])
+            fy = 0.5 * h / math.tan(0.5 * src["camera_angle_y"]) if "camera_angle_y" in src else fx
+            break
+    else:
+        raise NerfImportError(f"{where}: no intrinsics (need fl_x/fl_y or camera_angle_x, in the frame or at "
+                              f"the top level)")
+    cx = get("cx") if get("cx") is not None else w / 2
+    cy = get("cy") if get("cy") is not None else h / 2
     if not (fx > 0 and fy > 0 and math.isfinite(fx) and math.isfinite(fy)):
-        raise NerfImportError(f"{where}: focal lengths must be positive (fl_x={fx}, fl_y={fy})")
+        raise NerfImportError(f"{where}: focal lengths must be positive and finite (fl_x={fx}, fl_y={fy})")
     return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64), w0, h0
+
+
+def _c2w(value, where: str) -> np.ndarray:
+    """A frame's ``transform_matrix`` as a checked rigid [4, 4] camera-to-world (see the module doc)."""
+    try:
+        m = np.asarray(value, np.float64)
+    except (TypeError, ValueError, OverflowError):
+        m = np.zeros(0)
+    if m.shape == (3, 4):
+        m = np.concatenate([m, [[0, 0, 0, 1]]], 0)
+    if m.shape != (4, 4):
+        raise NerfImportError(f"{where}: 'transform_matrix' must be a 4x4 (or 3x4) matrix of numbers")
+    if not np.all(np.isfinite(m)):
+        raise NerfImportError(f"{where}: 'transform_matrix' holds non-finite values (NaN or Inf)")
+    if np.abs(m[3] - [0, 0, 0, 1]).max() > 1e-6:
+        raise NerfImportError(f"{where}: 'transform_matrix' has bottom row {m[3].tolist()}, expected [0, 0, 0, 1]")
+    R = m[:3, :3]
+    orth = float(np.abs(R.T @ R - np.eye(3)).max())
+    det = float(np.linalg.det(R))
+    if not (orth <= ROTATION_TOL and abs(det - 1.0) <= ROTATION_TOL):
+        raise NerfImportError(f"{where}: 'transform_matrix' is not a rigid camera-to-world matrix (its 3x3 part "
+                              f"has |R^T R - I| = {orth:.3g}, det = {det:.6g}; need a rotation within "
+                              f"{ROTATION_TOL:g}, no scale)")
+    return m
 
 
 def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", s).strip(".") or "cam"
 
 
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except (OSError, ValueError):  # name too long, ...
+        return False
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _resolve_image(src: Path, rel: str) -> Path:
     p = src / rel
-    if not p.suffix and not p.exists() and p.with_name(p.name + ".png").exists():
+    if not p.suffix and not _exists(p) and _exists(p.with_name(p.name + ".png")):
         p = p.with_name(p.name + ".png")
     return p
 
 
-def _parse_frames(src: Path) -> tuple[list[_SrcFrame], dict[str, dict]]:
+def _inside(p: Path, src_real: Path) -> bool:
+    """Whether ``p``, symlinks resolved, lies inside the (resolved) folder ``src_real``."""
+    real = Path(os.path.realpath(p))
+    return real == src_real or src_real in real.parents
+
+
+def _frame_path(fr: dict, key: str, src: Path, src_real: Path, where: str, allow_external: bool,
+                image: bool = False) -> Path | None:
+    """The path a frame's ``key`` names (relative to SRC), confined to SRC unless ``allow_external``."""
+    raw = fr.get(key)
+    if raw is None or raw == "":
+        if key == "file_path":
+            raise NerfImportError(f"{where}: 'file_path' is empty")
+        return None
+    if not isinstance(raw, str) or "\0" in raw:
+        raise NerfImportError(f"{where}: '{key}' must be a path (a string), got {_show(raw)}")
+    p = _resolve_image(src, raw) if image else src / raw
+    if not allow_external and not _inside(p, src_real):
+        raise NerfImportError(f"{where}: {key} '{_printable(raw)}' points outside {src} (pass "
+                              f"--allow-external-paths to allow it)")
+    return p
+
+
+def _parse_frames(src: Path, allow_external: bool = False) -> tuple[list[_SrcFrame], dict[str, dict]]:
     docs: dict[str, dict] = {}
     frames: list[_SrcFrame] = []
+    src_real = Path(os.path.realpath(src))
     for div in DIVISIONS:
         jp = src / f"transforms_{div}.json"
-        if not jp.is_file():
+        if not _is_file(jp):
             if div == "train":
                 raise NerfImportError(f"{jp}: missing (a NeRF-style dataset needs transforms_train.json, "
                                       f"optionally transforms_val.json and transforms_test.json)")
             continue
         doc = docs[div] = _read_json(jp)
+        _check_intrinsics(doc, str(jp))  # the shared intrinsics, named as the top level's
+        if doc.get("fps") is not None and not _number(doc["fps"], str(jp), "fps") > 0:
+            raise NerfImportError(f"{jp}: 'fps' must be positive, got {_show(doc['fps'])}")
         for i, fr in enumerate(doc["frames"]):
             where = f"{jp}: frame {i}"
             if not isinstance(fr, dict):
@@ -162,49 +313,55 @@ def _parse_frames(src: Path) -> tuple[list[_SrcFrame], dict[str, dict]]:
             for k in ("file_path", "transform_matrix", "timestep_index"):
                 if k not in fr:
                     raise NerfImportError(f"{where} lacks '{k}'")
-            if "camera_index" not in fr and "camera_id" not in fr:
+            if fr.get("camera_index") is None and fr.get("camera_id") is None:
                 raise NerfImportError(f"{where} lacks 'camera_index' / 'camera_id'")
-            try:
-                m = np.asarray(fr["transform_matrix"], np.float64)
-            except (TypeError, ValueError):
-                m = np.zeros(0)
-            if m.shape == (3, 4):
-                m = np.concatenate([m, [[0, 0, 0, 1]]], 0)
-            if m.shape != (4, 4) or not np.all(np.isfinite(m)):
-                raise NerfImportError(f"{where}: 'transform_matrix' must be a finite 4x4 (or 3x4) matrix")
-            image = _resolve_image(src, str(fr["file_path"]))
-            mask = src / str(fr["fg_mask_path"]) if fr.get("fg_mask_path") else None
-            for p, what in ((image, "image"), (mask, "mask")):
-                if p is not None and not p.is_file():
-                    raise NerfImportError(f"{jp}: frame {i} references a missing {what} {p}")
+            m = _c2w(fr["transform_matrix"], where)
+            timestep = _index(fr["timestep_index"], where, "timestep_index")
             cam_id, cam_idx = fr.get("camera_id"), fr.get("camera_index")
-            key = ("index", int(cam_idx)) if cam_idx is not None else ("id", str(cam_id))
-            name = _safe_name(str(cam_id)) if cam_id is not None else f"{int(cam_idx):02d}"
-            fpath = src / str(fr["flame_param_path"]) if fr.get("flame_param_path") else None
+            if cam_idx is not None:
+                cam_idx = _index(cam_idx, where, "camera_index")
+            image = _frame_path(fr, "file_path", src, src_real, where, allow_external, image=True)
+            mask = _frame_path(fr, "fg_mask_path", src, src_real, where, allow_external)
+            fpath = _frame_path(fr, "flame_param_path", src, src_real, where, allow_external)
+            for p, what in ((image, "image"), (mask, "mask")):
+                if p is not None and not _is_file(p):
+                    raise NerfImportError(f"{jp}: frame {i} references a missing {what} {p}")
+            key = ("index", cam_idx) if cam_idx is not None else ("id", str(cam_id))
+            name = _safe_name(str(cam_id)) if cam_id is not None else f"{cam_idx:02d}"
             _intrinsics(fr, doc, where, (1, 1))  # fail early on missing / malformed intrinsics
             frames.append(_SrcFrame(division=div, json_path=jp, index=i, image=image, mask=mask, c2w_gl=m,
-                                    raw=fr, top=doc, timestep=int(fr["timestep_index"]),
+                                    raw=fr, top=doc, timestep=timestep,
                                     camera_key=key, camera_name=name, flame_path=fpath))
     return frames, docs
 
 
 def _load_npz(path: Path, where: str) -> dict[str, np.ndarray]:
-    if not path.is_file():
+    """A FLAME parameter file's arrays; the keys of FLAME_NPZ_KEYS present, numeric and finite."""
+    if not _is_file(path):
         raise NerfImportError(f"{where} references a missing FLAME parameter file {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with z:
             d = {k: np.asarray(z[k]) for k in z.files}
     except Exception as e:  # noqa: BLE001  (zip / format errors of all kinds)
-        raise NerfImportError(f"{path}: unreadable FLAME parameter file ({type(e).__name__}: {e})") from None
+        reason = _printable(f"{type(e).__name__}: {e}", 200)
+        raise NerfImportError(f"{path}: unreadable FLAME parameter file ({reason})") from None
     missing = [k for k in FLAME_NPZ_KEYS if k not in d]
     if missing:
         raise NerfImportError(f"{path}: FLAME parameters lack {missing} (need {', '.join(FLAME_NPZ_KEYS)})")
+    for k in FLAME_NPZ_KEYS:
+        try:
+            check_array(d[k], str(path), k)  # numbers, no NaN / Inf
+        except InputError as e:
+            raise NerfImportError(str(e)) from None
     return d
 
 
 def _warn_offsets(path: Path, d: dict, warned: set) -> None:
     for k in ("static_offset", "dynamic_offset"):
-        if k in d and k not in warned and np.any(d[k] != 0):
+        if k in d and k not in warned and d[k].dtype.kind in "biuf" and np.any(d[k] != 0):
             warnings.warn(f"{path}: '{k}' (per-vertex FLAME offsets) has no talksplat equivalent; ignored",
                           stacklevel=3)
             warned.add(k)
@@ -284,6 +441,8 @@ def _read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, bool]:
     if img.dtype == np.uint16:
         img = (img.astype(np.uint32) * 255 + 32767) // 65535
     elif img.dtype != np.uint8:
+        if not np.all(np.isfinite(img)):
+            raise NerfImportError(f"{path}: image holds non-finite values (NaN or Inf)")
         img = np.clip(img.astype(np.float64) * (255.0 if img.max() <= 1.0 else 1.0), 0, 255)
     img = img.astype(np.uint8)
     plain_png = False
@@ -311,16 +470,23 @@ def _read_mask(path: Path) -> np.ndarray:
     if m.dtype == np.uint16:
         m = (m.astype(np.uint32) * 255 + 32767) // 65535
     elif m.dtype != np.uint8 or m.max() <= 1:
+        if not np.all(np.isfinite(m)):
+            raise NerfImportError(f"{path}: mask holds non-finite values (NaN or Inf)")
         m = m.astype(np.float64)
         m = m * 255.0 if m.max() <= 1.0 else m
     return np.clip(m, 0, 255).astype(np.uint8)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` when that cannot change the source, else copy its bytes.
+
+    The dataset writer gives its files mode 0644 on commit, which a hard link would pass on to the
+    source file: link only the user's own files that already have exactly that mode."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if os.stat(src).st_uid != os.getuid():
-            raise OSError("not ours")  # the writer's chmod on commit would fail on someone else's file
+        st = os.stat(src)
+        if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o644:
+            raise OSError("not ours, or another mode")
         os.link(src, dst)
     except (OSError, AttributeError):
         shutil.copyfile(src, dst)
@@ -336,7 +502,8 @@ def _eye_order(rig) -> list[int]:
 
 
 def import_nerf_dataset(src_dir: str | os.PathLike, out_dir: str | os.PathLike, rig, overwrite: bool = False,
-                        copy_images: bool = True, flame_params: str | os.PathLike | None = None) -> Path:
+                        copy_images: bool = True, flame_params: str | os.PathLike | None = None,
+                        allow_external_paths: bool = False) -> Path:
     """A VHAP / GaussianAvatars NeRF-style folder -> a talksplat dataset at `out_dir`.
 
     rig: the FLAME :class:`~talksplat.rigs.HeadRig` the parameters belong to (shape and expression are
@@ -344,10 +511,13 @@ def import_nerf_dataset(src_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     images that already are 8-bit RGB PNGs are hard-linked (same file system, owned by the user) or
     byte-copied instead.  flame_params: a FLAME file with a leading time axis for frames that have
     no ``flame_param_path`` (default: ``SRC/flame_param.npz`` or ``SRC/tracked_flame_params*.npz``).
+    allow_external_paths: accept ``file_path`` / ``fg_mask_path`` / ``flame_param_path`` entries that
+    lead outside SRC (absolute, ``../``, or through a symlink); by default they are refused.
 
     Cameras: ``c2w_cv = c2w_gl @ diag(1, -1, -1, 1)``; K from ``fl_x, fl_y, cx, cy`` (or the field of
     view).  Split: train = the time steps of transforms_train.json, heldout = those only in
-    transforms_val/test.json.  Raises :class:`NerfImportError` (one line naming the file).
+    transforms_val/test.json.  Raises :class:`NerfImportError` (one line naming the file; see the
+    module doc for what is checked); the source folder is only read.
     """
     src = Path(src_dir)
     if not src.is_dir():
@@ -355,8 +525,8 @@ def import_nerf_dataset(src_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     if not str(getattr(rig, "name", "")).lower().startswith("flame"):
         raise NerfImportError(f"{src}: NeRF-style datasets carry FLAME parameters; import them with the FLAME "
                               f"rig (--rig flame:PATH), not '{getattr(rig, 'name', rig)}'")
-    check_output_dir(Path(out_dir), overwrite)
-    frames, docs = _parse_frames(src)
+    check_output_dir(Path(out_dir), overwrite, inputs=[src])
+    frames, docs = _parse_frames(src, allow_external_paths)
     if not frames:
         raise NerfImportError(f"{src / 'transforms_train.json'}: no frames")
 
@@ -403,7 +573,7 @@ def import_nerf_dataset(src_dir: str | os.PathLike, out_dir: str | os.PathLike, 
         per.update(seq)
     shape_src = per[src_steps[0]]["shape"]
     shapes = [per[t]["shape"] for t in src_steps]
-    if any(s.shape != shape_src.shape or np.abs(s - shape_src).max() > 1e-6 for s in shapes):
+    if any(s.shape != shape_src.shape or np.any(np.abs(s - shape_src) > 1e-6) for s in shapes):
         warnings.warn(f"{src}: FLAME 'shape' differs between time steps; using time step {src_steps[0]}'s",
                       stacklevel=2)
     ref = first_path.get(src_steps[0], seq_path or src)
@@ -423,11 +593,14 @@ def import_nerf_dataset(src_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     # ------------------------------------------------------------- split, fps
     train = sorted({t_new[f.timestep] for f in frames if f.division == "train"})
     heldout = sorted({t_new[f.timestep] for f in frames if f.division != "train"} - set(train))
-    fps = next((float(docs[d]["fps"]) for d in DIVISIONS if d in docs and "fps" in docs[d]), DEFAULT_FPS)
+    fps = next((float(docs[d]["fps"]) for d in DIVISIONS if d in docs and docs[d].get("fps") is not None),
+               DEFAULT_FPS)  # checked by _parse_frames
 
     # ------------------------------------------------------------- images, frames
     T, C = len(src_steps), len(cameras)
-    with DatasetWriter(out_dir, overwrite=overwrite) as w:
+    inputs = {src, *(f.image for f in frames), *(f.mask for f in frames if f.mask is not None),
+              *first_path.values(), *([Path(seq_path)] if missing else [])}
+    with DatasetWriter(out_dir, overwrite=overwrite, inputs=sorted(inputs)) as w:
         warned_size = False
         for f in sorted(frames, key=lambda f: (cameras.index(names[f.camera_key]), f.timestep)):
             cam, t = names[f.camera_key], t_new[f.timestep]
@@ -471,19 +644,6 @@ def import_nerf_dataset(src_dir: str | os.PathLike, out_dir: str | os.PathLike, 
 
 
 # ============================================================================= export
-def _commit_dir(tmp: Path, out: Path) -> None:
-    for p in tmp.rglob("*"):
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    os.chmod(tmp, 0o755)
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / "old")
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def export_nerf_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
                         val_camera: str | None = "auto") -> Path:
     """A talksplat dataset -> the NeRF-style layout of VHAP's export (readable by GaussianAvatars).
@@ -499,7 +659,7 @@ def export_nerf_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLi
     """
     ds = load_dataset(dataset_dir)
     out = Path(out_dir)
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, inputs=[dataset_dir], kind="nerf")
     out.parent.mkdir(parents=True, exist_ok=True)
     cams = list(ds.meta.get("cameras") or [])
     for fr in ds.frames:
@@ -515,7 +675,7 @@ def export_nerf_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLi
     fps = float(ds.meta.get("fps", DEFAULT_FPS))
     is_flame = str(ds.meta.get("rig_name", "")).lower().startswith("flame")
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = make_partial_dir(out)
     try:
         (tmp / "images").mkdir()
         (tmp / "flame_param").mkdir()
@@ -577,7 +737,8 @@ def export_nerf_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLi
         for div, d in docs.items():
             name = "transforms.json" if div is None else f"transforms_{div}.json"
             (tmp / name).write_text(json.dumps(d, indent=1))
-        _commit_dir(tmp, out)
+        write_marker(tmp, "nerf")
+        commit_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,23 +11,28 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import tyro
 
+from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
+from talksplat.core.errors import TalksplatError
 from talksplat.render.device import pick_device
 
-from .dataset import DatasetError, DatasetWriter, Frame, check_output_dir, default_split, image_name
+from talksplat.core.outputs import output_lock
+
+from .dataset import DatasetWriter, Frame, check_output_dir, default_split, image_name
 from .tracking import MONO_C2W, TrackingConfig
 
 
-class PrepError(Exception):
+class PrepError(TalksplatError):
     """A problem with the input that stops prep (one line, names the file)."""
 
 
 @dataclass
-class PrepConfig:
+class PrepConfig(ProcessOptions):
     """Turn video of a talking person into a tracked dataset for `talksplat fit`.
 
     One video: monocular (square head crop, focal length estimated).  Several videos with
@@ -43,24 +48,28 @@ class PrepConfig:
     """Multi-view: cameras.json (see docs/formats.md)."""
     rig: str = "open"
     """Head rig: `open` (built in), `flame` ($TALKSPLAT_FLAME) or `flame:PATH`."""
-    fps: float = 25.0
-    """Frames per second of the dataset (the video is resampled to it)."""
-    resolution: int = 512
-    """Monocular: side of the square crop in pixels.  Multi-view: longest image side (never upscaled)."""
-    max_frames: int | None = None
-    """Use only the first N frames."""
+    fps: Annotated[float, Range(1, 240)] = 25.0
+    """Frames per second of the dataset (the video is resampled to it) (1 to 240)."""
+    resolution: Annotated[int, Range(64, 4096)] = 512
+    """Monocular: side of the square crop in pixels.  Multi-view: longest image side (never upscaled) (64 to 4096)."""
+    max_frames: Annotated[int | None, Range(1)] = None
+    """Use only the first N frames (at least 1)."""
     overwrite: bool = False
-    """Replace an existing dataset at --out."""
+    """Replace an existing dataset at --out (only a talksplat dataset holding nothing else)."""
+    allow_damaged: bool = False
+    """Keep the readable part of a damaged or truncated video (with a warning) instead of refusing it."""
+    allow_external_paths: bool = False
+    """NeRF-style import: let file_path / fg_mask_path / flame_param_path point outside the source folder."""
     landmark_embedding: Path | None = None
     """Optional .npz (face_idx [478], bary [478, 3]) overriding the automatic landmark embedding."""
-    heldout: float = 0.1
-    """Fraction of time steps (the last ones) held out for evaluation."""
-    max_gap: float = 0.4
-    """Longest face-detection gap (seconds) filled by interpolation; longer gaps are dropped."""
-    min_face_fraction: float = 0.5
-    """Fail when the face is found in less than this fraction of the frames."""
-    crop_scale: float = 2.2
-    """Monocular crop side as a multiple of the face height."""
+    heldout: Annotated[float, Range(0.0, 0.9)] = 0.1
+    """Fraction of time steps (the last ones) held out for evaluation (0 to 0.9)."""
+    max_gap: Annotated[float, Range(0.0, 10.0)] = 0.4
+    """Longest face-detection gap (seconds) filled by interpolation; longer gaps are dropped (0 to 10)."""
+    min_face_fraction: Annotated[float, Range(0.0, 1.0)] = 0.5
+    """Fail when the face is found in less than this fraction of the frames (0 to 1)."""
+    crop_scale: Annotated[float, Range(1.0, 10.0)] = 2.2
+    """Monocular crop side as a multiple of the face height (1 to 10)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where tracking runs."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -89,18 +98,21 @@ class PrepReport:
 
 
 class _Progress:
-    """rich progress bars, one per stage (silent when quiet)."""
+    """rich progress bars on stderr, one per stage (only when stderr is a terminal and not quiet);
+    messages as plain lines on stderr."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self._p = None
 
     def __enter__(self):
-        if not self.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from talksplat.core.progress import progress_bar, show_progress
 
-            self._p = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                               TimeElapsedColumn())
+        if show_progress(self.quiet):
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+            self._p = progress_bar(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                                   TimeElapsedColumn())
             self._p.__enter__()
         return self
 
@@ -109,6 +121,7 @@ class _Progress:
             self._p.__exit__(*exc)
 
     def task(self, name: str, total: int | None):
+        """``(advance(n=1), update(completed, total=None))`` of a new bar (no-ops without bars)."""
         if self._p is None:
             return lambda n=1: None, lambda completed, total=None: None
         t = self._p.add_task(name, total=total)
@@ -116,21 +129,25 @@ class _Progress:
                 lambda completed, total=None: self._p.update(t, completed=completed, total=total))
 
     def log(self, msg: str, warning: bool = False) -> None:
-        """Print ``msg`` (rich markup) above the bars; with ``quiet`` only warnings, as plain text on stderr."""
+        """One line on stderr (above the bars when they are shown): ``talksplat: [warning: ]msg``;
+        without ``warning`` nothing when quiet."""
+        import sys
+
+        if self.quiet and not warning:
+            return
+        line = "talksplat: " + ("warning: " if warning else "") + " ".join(msg.split())
         if self._p is not None:
-            self._p.console.print(msg)
-        elif warning:
-            import re
-            import sys
-
-            print("talksplat: " + re.sub(r"\[/?[a-z ]*\]", "", msg), file=sys.stderr)
+            self._p.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
 
-def _timed_frames(path: Path, fps: float, max_frames: int | None, timings: dict[str, float]):
+def _timed_frames(path: Path, fps: float, max_frames: int | None, timings: dict[str, float],
+                  allow_damaged: bool = False):
     """Frames of `path` at `fps` ([H, W, 3] uint8), adding the decoding time to timings["decode"]."""
     from .decode import iter_frames
 
-    with iter_frames(path, fps, max_frames=max_frames) as stream:
+    with iter_frames(path, fps, max_frames=max_frames, allow_damaged=allow_damaged) as stream:
         while True:
             t0 = time.perf_counter()
             frame = next(stream, None)
@@ -142,27 +159,32 @@ def _timed_frames(path: Path, fps: float, max_frames: int | None, timings: dict[
 
 def run_prep(cfg: PrepConfig) -> PrepReport:
     """Do the work of `talksplat prep` (see :class:`PrepConfig`)."""
+    t_start = time.perf_counter()
+    timings = {k: 0.0 for k in ("decode", "landmarks", "embedding", "tracking", "crop", "masks", "write")}
+    videos = [Path(v) for v in cfg.videos]
+    if not videos:
+        raise PrepError("no input video given")
+    inputs = [*videos, cfg.calibration, cfg.landmark_embedding]
+    check_output_dir(cfg.out, cfg.overwrite, inputs)
+    with output_lock(cfg.out):
+        if len(videos) == 1 and videos[0].is_dir():
+            return _import_nerf(cfg, videos[0])
+        return _prep_videos(cfg, videos, inputs, timings, t_start)
+
+
+def _prep_videos(cfg: PrepConfig, videos: list[Path], inputs: list, timings: dict[str, float],
+                 t_start: float) -> PrepReport:
     from talksplat.rigs import load_rig
 
     from .decode import extract_audio, probe_video
     from .embedding import landmark_embedding
     from .landmarks import NUM_LANDMARKS, FaceMeshDetector, SubjectTracker, fill_gaps
 
-    t_start = time.perf_counter()
-    timings = {k: 0.0 for k in ("decode", "landmarks", "embedding", "tracking", "crop", "masks", "write")}
-    videos = [Path(v) for v in cfg.videos]
-    if not videos:
-        raise PrepError("no input video given")
-    if cfg.resolution < 64:
-        raise PrepError(f"--resolution {cfg.resolution}: must be at least 64")
-    check_output_dir(cfg.out, cfg.overwrite)
-    if len(videos) == 1 and videos[0].is_dir():
-        return _import_nerf(cfg, videos[0])
     multiview = cfg.calibration is not None
     if len(videos) > 1 and not multiview:
         raise PrepError(f"{len(videos)} videos given without --calibration (multi-view needs cameras.json)")
 
-    infos = [probe_video(v, min_duration=1.0) for v in videos]
+    infos = [probe_video(v, min_duration=1.0, allow_damaged=cfg.allow_damaged) for v in videos]
     if multiview:
         from .calibration import load_calibration, match_videos
 
@@ -181,11 +203,11 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
     fps = float(cfg.fps)
     max_gap = max(0, int(round(cfg.max_gap * fps)))
 
-    with DatasetWriter(cfg.out, overwrite=cfg.overwrite) as writer, _Progress(cfg.quiet) as progress:
-        has_audio = extract_audio(videos[0], writer.root / "audio.wav")
+    with DatasetWriter(cfg.out, overwrite=cfg.overwrite, inputs=inputs) as writer, _Progress(cfg.quiet) as progress:
+        has_audio = extract_audio(videos[0], writer.root / "audio.wav", allow_damaged=cfg.allow_damaged)
         if not has_audio:
-            progress.log(f"[yellow]warning:[/] {videos[0]}: no audio track — the avatar can be fitted but "
-                         "not trained to speak", warning=True)
+            progress.log(f"{videos[0]}: no audio track — the avatar can be fitted but not trained to speak",
+                         warning=True)
 
         # ---------------------------------------------------------------- pass 1: landmarks
         per_cam_points, per_cam_found = [], []
@@ -193,17 +215,18 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
             total = int(round(info.duration * fps))
             if cfg.max_frames:
                 total = min(total, cfg.max_frames)
-            advance, _ = progress.task(f"landmarks {cam}", total)
+            advance, set_total = progress.task(f"landmarks {cam}", total)
             pts, found = [], []
             with FaceMeshDetector() as det:
                 tracker = SubjectTracker()
-                for frame in _timed_frames(info.path, fps, cfg.max_frames, timings):
+                for frame in _timed_frames(info.path, fps, cfg.max_frames, timings, cfg.allow_damaged):
                     t1 = time.perf_counter()
                     face = tracker.pick(det.detect(frame))
                     timings["landmarks"] += time.perf_counter() - t1
                     found.append(face is not None)
                     pts.append(face[:, :2] if face is not None else np.zeros((NUM_LANDMARKS, 2), np.float32))
                     advance()
+            set_total(len(found), len(found))  # the container's duration was an estimate
             if not any(found):
                 raise PrepError(f"{info.path}: no face found in the video")
             per_cam_points.append(np.stack(pts))
@@ -299,7 +322,7 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
                 seg = Segmenter()
 
                 def frames():
-                    for t, frame in enumerate(_timed_frames(info.path, fps, T, timings)):
+                    for t, frame in enumerate(_timed_frames(info.path, fps, T, timings, cfg.allow_damaged)):
                         t1 = time.perf_counter()
                         if multiview:
                             img = undistort_image(frame, cal)
@@ -375,18 +398,8 @@ def _import_nerf(cfg: PrepConfig, src: Path) -> PrepReport:
     if not (src / "transforms_train.json").is_file():
         raise PrepError(f"{src}: a directory, but not a NeRF-style dataset (no transforms_train.json)")
     t0 = time.perf_counter()
-    out = import_nerf_dataset(src, cfg.out, load_rig(cfg.rig), overwrite=cfg.overwrite)
+    out = import_nerf_dataset(src, cfg.out, load_rig(cfg.rig), overwrite=cfg.overwrite,
+                              allow_external_paths=cfg.allow_external_paths)
     ds = load_dataset(out)
     return PrepReport(out=out, num_timesteps=ds.num_timesteps, num_images=len(ds.frames), dropped=[],
                       interpolated=[], tracking_error={}, timings={"total": time.perf_counter() - t0})
-
-
-def prep_errors() -> tuple[type[BaseException], ...]:
-    """The exception types `talksplat prep` reports as one line (bad input, not bugs)."""
-    from .calibration import CalibrationError
-    from .decode import VideoError
-    from .embedding import EmbeddingError
-    from .nerf_import import NerfImportError
-    from .tracking import TrackingError
-
-    return (PrepError, DatasetError, VideoError, CalibrationError, EmbeddingError, TrackingError, NerfImportError)

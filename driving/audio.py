@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from talksplat.data_prep.decode import ffmpeg_exe
+from talksplat.core.errors import InputError
+from talksplat.core.ffmpeg import ffmpeg_exe
+from talksplat.core.process import child_kwargs
 
 SAMPLE_RATE = 16_000
 #: Target loudness of speech after normalisation (RMS of the active frames, dBFS).
@@ -28,7 +30,7 @@ TARGET_DBFS = -23.0
 MAX_GAIN_DB = 30.0
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """An audio file that is missing, unreadable, without an audio track, or empty."""
 
 
@@ -39,12 +41,12 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.
         raise AudioError(f"{path}: no such audio file")
     # ffmpeg writes raw float32 to a temporary file that numpy maps in one piece: an hour of audio
     # costs its 230 MB once (a pipe would hold it two or three times while being joined).
-    fd, raw = tempfile.mkstemp(prefix="talksplat-audio-", suffix=".f32")
+    fd, raw = tempfile.mkstemp(prefix=f"talksplat-audio-{os.getpid()}-", suffix=".f32")
     os.close(fd)
     try:
         proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(path),
                                "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", raw],
-                              capture_output=True)
+                              capture_output=True, **child_kwargs())
         if proc.returncode != 0:
             text = proc.stderr.decode(errors="replace")
             err = text.strip().splitlines()
@@ -57,6 +59,8 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.
         os.unlink(raw)
     if samples.size == 0:
         raise AudioError(f"{path}: the audio track is empty (no samples)")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(f"{path}: the audio holds non-finite samples (NaN or Inf)")
     return samples
 
 
@@ -136,10 +140,10 @@ def synthesize_speech(text: str, out_wav: str | os.PathLike | None = None, voice
         raise AudioError("--text needs a local text-to-speech engine: install espeak-ng "
                          "(Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)")
     if out_wav is None:
-        fd, out_wav = tempfile.mkstemp(prefix="talksplat-tts-", suffix=".wav")
+        fd, out_wav = tempfile.mkstemp(prefix=f"talksplat-tts-{os.getpid()}-", suffix=".wav")
         os.close(fd)
-    proc = subprocess.run([exe, "-v", voice, "-s", str(rate_wpm), "-p", str(pitch), "-w", str(out_wav), text],
-                          capture_output=True)
+    proc = subprocess.run([exe, "-v", voice, "-s", str(rate_wpm), "-p", str(pitch), "-w", str(out_wav), "--", text],
+                          capture_output=True, **child_kwargs())
     if proc.returncode != 0 or not Path(out_wav).is_file() or Path(out_wav).stat().st_size <= 44:
         raise AudioError(f"espeak-ng failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
     return Path(out_wav)

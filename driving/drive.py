@@ -12,23 +12,27 @@ import math
 import queue
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Annotated, Literal, TYPE_CHECKING
 
 import numpy as np
 import torch
 import tyro
+
+from talksplat.core.errors import InputError, OptionError
+
+from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
 
 if TYPE_CHECKING:
     from talksplat.data_prep.dataset import Frame
 
 
 @dataclass
-class DriveConfig:
+class DriveConfig(ProcessOptions):
     """Drive a fitted avatar with speech: `talksplat drive AVATAR --audio speech.wav --out talk.mp4`."""
 
     avatar: tyro.conf.Positional[Path]
@@ -39,28 +43,31 @@ class DriveConfig:
     """Text to speak with the local TTS (espeak-ng) instead of --audio."""
     out: Path = Path("drive.mp4")
     """Output MP4; beside it OUT.npz (the predicted rig parameters) and OUT.wav (the audio as muxed)."""
-    resolution: int = 1024
-    """Output width and height in pixels (even)."""
-    fps: float = 25.0
-    """Output frame rate."""
+    overwrite: bool = False
+    """Replace OUT.mp4, OUT.npz and OUT.wav when they exist (only files talksplat wrote; never an input)."""
+    resolution: Annotated[int, Range(16, 8192)] = 1024
+    """Output width and height in pixels (even) (16 to 8192)."""
+    fps: Annotated[float, Range(1, 240)] = 25.0
+    """Output frame rate (1 to 240)."""
     pose: Literal["still", "replay", "idle"] = "replay"
     """Head motion: still, the subject's own tracked motion looped (replay), or a generated sway (idle)."""
     background: str = "white"
     """`white`, `black`, `#rrggbb`, or an image file (scaled to fill the frame)."""
     camera: str = "0,0"
-    """Camera `yaw,pitch` in degrees around the head (0,0 = the training camera's direction)."""
+    """Camera `yaw,pitch` in degrees around the head (0,0 = the training camera's direction; yaw -360 to
+    360, pitch -89 to 89)."""
     rig: str | None = None
     """Rig spec (`open`, `flame:PATH`); default: the one the avatar's dataset was tracked with."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto`: CUDA (gsplat) when available, else the CPU rasterizer."""
-    batch: int = 8
-    """Frames posed and rendered per batch."""
+    batch: Annotated[int, Range(1, 1024)] = 8
+    """Frames posed and rendered per batch (1 to 1024)."""
     voice: str = "en-us"
     """espeak-ng voice for --text."""
     blinks: bool = True
     """Add blinks at a natural rate."""
-    seed: int = 0
-    """Random seed (idle motion, blink times)."""
+    seed: Annotated[int, Range(0)] = 0
+    """Random seed (idle motion, blink times) (at least 0)."""
     quiet: bool = False
     """No progress display."""
 
@@ -80,16 +87,16 @@ def parse_background(spec: str, size: int) -> torch.Tensor:
     if spec.startswith("#"):
         h = spec[1:]
         if len(h) != 6 or any(c not in "0123456789abcdefABCDEF" for c in h):
-            raise ValueError(f"--background {spec}: expected #rrggbb")
+            raise OptionError(f"--background {spec}: expected #rrggbb")
         return torch.tensor([int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4)]).expand(size, size, 3)
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"--background {spec}: not white, black, #rrggbb or an existing image file")
+        raise OptionError(f"--background {spec}: not white, black, #rrggbb or an existing image file")
     import cv2
 
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError(f"{path}: cannot read the background image")
+        raise InputError(f"{path}: cannot read the background image")
     h, w = img.shape[:2]
     s = min(h, w)
     img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
@@ -98,10 +105,13 @@ def parse_background(spec: str, size: int) -> torch.Tensor:
 
 
 def parse_camera(spec: str) -> tuple[float, float]:
+    """``yaw,pitch`` in degrees -> (yaw, pitch); yaw in [-360, 360], pitch in [-89, 89]."""
     try:
         yaw, pitch = (float(x) for x in spec.split(","))
     except ValueError:
-        raise ValueError(f"--camera {spec}: expected yaw,pitch in degrees, e.g. 20,5") from None
+        raise OptionError(f"--camera {spec}: expected yaw,pitch in degrees, e.g. 20,5") from None
+    if not (math.isfinite(yaw) and -360 <= yaw <= 360 and math.isfinite(pitch) and -89 <= pitch <= 89):
+        raise OptionError(f"--camera {spec}: yaw must be in -360..360 and pitch in -89..89 degrees")
     return yaw, pitch
 
 
@@ -147,14 +157,48 @@ def drive_camera(rig, seq: dict, fit_camera: Frame | None, resolution: int, yaw:
 
 def _audio_for_mux(src: Path, tmp_dir: Path, seconds: float) -> Path:
     """The first audio stream of ``src`` as a WAV of exactly ``seconds`` (padded with silence or cut), so
-    the MP4's audio and video end together and ffmpeg's stream choice can never pick a video."""
-    from talksplat.data_prep.decode import ffmpeg_exe
+    the MP4's audio and video end together and ffmpeg's stream choice can never pick a video; tagged as
+    talksplat's own (see talksplat.core.ffmpeg)."""
+    from talksplat.core.ffmpeg import OWN_TAG, ffmpeg_exe, last_error_line
+    from talksplat.core.process import child_kwargs
+
+    from .audio import AudioError
 
     out = tmp_dir / "audio.wav"
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src),
-                    "-map", "0:a:0", "-vn", "-af", "apad", "-t", f"{seconds:.6f}", "-c:a", "pcm_s16le", str(out)],
-                   check=True, capture_output=True)
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src),
+                           "-map", "0:a:0", "-vn", "-af", "apad", "-t", f"{seconds:.6f}", "-c:a", "pcm_s16le",
+                           "-map_metadata", "-1", "-metadata", f"comment={OWN_TAG}", str(out)],
+                          capture_output=True, text=True, errors="replace", **child_kwargs())
+    if proc.returncode != 0:
+        raise AudioError(f"{src}: cannot read audio ({last_error_line(proc.stderr)})")
     return out
+
+
+def is_own_npz(path: Path) -> bool:
+    """Whether ``path`` is a parameters file talksplat drive wrote (the rig fields, ``fps`` and ``audio``)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"expression", "jaw", "fps", "audio"} <= set(z.files)
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+
+
+def output_paths(out: Path) -> tuple[Path, Path, Path]:
+    """OUT.mp4 and the files beside it: OUT.npz (rig parameters), OUT.wav (the audio as muxed)."""
+    return out, out.with_suffix(".npz"), out.with_suffix(".wav")
+
+
+def check_drive_outputs(cfg: DriveConfig, fit_files: list[Path]) -> None:
+    """Refuse outputs that are inputs (the audio, the background image, the fit's files) and existing
+    outputs without ``--overwrite``; with it, replace only files talksplat wrote."""
+    from talksplat.core.ffmpeg import has_own_tag
+    from talksplat.core.outputs import check_output_file
+
+    inputs = [cfg.audio, background_image(cfg.background), *fit_files]
+    video, npz, wav = output_paths(cfg.out)
+    check_output_file(video, cfg.overwrite, inputs, has_own_tag)
+    check_output_file(npz, cfg.overwrite, inputs, is_own_npz)
+    check_output_file(wav, cfg.overwrite, inputs, has_own_tag)
 
 
 def describe_drive(r: dict) -> str:
@@ -163,47 +207,71 @@ def describe_drive(r: dict) -> str:
             f"({r['realtime_factor']:.2f} s per second of audio, {r['device']})")
 
 
+def check_drive_options(cfg: DriveConfig) -> None:
+    """The options and input files that can be checked before any work (one line each)."""
+    if (cfg.audio is None) == (cfg.text is None):
+        raise OptionError("give exactly one of --audio FILE or --text \"...\"")
+    if cfg.resolution % 2:
+        raise OptionError(f"--resolution {cfg.resolution}: must be even (H.264)")
+    if cfg.out.suffix.lower() != ".mp4":
+        raise OptionError(f"--out {cfg.out}: the output must be an .mp4 file")
+    parse_camera(cfg.camera)
+    parse_background(cfg.background, 16)
+    if cfg.audio is not None and not cfg.audio.is_file():
+        raise InputError(f"{cfg.audio}: no such audio file")
+
+
 def run_drive(cfg: DriveConfig) -> dict:
-    """Do the work of `talksplat drive`; returns a summary (paths, frames, seconds, speed)."""
-    from talksplat.avatar.io import load_avatar
+    """Do the work of `talksplat drive` (holding the lock of OUT); returns a summary (paths, frames,
+    seconds, speed)."""
+    from talksplat.core.outputs import output_lock
+
+    check_drive_options(cfg)
+    with output_lock(cfg.out):
+        return _run_drive(cfg)
+
+
+def _run_drive(cfg: DriveConfig) -> dict:
+    from talksplat.avatar.io import check_rig, load_avatar, read_header
     from talksplat.avatar.render import render_avatar
+    from talksplat.core.files import atomic_write, scratch_dir
+    from talksplat.core.progress import progress_bar, show_progress
     from talksplat.render.device import pick_device
-    from talksplat.render.files import atomic_write
     from talksplat.render.video import VideoWriter
     from talksplat.rigs import load_rig
     from talksplat.rigs.base import RigParams
 
     from .audio import load_audio, synthesize_speech
-    from .predict import open_fit, predict_sequence
+    from .predict import fit_files, fit_paths, fit_rig_spec, open_fit, predict_sequence
 
-    if (cfg.audio is None) == (cfg.text is None):
-        raise ValueError("give exactly one of --audio FILE or --text \"...\"")
-    if cfg.resolution < 16 or cfg.resolution % 2:
-        raise ValueError(f"--resolution {cfg.resolution}: must be an even number >= 16")
-    if cfg.out.suffix.lower() != ".mp4":
-        raise ValueError(f"--out {cfg.out}: the output must be an .mp4 file")
-    if cfg.fps <= 0:
-        raise ValueError(f"--fps {cfg.fps}: must be positive")
     yaw, pitch = parse_camera(cfg.camera)
     background = parse_background(cfg.background, cfg.resolution)
     t_start = time.perf_counter()
-    fit = open_fit(cfg.avatar)
-    with tempfile.TemporaryDirectory(prefix="talksplat-drive-") as tmp:
+    fit_dir, avatar_file = fit_paths(cfg.avatar)
+    check_drive_outputs(cfg, fit_files(fit_dir, avatar_file))
+    header = read_header(avatar_file)
+    spec = cfg.rig or fit_rig_spec(header)
+    if spec is None:
+        raise OptionError(f"{avatar_file}: cannot tell which rig the avatar uses ({header['rig_name']}); pass --rig")
+    rig = load_rig(spec)
+    check_rig(avatar_file, header, rig.checksum)  # the avatar is named when it is the one that does not match
+    avatar = load_avatar(avatar_file, rig=rig)  # checked whole before the predictor is matched to it
+    fit = open_fit(cfg.avatar, rig_checksum=rig.checksum)
+    E, S = fit.tracked["expression"].shape[1], fit.tracked["shape"].shape[0]
+    if (E, S) != (rig.num_expression, rig.num_shape):
+        raise InputError(f"{fit_dir / 'tuned_params.npz'}: {E} expression and {S} shape coefficients, but rig "
+                         f"'{rig.name}' has {rig.num_expression} and {rig.num_shape}")
+    video_out, npz, wav = output_paths(cfg.out)
+    with scratch_dir("drive") as tmp:
         tmp = Path(tmp)
         src = cfg.audio if cfg.audio is not None else synthesize_speech(cfg.text, tmp / "tts.wav", voice=cfg.voice)
         wave = load_audio(src)
         seq = predict_sequence(fit, wave, fps=cfg.fps, pose=cfg.pose, blinks=cfg.blinks, seed=cfg.seed)
         T = len(seq["expression"])
-        npz, wav = cfg.out.with_suffix(".npz"), cfg.out.with_suffix(".wav")
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
         mux = _audio_for_mux(Path(src), tmp, T / cfg.fps)
         t_predict = time.perf_counter() - t_start
 
-        spec = cfg.rig or fit.rig_spec or ("open" if fit.header["rig_name"].startswith("open") else None)
-        if spec is None:
-            raise ValueError(f"{fit.avatar_file}: cannot tell which rig the avatar uses ({fit.header['rig_name']}); pass --rig")
-        rig = load_rig(spec)
-        avatar = load_avatar(fit.avatar_file, rig_checksum=rig.checksum)
         device = pick_device(cfg.device)
         viewmat, K = drive_camera(rig, seq, fit.camera, cfg.resolution, yaw, pitch)
         rig, avatar = rig.to(device), avatar.to(device)
@@ -211,7 +279,7 @@ def run_drive(cfg: DriveConfig) -> dict:
 
         frames: queue.Queue = queue.Queue(maxsize=2 * cfg.batch)
         failure: list[BaseException] = []
-        writer = VideoWriter(cfg.out, cfg.resolution, cfg.resolution, fps=cfg.fps, audio_path=mux, shortest=False)
+        writer = VideoWriter(video_out, cfg.resolution, cfg.resolution, fps=cfg.fps, audio_path=mux, shortest=False)
 
         def encode():
             try:
@@ -227,10 +295,8 @@ def run_drive(cfg: DriveConfig) -> dict:
         ok = False
         progress = None
         try:
-            if not cfg.quiet:
-                from rich.progress import Progress
-
-                progress = Progress(transient=True)
+            if show_progress(cfg.quiet):
+                progress = progress_bar(transient=True)
                 progress.start()
                 task = progress.add_task("drive", total=T)
             shape = torch.from_numpy(seq["shape"]).float().to(device)
@@ -252,6 +318,9 @@ def run_drive(cfg: DriveConfig) -> dict:
                     progress.update(task, completed=e)
             ok = True
         finally:
+            if not ok:  # drop what is queued: the encoder must not wait on a full queue
+                while not frames.empty():
+                    frames.get_nowait()
             frames.put(None)
             thread.join()
             if progress is not None:
@@ -265,7 +334,7 @@ def run_drive(cfg: DriveConfig) -> dict:
             np.savez(t, **seq, audio=np.asarray(wav.name))
         t_total = time.perf_counter() - t_start
     duration = len(wave) / 16_000
-    return {"video": cfg.out, "params": npz, "audio": wav, "frames": T, "audio_seconds": round(duration, 3),
+    return {"video": video_out, "params": npz, "audio": wav, "frames": T, "audio_seconds": round(duration, 3),
             "seconds": round(t_total, 2), "predict_seconds": round(t_predict, 2),
             "render_encode_seconds": round(t_total - t_predict, 2),
             "realtime_factor": round(t_total / max(duration, 1e-9), 3), "device": str(device)}

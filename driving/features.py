@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from talksplat.core.errors import InputError
 from .audio import SAMPLE_RATE, TARGET_DBFS, frame_rms
 
 
-class EncoderError(ValueError):
+class EncoderError(InputError):
     """An encoder spec or a local model directory that cannot be used."""
 
 

@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from talksplat.avatar.io import AvatarFileError, read_header
-from talksplat.data_prep.dataset import DatasetError, Frame, first_training_frame, is_dataset, load_metadata
+from talksplat.core.checks import check_array
+from talksplat.core.errors import InputError
+from talksplat.data_prep.dataset import (RIG_PARAM_TAIL, DatasetError, Frame, first_training_frame, is_dataset,
+                                         load_metadata)
 
 from .audio import SAMPLE_RATE, load_audio
 from .motion import add_blinks, head_motion
@@ -53,8 +56,8 @@ class FitFolder:
     rig_spec: str | None
 
 
-def open_fit(path: str | os.PathLike) -> FitFolder:
-    """Read a fit folder (or its avatar file); one-line errors naming what is missing."""
+def fit_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(fit folder, avatar file) of a fit folder or of its avatar file; AvatarFileError when neither."""
     path = Path(path)
     if path.is_dir():
         fit_dir, avatar_file = path, path / "avatar.safetensors"
@@ -63,20 +66,73 @@ def open_fit(path: str | os.PathLike) -> FitFolder:
     if not avatar_file.is_file():
         raise AvatarFileError(f"{path}: not a fit folder or avatar file (no {avatar_file.name}); "
                               "make one with `talksplat fit DATASET --out DIR`")
-    header = read_header(avatar_file)
-    driver = load_driver(fit_dir / "driver.safetensors", rig_checksum=header["rig_checksum"])
-    tuned = fit_dir / "tuned_params.npz"
-    if not tuned.is_file():
-        raise AvatarFileError(f"{fit_dir}: no tuned_params.npz (the head motion to drive with); "
-                              "is this a `talksplat fit` output folder?")
-    with np.load(tuned, allow_pickle=False) as z:
-        tracked = {k: z[k].astype(np.float32) for k in ("shape",) + FRAME_KEYS}
-    fps, camera, spec = driver.fps, None, None
-    dataset = header.get("extra", {}).get("dataset")
+    return fit_dir, avatar_file
+
+
+def fit_files(fit_dir: Path, avatar_file: Path) -> list[Path]:
+    """The files of a fit that driving reads (never to be overwritten by its outputs)."""
+    return [avatar_file, fit_dir / "driver.safetensors", fit_dir / "tuned_params.npz"]
+
+
+def _dataset_meta(header: dict) -> tuple[dict | None, list[Frame]]:
+    """The metadata of the dataset an avatar was fitted on, or (None, []) when it moved or is damaged."""
+    dataset = header.get("extra", {}).get("dataset") if isinstance(header.get("extra"), dict) else None
     try:
-        meta, frames = load_metadata(dataset) if dataset and is_dataset(Path(dataset)) else (None, [])
+        return load_metadata(dataset) if isinstance(dataset, str) and is_dataset(Path(dataset)) else (None, [])
     except DatasetError:  # moved or replaced since the fit: drive without its camera and split
-        meta, frames = None, []
+        return None, []
+
+
+def fit_rig_spec(header: dict) -> str | None:
+    """The rig spec (``open``, ``flame:PATH``) of the avatar with this header, from its dataset; the
+    open head when the avatar says so; None when it cannot be told."""
+    meta, _ = _dataset_meta(header)
+    spec = meta.get("rig", {}).get("spec") if meta is not None and isinstance(meta.get("rig"), dict) else None
+    if spec:
+        return spec
+    return "open" if str(header.get("rig_name", "")).startswith("open") else None
+
+
+def _tracked(path: Path) -> dict[str, np.ndarray]:
+    """tuned_params.npz: ``shape`` [S] and the FRAME_KEYS [T, ...], checked (shapes agree, all finite)."""
+    if not path.is_file():
+        raise AvatarFileError(f"{path.parent}: no tuned_params.npz (the head motion to drive with); "
+                              "is this a `talksplat fit` output folder?")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in ("shape",) + FRAME_KEYS if k in z.files}
+    except Exception as e:  # noqa: BLE001 - a damaged zip fails in many ways
+        raise AvatarFileError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
+    missing = [k for k in ("shape",) + FRAME_KEYS if k not in data]
+    if missing:
+        raise AvatarFileError(f"{path}: lacks {missing}")
+    try:
+        out = {"shape": check_array(data["shape"], str(path), "shape", (None,))}
+        T = check_array(data["expression"], str(path), "expression", (None, None)).shape[0]
+        for k in FRAME_KEYS:
+            out[k] = check_array(data[k], str(path), k, (T,) + RIG_PARAM_TAIL.get(k, (None,)))
+    except InputError as e:
+        raise AvatarFileError(str(e)) from None
+    if T < 1:
+        raise AvatarFileError(f"{path}: no time steps")
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def open_fit(path: str | os.PathLike, rig_checksum: str | None = None) -> FitFolder:
+    """Read a fit folder (or its avatar file); one-line errors naming what is missing or damaged.
+
+    ``rig_checksum``: the rig driving will use; the avatar is checked against it before the predictor, so
+    a mismatch names the file that is wrong.  The predictor must have been trained beside this avatar."""
+    from talksplat.avatar.io import check_rig
+
+    fit_dir, avatar_file = fit_paths(path)
+    header = read_header(avatar_file)
+    if rig_checksum is not None:
+        check_rig(avatar_file, header, rig_checksum)
+    driver = load_driver(fit_dir / "driver.safetensors", rig_checksum=header["rig_checksum"], avatar=avatar_file)
+    tracked = _tracked(fit_dir / "tuned_params.npz")
+    fps, camera, spec = driver.fps, None, None
+    meta, frames = _dataset_meta(header)
     if meta is not None:
         fps = float(meta.get("fps", fps))
         spec = meta.get("rig", {}).get("spec")

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from talksplat.render.files import atomic_write
+from talksplat.core.errors import InputError
+from talksplat.core.files import atomic_write, file_digest, json_text
 
 from .features import loudness_channel, make_encoder
 
@@ -37,7 +38,7 @@ SILENCE_LEVEL = -1.5
 MIN_SILENCE_S = 0.2
 
 
-class DriverFileError(ValueError):
+class DriverFileError(InputError):
     """A driver file that is missing, not a talksplat driver, or made for another rig."""
 
 
@@ -146,11 +147,14 @@ class Driver:
     """A trained predictor with its normalisation, layout, rest pose and encoder spec."""
 
     def __init__(self, model: AudioToRig, layout: TargetLayout, mean: np.ndarray, std: np.ndarray,
-                 rest: np.ndarray, encoder_spec: str, fps: float, rig_checksum: str, meta: dict | None = None):
+                 rest: np.ndarray, encoder_spec: str, fps: float, rig_checksum: str, meta: dict | None = None,
+                 avatar_sha256: str | None = None):
         self.model = model.eval()
         self.layout, self.mean, self.std, self.rest = layout, mean, std, rest
         self.encoder_spec, self.fps, self.rig_checksum = encoder_spec, fps, rig_checksum
         self.meta = meta or {}
+        #: sha256 of the avatar.safetensors this predictor was trained beside (None: trained alone)
+        self.avatar_sha256 = avatar_sha256
         self._encoder = None
 
     @property
@@ -208,15 +212,17 @@ class Driver:
                   "in_dim": self.model.inp.in_channels, "hidden": self.model.inp.out_channels,
                   "dilations": [b.conv1.dilation[0] for b in self.model.blocks],
                   "kernel": self.model.blocks[0].conv1.kernel_size[0], "stride": self.model.stride,
-                  "meta": self.meta}
+                  "avatar_sha256": self.avatar_sha256, "meta": self.meta}
         path = Path(path)
         with atomic_write(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"talksplat": json.dumps(header)})
+            save_file(tensors, str(tmp), metadata={"talksplat": json_text(header, indent=None)})
         return path
 
 
-def load_driver(path: str | os.PathLike, rig_checksum: str | None = None) -> Driver:
-    """Read a driver file; :class:`DriverFileError` naming the file on any problem."""
+def load_driver(path: str | os.PathLike, rig_checksum: str | None = None, avatar: str | os.PathLike | None = None) -> Driver:
+    """Read a driver file; :class:`DriverFileError` naming the file on any problem: damaged, made for
+    another rig (``rig_checksum``), or trained beside another avatar than the file ``avatar`` (the fit
+    was redone since: a fit folder never mixes two runs)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -227,21 +233,39 @@ def load_driver(path: str | os.PathLike, rig_checksum: str | None = None) -> Dri
         with safe_open(str(path), "pt") as f:
             header = json.loads((f.metadata() or {})["talksplat"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any damage is one message
         raise DriverFileError(f"{path}: not a talksplat driver file ({type(e).__name__})") from None
-    if header.get("format") != FORMAT:
-        raise DriverFileError(f"{path}: not a talksplat driver file (format {header.get('format')!r})")
-    if header.get("version", 0) > VERSION:
-        raise DriverFileError(f"{path}: driver format version {header['version']} is newer than this "
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise DriverFileError(f"{path}: not a talksplat driver file (format "
+                              f"{header.get('format') if isinstance(header, dict) else None!r})")
+    if not isinstance(header.get("version", 0), int) or header.get("version", 0) > VERSION:
+        raise DriverFileError(f"{path}: driver format version {header.get('version')} is newer than this "
                               f"talksplat reads ({VERSION}); upgrade talksplat")
-    if rig_checksum is not None and header["rig_checksum"] != rig_checksum:
-        raise DriverFileError(f"{path}: made for another rig (checksum {header['rig_checksum'][:12]}, "
+    if rig_checksum is not None and header.get("rig_checksum") != rig_checksum:
+        raise DriverFileError(f"{path}: made for another rig (checksum {str(header.get('rig_checksum'))[:12]}, "
                               f"loaded rig {rig_checksum[:12]})")
-    layout = TargetLayout(list(header["expr_ids"]), int(header["num_expression"]),
-                          tensors["fill_expression"].numpy(), list(header["blink_ids"]))
-    model = AudioToRig(int(header["in_dim"]), layout.dim, hidden=int(header["hidden"]),
-                       kernel=int(header["kernel"]), dilations=tuple(header["dilations"]),
-                       stride=int(header.get("stride", 1)))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    return Driver(model, layout, tensors["mean"].numpy(), tensors["std"].numpy(), tensors["rest"].numpy(),
-                  header["encoder"], float(header["fps"]), header["rig_checksum"], header.get("meta", {}))
+    if avatar is not None and header.get("avatar_sha256") and header["avatar_sha256"] != file_digest(avatar):
+        raise DriverFileError(f"{path}: trained for another avatar than {avatar} (the avatar was fitted again "
+                              f"since); retrain it with `talksplat fit DATASET --out {path.parent} --driver-only`")
+    bad = [k for k, v in tensors.items() if v.dtype.is_floating_point and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise DriverFileError(f"{path}: '{bad[0]}' holds non-finite values (NaN or Inf)")
+    try:
+        layout = TargetLayout(list(header["expr_ids"]), int(header["num_expression"]),
+                              tensors["fill_expression"].numpy(), list(header["blink_ids"]))
+        model = AudioToRig(int(header["in_dim"]), layout.dim, hidden=int(header["hidden"]),
+                           kernel=int(header["kernel"]), dilations=tuple(header["dilations"]),
+                           stride=int(header.get("stride", 1)))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        drv = Driver(model, layout, tensors["mean"].numpy(), tensors["std"].numpy(), tensors["rest"].numpy(),
+                     str(header["encoder"]), float(header["fps"]), str(header["rig_checksum"]), header.get("meta", {}),
+                     avatar_sha256=header.get("avatar_sha256"))
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise DriverFileError(f"{path}: damaged driver file ({type(e).__name__}: {' '.join(str(e).split())[:200]})") \
+            from None
+    E = layout.num_expression
+    if not (0 < drv.fps < 1e4) or drv.mean.shape != (layout.dim,) or drv.std.shape != (layout.dim,) \
+            or drv.rest.shape != (layout.dim,) or layout.fill_expression.shape != (E,) \
+            or not all(0 <= i < E for i in layout.expr_ids + layout.blink_ids):
+        raise DriverFileError(f"{path}: damaged driver file (statistics do not match the model's {layout.dim} outputs)")
+    return drv

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from talksplat.data_prep.dataset import Dataset
+from talksplat.core.errors import InputError
+from talksplat.core.checks import check_array
+from talksplat.data_prep.dataset import RIG_PARAM_KEYS, Dataset
 from talksplat.fitting.config import DriverConfig
-from talksplat.render.files import atomic_write
+from talksplat.core.files import file_digest, write_json
 from talksplat.rigs.base import HeadRig, RigParams
 
 from .audio import SAMPLE_RATE, load_audio
@@ -35,7 +37,7 @@ CONTEXT_S = 0.4
 LIP_FRAMES = 256
 
 
-class DriverTrainingError(ValueError):
+class DriverTrainingError(InputError):
     """A dataset the audio predictor cannot be trained on (no audio, too short)."""
 
 
@@ -200,10 +202,14 @@ def _dataset_arrays(dataset, out_dir: Path | None, use_tuned: bool) -> tuple[dic
     train = dict(tracked)
     tuned = None if out_dir is None else Path(out_dir) / "tuned_params.npz"
     if use_tuned and tuned is not None and tuned.is_file():
-        with np.load(tuned) as z:
-            for k in ("expression", "jaw", "global_rot", "neck", "eyes", "translation"):
-                if k in z.files and z[k].shape == tracked[k].shape:
-                    train[k] = z[k].astype(np.float32)
+        try:
+            with np.load(tuned, allow_pickle=False) as z:
+                stored = {k: z[k] for k in RIG_PARAM_KEYS if k in z.files}
+        except Exception as e:  # noqa: BLE001 - a damaged zip fails in many ways
+            raise DriverTrainingError(f"{tuned}: not a readable .npz file ({type(e).__name__})") from None
+        for k, v in stored.items():
+            if v.shape == tracked[k].shape:
+                train[k] = check_array(v, str(tuned), k).astype(np.float32)
     return train, tracked
 
 
@@ -252,6 +258,8 @@ def train_driver_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, cfg:
     metrics["train"] = evaluate_driver(drv, geo, wave, fps, tracked, train_ids, train_p, train_ids)
     drv.meta = metrics
     out_dir.mkdir(parents=True, exist_ok=True)
+    avatar = out_dir / "avatar.safetensors"
+    drv.avatar_sha256 = file_digest(avatar) if avatar.is_file() else None  # drive checks it belongs together
     drv.save(out_dir / "driver.safetensors")
     record_metrics(out_dir, {"driver": metrics})
     return drv, metrics
@@ -260,7 +268,10 @@ def train_driver_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, cfg:
 def record_metrics(out_dir: Path, update: dict) -> None:
     """Merge ``update`` into ``out_dir/metrics.json`` (atomically)."""
     path = Path(out_dir) / "metrics.json"
-    current = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        current = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:  # damaged: start again
+        current = {}
+    current = current if isinstance(current, dict) else {}
     current.update(update)
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(current, indent=1))
+    write_json(path, current)

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from talksplat.core.errors import InputError
+
 __all__ = ["LPIPS", "LPIPSWeightsError", "load_lpips", "NETS", "lpips_state_dict_keys"]
 
 #: net -> (conv layers as (index in torchvision's `features`, in, out, kernel, stride, padding),
@@ -68,7 +70,7 @@ SCALE = (0.458, 0.448, 0.450)
 EPS = 1e-10  # lpips.normalize_tensor's
 
 
-class LPIPSWeightsError(ValueError):
+class LPIPSWeightsError(InputError):
     """LPIPS weights missing or not what they should be (one line: the file and the problem)."""
 
 

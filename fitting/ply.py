@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from talksplat.avatar.gaussians import GaussianAvatar
-from talksplat.render.files import atomic_write
+from talksplat.core.files import atomic_write
 from talksplat.rigs.base import HeadRig
 
 __all__ = ["export_ply", "read_ply", "ply_property_names"]

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from talksplat.core.errors import TalksplatError
 from talksplat.avatar.gaussians import GaussianAvatar
-from talksplat.data_prep.dataset import Dataset, DatasetError, load_dataset
+from talksplat.data_prep.dataset import Dataset, DatasetError, check_files, load_dataset
 from talksplat.render.device import pick_device
-from talksplat.render.files import atomic_write
+from talksplat.core.files import atomic_write, write_json
+from talksplat.core.outputs import check_output_dir, clear_output_dir, is_output_of, output_lock, write_marker
 from talksplat.rigs.base import HeadRig, RigParams
 
 from .config import FitConfig
@@ -36,7 +38,7 @@ LR = {"local_means": 5e-3, "local_quats": 1e-3, "log_scales": 1.7e-2, "sh_dc": 2
 CHECKPOINT = "checkpoint.safetensors"
 
 
-class FitError(Exception):
+class FitError(TalksplatError):
     """A problem with the inputs of `talksplat fit` (one line, names the file)."""
 
 
@@ -50,18 +52,17 @@ def dataset_fingerprint(ds: Dataset) -> str:
 
 
 def open_dataset(path: Path) -> Dataset:
-    """load_dataset with every way a folder can be broken turned into one :class:`FitError` line."""
+    """load_dataset with every way a folder can be broken turned into one :class:`FitError` line, and
+    every image and mask checked to exist (one stat each) so a fit never fails hours in."""
     if not Path(path).is_dir():
         raise FitError(f"{path}: no such dataset directory (make one with `talksplat prep`)")
     try:
         ds = load_dataset(path)
+        check_files(ds)
     except DatasetError as e:
         raise FitError(str(e)) from None
     except (OSError, KeyError, ValueError) as e:
         raise FitError(f"{path}: incomplete dataset ({e})") from None
-    missing = [f.image for f in ds.frames[:1] + ds.frames[-1:] if not (ds.root / f.image).is_file()]
-    if missing:
-        raise FitError(f"{path}: incomplete dataset (missing {missing[0]})")
     return ds
 
 
@@ -96,7 +97,8 @@ class FrameParams(nn.Module):
 
 
 def load_dataset_rig(ds, spec: str | None = None) -> HeadRig:
-    """The rig a dataset was tracked with (or ``spec``); FitError when its checksum differs."""
+    """The rig a dataset was tracked with (or ``spec``); FitError when its checksum differs or the
+    dataset's parameters do not fit its sizes."""
     from talksplat.rigs import load_rig
 
     rig_meta = ds.meta.get("rig", {})
@@ -106,7 +108,28 @@ def load_dataset_rig(ds, spec: str | None = None) -> HeadRig:
         raise FitError(f"{ds.root}: dataset was tracked with rig '{rig_meta.get('name')}' "
                        f"(checksum {rig_meta['checksum'][:12]}...), but rig '{spec}' has checksum "
                        f"{rig.checksum[:12]}...")
+    E, S = ds.params["expression"].shape[1], ds.shape.shape[0]
+    if (E, S) != (rig.num_expression, rig.num_shape):
+        raise FitError(f"{ds.root}/rig_params.npz: {E} expression and {S} shape coefficients, but rig "
+                       f"'{rig.name}' has {rig.num_expression} and {rig.num_shape}")
     return rig
+
+
+def prepare_fit_dir(cfg: FitConfig) -> None:
+    """Check ``cfg.out`` before any work (see talksplat.core.outputs) and, for a fresh fit with
+    ``--overwrite``, remove the previous fit's files so the folder never mixes two runs; marks the folder."""
+    out = Path(cfg.out)
+    inputs = (cfg.dataset, cfg.lpips_weights)
+    if cfg.resume or cfg.driver_only:
+        check_output_dir(out, "fit", overwrite=False, inputs=inputs, allow_existing=True)
+        if cfg.resume and not (out / CHECKPOINT).is_file():
+            raise FitError(f"{out / CHECKPOINT}: no checkpoint to resume from")
+    else:
+        if out.is_dir() and any(out.iterdir()) and not cfg.overwrite and is_output_of(out, "fit"):
+            raise FitError(f"{out}: already holds a fit (pass --resume to continue or --overwrite to replace it)")
+        check_output_dir(out, "fit", cfg.overwrite, inputs)
+        clear_output_dir(out, "fit")
+    write_marker(out, "fit")
 
 
 class Trainer:
@@ -120,11 +143,6 @@ class Trainer:
         self.rig: HeadRig = load_dataset_rig(self.ds, cfg.rig)
         self.out = Path(cfg.out)
         ckpt = self.out / CHECKPOINT
-        if cfg.resume:
-            if not ckpt.is_file():
-                raise FitError(f"{ckpt}: no checkpoint to resume from")
-        elif self.out.exists() and any(self.out.iterdir()) and not cfg.overwrite:
-            raise FitError(f"{self.out}: already holds a fit (pass --resume to continue or --overwrite)")
         self.device = pick_device(cfg.device)
         self.lpips = None
         if cfg.lpips_weights is not None:
@@ -134,6 +152,7 @@ class Trainer:
                 self.lpips = load_lpips(cfg.lpips_weights, device=self.device)
             except LPIPSWeightsError as e:
                 raise FitError(str(e)) from None
+        prepare_fit_dir(cfg)  # every input is read and checked: only now is the output folder touched
         self.last_parts: dict[str, float] = {}
         torch.manual_seed(cfg.seed)
         self.sampler = FrameSampler(self.ds, "train", cfg.cache_mb, cfg.seed, self.device)
@@ -233,6 +252,9 @@ class Trainer:
         cfg = self.cfg
         lr0 = LR["local_means"]
         t_start, s_start = time.perf_counter(), self.step
+        # The first step whose loss was not finite, kept on the device (no host sync per step); read
+        # at each progress update, before each checkpoint and at the end.
+        first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         while self.step < self.steps:
             step = self.step
             # Positions: exponential decay to 1 % over the run (as 3DGS / gsplat).
@@ -244,6 +266,7 @@ class Trainer:
             params = self.frames.rig_params(ts, tuned=cfg.tune_params)
             render, meta = self.render(sample, params, bg, self.sh_degree_at(step))
             loss, parts = self.loss(render, target, sample)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             self.strategy.step_pre_backward(self.avatar, self._avatar_optimizers(), self.strategy_state, step, meta)
             loss.backward()
             for opt in self.optimizers.values():
@@ -253,15 +276,34 @@ class Trainer:
             # gradient yet); the 2D-mean gradients it reads live on `meta`, untouched by zero_grad.
             self.strategy.step_post_backward(self.avatar, self._avatar_optimizers(), self.strategy_state, step, meta)
             self.step += 1
-            if progress is not None and (self.step % cfg.log_every == 0 or self.step == self.steps):
+            report = progress is not None and (self.step % cfg.log_every == 0 or self.step == self.steps)
+            save = checkpoints and (self.step % cfg.checkpoint_every == 0 or self.step == self.steps)
+            if report or save or self.step == self.steps:
+                self._check_finite(int(first_bad))
+            if report:
                 with torch.no_grad():
                     mse = ((render - target) ** 2).mean()
                     psnr = float(-10 * torch.log10(mse.clamp_min(1e-10)))
                 rate = (self.step - s_start) / max(1e-9, time.perf_counter() - t_start)
                 self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
                 progress(self.step, self.steps, float(loss.detach()), psnr, self.avatar.num_gaussians, rate)
-            if checkpoints and (self.step % cfg.checkpoint_every == 0 or self.step == self.steps):
+            if save:
                 self.save_checkpoint()
+
+    def _check_finite(self, first_bad: int) -> None:
+        """Stop with one line when a loss was NaN/Inf (the parameters are then garbage); the last
+        checkpoint on disk, written before that step, is kept."""
+        if first_bad < 0:
+            return
+        ckpt = self.out / CHECKPOINT
+        kept = ""
+        if ckpt.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(ckpt), "pt") as f:
+                kept = f"; the last good checkpoint ({ckpt}, step {json.loads(f.metadata()['talksplat'])['step']}) is kept"
+        raise FitError(f"{self.cfg.dataset}: the training loss became non-finite (NaN or Inf) at step {first_bad + 1}; "
+                       f"stopped{kept}; try a lower learning rate or check the dataset")
 
     def _avatar_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {k: self.optimizers[k] for k in AVATAR_PARAMS}
@@ -416,22 +458,28 @@ class Trainer:
         with atomic_write(self.out / "tuned_params.npz") as tmp:
             np.savez(tmp, **self.frames.tuned_arrays(), original_shape=self.ds.shape,
                      **{f"original_{k}": v for k, v in self.ds.params.items()})
-        with atomic_write(self.out / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(metrics, indent=1))
+        write_json(self.out / "metrics.json", metrics)
 
 
 def run_fit(cfg: FitConfig) -> dict:
-    """Do the work of `talksplat fit`; returns the metrics written to metrics.json."""
-    trainer = Trainer(cfg)
-    t0 = time.perf_counter()
-    start = trainer.step
-    board = None
+    """Do the work of `talksplat fit` (the avatar stage), holding the output folder's lock; returns the
+    metrics written to metrics.json."""
+    with output_lock(cfg.out):
+        return _run_fit(cfg)
+
+
+def _run_fit(cfg: FitConfig) -> dict:
+    from talksplat.core.progress import progress_bar, show_progress
+
     if cfg.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise FitError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
-        board = SummaryWriter(str(Path(cfg.out) / "tb"))
+    trainer = Trainer(cfg)
+    t0 = time.perf_counter()
+    start = trainer.step
+    board = SummaryWriter(str(Path(cfg.out) / "tb")) if cfg.tensorboard else None
 
     def log(step, total, loss, psnr, n, rate):
         if board is not None:
@@ -442,13 +490,13 @@ def run_fit(cfg: FitConfig) -> dict:
             if "lpips" in trainer.last_parts:
                 board.add_scalar("train/lpips", trainer.last_parts["lpips"], step)
 
-    if cfg.quiet:
+    if not show_progress(cfg.quiet):
         trainer.train(log)
     else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("fit"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                      TimeElapsedColumn()) as bar:
+        with progress_bar(TextColumn("fit"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                          TimeElapsedColumn()) as bar:
             task = bar.add_task("", total=trainer.steps, completed=trainer.step)
 
             def progress(step, total, loss, psnr, n, rate):
@@ -469,4 +517,3 @@ def run_fit(cfg: FitConfig) -> dict:
             board.add_scalar(f"heldout/{k}", v, trainer.step)
         board.close()
     return metrics
-

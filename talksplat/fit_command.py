@@ -14,14 +14,17 @@ from talksplat.fitting.config import FitConfig
 def run_fit_command(cfg: FitConfig) -> dict:
     """Fit the avatar (unless ``--driver-only``), then the audio predictor (unless disabled).
 
-    Returns the metrics written to OUT/metrics.json."""
+    Holds the lock of OUT throughout (talksplat.core.outputs).  Returns the metrics written to OUT/metrics.json."""
+    from talksplat.core.outputs import output_lock
+
     metrics: dict = {}
-    if not cfg.driver_only:
-        metrics = fit_avatar(cfg)
-    if cfg.driver.enabled or cfg.driver_only:
-        m = fit_driver(cfg, require_audio=cfg.driver_only)
-        if m is not None:
-            metrics["driver"] = m
+    with output_lock(cfg.out):
+        if not cfg.driver_only:
+            metrics = fit_avatar(cfg)
+        if cfg.driver.enabled or cfg.driver_only:
+            m = fit_driver(cfg, require_audio=cfg.driver_only)
+            if m is not None:
+                metrics["driver"] = m
     return metrics
 
 
@@ -55,28 +58,40 @@ def fit_driver(cfg: FitConfig, require_audio: bool = True) -> dict | None:
 
     Returns the predictor's metrics, or None (with a warning) when the dataset has no audio and
     ``require_audio`` is false; with ``require_audio`` the trainer's error names the dataset."""
-    from talksplat.driving.train import train_driver_on_dataset
+    from talksplat.core.outputs import check_output_dir, output_lock, write_marker
+    from talksplat.core.progress import warn
+    from talksplat.driving.train import DriverTrainingError, train_driver_on_dataset
     from talksplat.fitting.trainer import load_dataset_rig, open_dataset
 
-    ds = open_dataset(cfg.dataset)
-    if not require_audio and (ds.audio_path is None or not ds.audio_path.is_file()):
-        print(f"talksplat: warning: {ds.root} has no audio: skipping the audio predictor", file=sys.stderr)
-        return None
-    rig = load_dataset_rig(ds, cfg.rig)
-    _, m = train_driver_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
+    with output_lock(cfg.out):
+        ds = open_dataset(cfg.dataset)
+        if ds.audio_path is None or not ds.audio_path.is_file():
+            if require_audio:
+                raise DriverTrainingError(f"{ds.root}: the dataset has no audio.wav (the video had no sound): the "
+                                          "audio predictor needs the subject's speech; use --driver.no-enabled to "
+                                          "skip it")
+            warn(f"{ds.root} has no audio: skipping the audio predictor")
+            return None
+        rig = load_dataset_rig(ds, cfg.rig)
+        check_output_dir(cfg.out, "fit", overwrite=False, inputs=(cfg.dataset,), allow_existing=True)
+        write_marker(cfg.out, "fit")
+        _, m = train_driver_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
     print(f"wrote {cfg.out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s; "
           f"{driver_text(m)}")
     return m
 
 
 def _progress(cfg: FitConfig):
-    if cfg.quiet:
+    """A one-line progress display on stderr when it is a terminal (None otherwise)."""
+    from talksplat.core.progress import show_progress
+
+    if not show_progress(cfg.quiet):
         return None
 
     def show(step: int, total: int, loss: float, rate: float) -> None:
         print(f"\raudio predictor: step {step}/{total}  loss {loss:.4f}  {rate:.1f} steps/s", end="",
-              flush=True)
+              file=sys.stderr, flush=True)
         if step == total:
-            print()
+            print(file=sys.stderr)
 
     return show

@@ -5,14 +5,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 
+from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
+from talksplat.core.errors import OptionError
+
 
 @dataclass
-class RenderConfig:
+class RenderConfig(ProcessOptions):
     """Render an avatar as a turntable MP4 (`--out x.mp4`) or still PNGs (`--out x.png`).
 
     Without `--avatar` a fresh (untrained) avatar is built on `--rig`.
@@ -20,30 +24,32 @@ class RenderConfig:
 
     out: Path = Path("turntable.mp4")
     """Output: `.mp4` for a turntable, `.png` for a still (one file per `--yaw`)."""
+    overwrite: bool = False
+    """Replace existing output files (only files talksplat wrote)."""
     avatar: Path | None = None
     """A fitted avatar (`.safetensors`); its rig is loaded from `--rig` and must match."""
     rig: str = "open"
     """Head rig: `open` (built in), `flame` (path in $TALKSPLAT_FLAME) or `flame:PATH`."""
-    resolution: int = 1024
-    """Image width and height in pixels."""
+    resolution: Annotated[int, Range(16, 8192)] = 1024
+    """Image width and height in pixels (16 to 8192)."""
     expr: tuple[str, ...] = ()
     """Expression values `NAME=VALUE` (e.g. `jawOpen=0.8`; FLAME: `expr_000=1.5`)."""
-    jaw: float = 0.0
-    """Jaw opening rotation in radians (about +x)."""
-    frames: int = 96
-    """Turntable: number of frames for one full turn."""
-    fps: float = 24.0
-    """Turntable frame rate."""
-    yaw: tuple[float, ...] = (0.0,)
-    """Stills: camera yaw angles in degrees (0 = facing the head, positive = from the subject's left)."""
-    pitch: float = 5.0
-    """Camera elevation in degrees."""
-    fov: float = 20.0
-    """Vertical field of view in degrees."""
-    per_face: int = 2
-    """Gaussians per face for a fresh avatar (ignored with `--avatar`)."""
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Background colour, RGB in [0, 1]."""
+    jaw: Annotated[float, Range(-1.0, 1.0)] = 0.0
+    """Jaw opening rotation in radians (about +x) (-1 to 1)."""
+    frames: Annotated[int, Range(1, 100000)] = 96
+    """Turntable: number of frames for one full turn (1 to 100000)."""
+    fps: Annotated[float, Range(1, 240)] = 24.0
+    """Turntable frame rate (1 to 240)."""
+    yaw: Annotated[tuple[float, ...], Range(-360.0, 360.0)] = (0.0,)
+    """Stills: camera yaw angles in degrees (0 = facing the head, positive = from the subject's left) (-360 to 360)."""
+    pitch: Annotated[float, Range(-89.0, 89.0)] = 5.0
+    """Camera elevation in degrees (-89 to 89)."""
+    fov: Annotated[float, Range(1.0, 170.0)] = 20.0
+    """Vertical field of view in degrees (1 to 170)."""
+    per_face: Annotated[int, Range(1, 64)] = 2
+    """Gaussians per face for a fresh avatar (ignored with `--avatar`) (1 to 64)."""
+    background: Annotated[tuple[float, float, float], Range(0.0, 1.0)] = (1.0, 1.0, 1.0)
+    """Background colour, RGB in [0, 1] (0 to 1)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render: `auto` picks CUDA (gsplat) when available, else our CPU rasterizer."""
 
@@ -54,15 +60,17 @@ def parse_expressions(items: tuple[str, ...], names: list[str]) -> dict[int, flo
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"talksplat: --expr '{item}': expected NAME=VALUE")
+            raise OptionError(f"--expr '{item}': expected NAME=VALUE")
         if name not in names:
             close = [n for n in names if n.lower().startswith(name.lower()[:4])][:6]
-            raise SystemExit(f"talksplat: --expr '{name}': unknown expression for this rig"
+            raise OptionError(f"--expr '{name}': unknown expression for this rig"
                              + (f" (did you mean: {', '.join(close)})" if close else ""))
         try:
             out[names.index(name)] = float(value)
         except ValueError:
-            raise SystemExit(f"talksplat: --expr '{item}': '{value}' is not a number") from None
+            raise OptionError(f"--expr '{item}': '{value}' is not a number") from None
+        if not math.isfinite(out[names.index(name)]):
+            raise OptionError(f"--expr '{item}': '{value}' is not a finite number")
     return out
 
 
@@ -86,17 +94,23 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     from talksplat.render.video import VideoWriter, to_uint8
     from talksplat.rigs import load_rig
 
+    from talksplat.core.ffmpeg import has_own_tag
+    from talksplat.core.outputs import check_output_file
+    from talksplat.render.device import pick_device
+
     suffix = cfg.out.suffix.lower()
     if suffix not in (".mp4", ".png"):
-        raise SystemExit(f"talksplat: --out {cfg.out}: use a .mp4 (turntable) or .png (still) file name")
-    if cfg.resolution < 16 or cfg.resolution % 2:
-        raise SystemExit(f"talksplat: --resolution {cfg.resolution}: must be an even number >= 16")
-    from talksplat.render.device import pick_device
+        raise OptionError(f"--out {cfg.out}: use a .mp4 (turntable) or .png (still) file name")
+    if cfg.resolution % 2:
+        raise OptionError(f"--resolution {cfg.resolution}: must be even")
+    outputs = [cfg.out] if suffix == ".mp4" or len(cfg.yaw) == 1 else [still_name(cfg.out, y) for y in cfg.yaw]
+    for path in outputs:
+        check_output_file(path, cfg.overwrite, [cfg.avatar], has_own_tag if suffix == ".mp4" else is_own_png)
 
     device = pick_device(cfg.device)
     rig = load_rig(cfg.rig)
     if cfg.avatar is not None:
-        avatar = load_avatar(cfg.avatar, rig_checksum=rig.checksum)
+        avatar = load_avatar(cfg.avatar, rig=rig)
     else:
         avatar = init_avatar(rig, per_face=cfg.per_face)
     rig, avatar = rig.to(device), avatar.to(device)
@@ -124,24 +138,54 @@ def run_render(cfg: RenderConfig) -> list[Path]:
         return to_uint8(colors[0, 0])
 
     if suffix == ".mp4":
-        from rich.progress import Progress
+        from talksplat.core.progress import progress_bar, show_progress
 
-        with VideoWriter(cfg.out, W, H, fps=cfg.fps) as writer, Progress(transient=True) as progress:
-            task = progress.add_task("turntable", total=cfg.frames)
-            for i in range(cfg.frames):
-                writer.write(frame(360.0 * i / cfg.frames))
-                progress.advance(task)
+        with VideoWriter(cfg.out, W, H, fps=cfg.fps) as writer:
+            bar = progress_bar(transient=True) if show_progress() else None
+            task = bar.add_task("turntable", total=cfg.frames) if bar is not None else None
+            if bar is not None:
+                bar.start()
+            try:
+                for i in range(cfg.frames):
+                    writer.write(frame(360.0 * i / cfg.frames))
+                    if bar is not None:
+                        bar.advance(task)
+            finally:
+                if bar is not None:
+                    bar.stop()
         return [cfg.out]
 
-    import imageio.v3 as iio
+    for yaw, path in zip(cfg.yaw, outputs):
+        write_png(path, frame(yaw))
+    return outputs
 
-    from talksplat.render.files import atomic_write
 
-    written = []
-    for yaw in cfg.yaw:
-        path = cfg.out if len(cfg.yaw) == 1 else cfg.out.with_name(f"{cfg.out.stem}_yaw{yaw:+.0f}.png")
-        with atomic_write(path) as tmp:
-            iio.imwrite(tmp, frame(yaw))
-        written.append(path)
-    return written
+def still_name(out: Path, yaw: float) -> Path:
+    """The file of one still when several ``--yaw`` are given: ``x_yaw+30.png``."""
+    return out.with_name(f"{out.stem}_yaw{yaw:+.0f}.png")
 
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """[H, W, 3] uint8 -> PNG (atomically), tagged as talksplat's own (``Software`` text chunk)."""
+    from PIL import Image, PngImagePlugin
+
+    from talksplat.core.ffmpeg import OWN_TAG
+    from talksplat.core.files import atomic_write
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", OWN_TAG)
+    with atomic_write(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
+
+
+def is_own_png(path: Path) -> bool:
+    """Whether the PNG at ``path`` was written by :func:`write_png`."""
+    from PIL import Image
+
+    from talksplat.core.ffmpeg import OWN_TAG
+
+    try:
+        with Image.open(path) as im:
+            return im.info.get("Software") == OWN_TAG
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False

@@ -15,15 +15,17 @@ A rerun repeats only the stages whose inputs or config changed (and those after 
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
+from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
+from talksplat.core.errors import InputError, OptionError, OutputError
+from talksplat.core.files import write_json
 from talksplat.fitting.config import DriverConfig
 
 #: run preset -> (prep crop side px, fit preset, drive output side px)
@@ -32,7 +34,7 @@ STAGE_NAMES = ("prep", "fit", "driver", "drive")
 
 
 @dataclass
-class RunConfig:
+class RunConfig(ProcessOptions):
     """Video of a talking person + speech -> an MP4 of their avatar saying it: prep, fit, drive in one go.
 
     Reruns reuse every stage whose inputs and config are unchanged (see WORKDIR/run.log).  Presets:
@@ -54,24 +56,24 @@ class RunConfig:
     """Multi-view: cameras.json (see docs/formats.md)."""
     rig: str = "open"
     """Head rig: `open` (built in), `flame` ($TALKSPLAT_FLAME) or `flame:PATH`."""
-    fps: float = 25.0
-    """Frames per second of the dataset and the output video."""
-    resolution: int | None = None
-    """Side of the square head crop the avatar is fitted on (default: the preset's)."""
-    max_frames: int | None = None
-    """Use only the first N frames of the video."""
-    heldout: float = 0.1
-    """Fraction of time steps (the last ones) held out for evaluation."""
-    steps: int | None = None
-    """Avatar training steps (default: the preset's)."""
-    budget: int | None = None
-    """Maximum number of Gaussians (default: the preset's)."""
+    fps: Annotated[float, Range(1, 240)] = 25.0
+    """Frames per second of the dataset and the output video (1 to 240)."""
+    resolution: Annotated[int | None, Range(64, 4096)] = None
+    """Side of the square head crop the avatar is fitted on (default: the preset's) (64 to 4096)."""
+    max_frames: Annotated[int | None, Range(1)] = None
+    """Use only the first N frames of the video (at least 1)."""
+    heldout: Annotated[float, Range(0.0, 0.9)] = 0.1
+    """Fraction of time steps (the last ones) held out for evaluation (0 to 0.9)."""
+    steps: Annotated[int | None, Range(1, 10000000)] = None
+    """Avatar training steps (default: the preset's) (1 to 10000000)."""
+    budget: Annotated[int | None, Range(1)] = None
+    """Maximum number of Gaussians (default: the preset's) (at least 1)."""
     lpips_weights: Path | None = None
     """LPIPS weights for fitting and evaluation (see README: Fit); off without them."""
     driver: DriverConfig = field(default_factory=DriverConfig)
     """The audio-to-rig predictor (as `talksplat fit --driver.*`; `run` always trains it)."""
-    drive_resolution: int | None = None
-    """Output video width and height (default: the preset's)."""
+    drive_resolution: Annotated[int | None, Range(16, 8192)] = None
+    """Output video width and height (default: the preset's) (16 to 8192)."""
     pose: Literal["still", "replay", "idle"] = "replay"
     """Head motion of the driven avatar (as `talksplat drive --pose`)."""
     background: str = "white"
@@ -105,7 +107,7 @@ def _resolved(cfg: RunConfig):
     drive = DriveConfig(avatar=out / "avatar", audio=cfg.audio, text=cfg.text, out=out / "talk.mp4",
                         resolution=cfg.drive_resolution or out_px, fps=cfg.fps, pose=cfg.pose,
                         background=cfg.background, camera=cfg.camera, device=cfg.device, voice=cfg.voice,
-                        quiet=cfg.quiet)
+                        quiet=cfg.quiet, overwrite=True)
     return prep, fit, drive
 
 
@@ -117,26 +119,47 @@ def _without(config, *names: str) -> dict:
 
 
 def check_inputs(cfg: RunConfig) -> None:
-    """Fail early, with one line naming the file, before hours of fitting."""
+    """Fail early, with one line naming the file, before hours of fitting: every input is opened and
+    checked (the videos probed, the audio decoded whole, the calibration parsed, the background read),
+    and no output of the run may be one of them."""
+    from talksplat.core.outputs import same_file
+    from talksplat.data_prep.decode import probe_video
+    from talksplat.driving.audio import decode_audio, espeak_exe
+    from talksplat.driving.drive import background_image, parse_background, parse_camera
+
     if (cfg.audio is None) == (cfg.text is None):
-        raise ValueError("give exactly one of --audio FILE or --text \"...\"")
+        raise OptionError("give exactly one of --audio FILE or --text \"...\"")
     if not cfg.videos:
-        raise ValueError("no input video given")
+        raise OptionError("no input video given")
     if not cfg.driver.enabled:
-        raise ValueError("--driver.no-enabled: talksplat run always trains the audio predictor "
-                         "(use `talksplat prep` and `talksplat fit --driver.no-enabled` for an avatar alone)")
+        raise OptionError("--driver.no-enabled: talksplat run always trains the audio predictor "
+                          "(use `talksplat prep` and `talksplat fit --driver.no-enabled` for an avatar alone)")
     for p in (*cfg.videos, cfg.audio, cfg.calibration, cfg.lpips_weights):
         if p is not None and not Path(p).exists():
-            raise FileNotFoundError(f"{p}: no such file")
-    from talksplat.driving.drive import parse_background, parse_camera
-
+            raise InputError(f"{p}: no such file")
     parse_background(cfg.background, 16)  # a bad colour or an unreadable image fails here, not after the fit
     parse_camera(cfg.camera)
-    if cfg.text is not None:
-        from talksplat.driving.audio import espeak_exe
+    if cfg.text is not None and espeak_exe() is None:
+        raise OptionError("--text needs espeak-ng (apt-get install espeak-ng); or give --audio FILE")
+    if not (len(cfg.videos) == 1 and Path(cfg.videos[0]).is_dir()):  # a NeRF-style folder is checked by prep
+        for v in cfg.videos:
+            probe_video(v, min_duration=1.0)
+    if cfg.calibration is not None:
+        from talksplat.data_prep.calibration import load_calibration
 
-        if espeak_exe() is None:
-            raise ValueError("--text needs espeak-ng (apt-get install espeak-ng); or give --audio FILE")
+        load_calibration(cfg.calibration)
+    if cfg.audio is not None:
+        decode_audio(cfg.audio)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a directory")
+    inputs = [p for p in (*cfg.videos, cfg.audio, cfg.calibration, cfg.lpips_weights, background_image(cfg.background))
+              if p is not None]
+    for name in ("talk.mp4", "talk.npz", "talk.wav", "metrics.json", "run.log"):
+        for p in inputs:
+            if (out / name).exists() and Path(p).exists() and same_file(out / name, p):
+                raise OutputError(f"{out / name}: is the input {p}; choose another --out (talksplat never "
+                                  "replaces its inputs)")
 
 
 def build_stages(cfg: RunConfig):
@@ -161,9 +184,7 @@ def build_stages(cfg: RunConfig):
             print(f"fit: continuing from {fit.out / 'checkpoint.safetensors'}")
             m = fit_avatar(replace(fit, resume=True, overwrite=False))
         else:
-            if fit.out.exists():
-                shutil.rmtree(fit.out)
-            m = fit_avatar(fit)
+            m = fit_avatar(fit)  # --overwrite: only a talksplat fit, its own files (talksplat.core.outputs)
         return {k: m[k] for k in ("num_gaussians", "step", "steps_per_second", "seconds", "device", "heldout")
                 if k in m}
 
@@ -201,12 +222,18 @@ def build_stages(cfg: RunConfig):
 
 def run_pipeline(cfg: RunConfig) -> dict:
     """Do the work of `talksplat run`; returns the summary written to WORKDIR/metrics.json."""
-    from talksplat.render.files import atomic_write
-    from talksplat.stages import StageRunner
+    from talksplat.core.outputs import output_lock
 
     check_inputs(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        return _run_stages(cfg, out)
+
+
+def _run_stages(cfg: RunConfig, out: Path) -> dict:
+    from talksplat.stages import StageRunner
+
     runner = StageRunner(out, force=tuple(cfg.force))
     for stage in build_stages(cfg):
         runner.run(stage)
@@ -217,8 +244,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
                "stages": {name: {"status": runner.status[name], "seconds": runner.records[name]["seconds"]}
                           for name in STAGE_NAMES},
                **{name: runner.records[name]["summary"] for name in STAGE_NAMES}}
-    with atomic_write(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+    write_json(out / "metrics.json", summary)
     print_summary(summary)
     return summary
 

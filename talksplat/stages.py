@@ -21,22 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from talksplat.core.files import file_digest, write_json
+
 #: Bump when a stage's outputs change meaning (it is part of every key).
 RECORD_VERSION = 1
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's contents (a directory: of its files' relative paths and contents, sorted)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def jsonable(value: Any) -> Any:
@@ -149,10 +137,7 @@ class StageRunner:
                                                             for k, v in stage.inputs.items()},
                "outputs": [os.fspath(p) for p in stage.outputs], "summary": jsonable(summary),
                "seconds": round(time.perf_counter() - t0, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        from talksplat.render.files import atomic_write
-
-        with atomic_write(self.record_path(stage.name)) as tmp:
-            Path(tmp).write_text(json.dumps(rec, indent=2))
+        write_json(self.record_path(stage.name), rec, indent=2)
         started.unlink(missing_ok=True)
         self.records[stage.name] = rec
         self.status[stage.name] = "ran"

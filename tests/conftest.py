@@ -1,7 +1,11 @@
-"""Shared fixtures: a small synthetic rig (no assets needed) and paths to ../shared/data."""
+"""Shared fixtures: a small synthetic rig (no assets needed), paths to ../shared/data, and one set of small
+real inputs made once per session (a video, a dataset, a fitted avatar folder, a FLAME file, a NeRF export)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +96,54 @@ def open_rig() -> HeadRig:
     from talksplat.rigs import load_rig
 
     return load_rig("open")
+
+
+@dataclass
+class Inputs:
+    """What the cases read: built once per module, never modified by a case (the harness checks)."""
+
+    root: Path
+    clip: Path  # 2 s testsrc video with a sine tone, MP4 with its index first
+    wav: Path  # 1 s of speech-like sound
+    dataset: Path  # a small synthetic dataset on the open head, with audio
+    fit: Path  # a fit folder of that dataset: avatar, predictor, tuned parameters
+    flame: Path  # a FLAME-layout pickle (tests/test_flame.py)
+    nerf: Path  # a VHAP-style NeRF export (tests/test_multiview_io.py)
+
+
+def _ffmpeg() -> str:
+    from talksplat.core.ffmpeg import ffmpeg_exe
+
+    return ffmpeg_exe()
+
+
+@pytest.fixture(scope="session")
+def small_inputs(tmp_path_factory) -> Inputs:
+    from test_flame import synthetic_flame, write_flame
+    from test_multiview_io import make_nerf
+
+    from talksplat.benchmarks.drive import speech_like
+    from talksplat.benchmarks.synthetic_dataset import write_synthetic_dataset
+    from talksplat.driving.audio import write_wav
+    from talksplat.rigs import load_rig
+
+    root = tmp_path_factory.mktemp("inputs")
+    clip = root / "clip.mp4"
+    subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=25", "-f", "lavfi",
+                    "-i", "sine=frequency=300", "-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    "-movflags", "+faststart", str(clip)], check=True)
+    wav = write_wav(root / "speech.wav", speech_like(1.0))
+    dataset = root / "dataset"
+    write_synthetic_dataset(dataset, load_rig("open"), T=12, size=48, cameras=(0.0,))
+    write_wav(dataset / "audio.wav", speech_like(12 / 25 + 0.2))
+    meta = json.loads((dataset / "meta.json").read_text())
+    (dataset / "meta.json").write_text(json.dumps({**meta, "audio": "audio.wav", "audio_sample_rate": 16000}))
+    fit = root / "fit"
+    from talksplat.cli import main
+
+    assert main(["fit", str(dataset), "--out", str(fit), "--preset", "fast", "--steps", "3", "--quiet",
+                 "--driver.steps", "3", "--eval-frames", "1", "--side-by-side", "0"]) == 0
+    flame = write_flame(root / "generic_model.pkl", synthetic_flame())
+    nerf = root / "nerf"
+    make_nerf(nerf)
+    return Inputs(root, clip, wav, dataset, fit, flame, nerf)

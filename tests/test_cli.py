@@ -120,3 +120,81 @@ def test_a_refused_flame_pickle_is_one_line(tmp_path, env):
     assert r.returncode == 1 and "pwned" not in r.stdout
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "evil.pkl: refusing to load" in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def _config_types():
+    """Every config dataclass of the CLI: the subcommands' and those nested in them."""
+    import dataclasses
+    import typing
+
+    from talksplat.cli import Command
+    from talksplat.cli_docs import _is_dataclass_type, _is_union, _split_annotated
+
+    def members(union):
+        for m in typing.get_args(union):
+            tp, _ = _split_annotated(m)
+            yield from (members(tp) if _is_union(tp) else [tp])
+
+    seen, stack = [], list(members(Command))
+    while stack:
+        tp = stack.pop()
+        if tp in seen:
+            continue
+        seen.append(tp)
+        hints = typing.get_type_hints(tp, include_extras=True)
+        stack += [inner for f in dataclasses.fields(tp)
+                  if _is_dataclass_type(inner := _split_annotated(hints[f.name])[0])]
+    return seen
+
+
+def _is_numeric(tp) -> bool:
+    import typing
+
+    from talksplat.cli_docs import _is_union, _split_annotated
+
+    tp, _ = _split_annotated(tp)
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple:
+        return all(_is_numeric(a) for a in args if a is not Ellipsis)
+    if args and _is_union(tp):
+        return all(_is_numeric(a) for a in args if a is not type(None))
+    return tp in (int, float)
+
+
+def test_every_numeric_option_has_a_range_stated_in_its_help():
+    """Each int/float option carries a Range (checked before any work) and its help ends with it."""
+    import dataclasses
+    import typing
+
+    from talksplat.cli_docs import field_docs
+    from talksplat.core.checks import option_ranges
+
+    checked = 0
+    for tp in _config_types():
+        hints = typing.get_type_hints(tp, include_extras=True)
+        ranges, docs = option_ranges(tp), field_docs(tp)
+        for f in dataclasses.fields(tp):
+            if not _is_numeric(hints[f.name]):
+                continue
+            assert f.name in ranges, f"{tp.__name__}.{f.name} has no Range"
+            assert ranges[f.name].text in docs.get(f.name, ""), \
+                f"{tp.__name__}.{f.name}: help does not state {ranges[f.name].text}"
+            checked += 1
+    assert checked >= 80
+
+
+def test_cli_sets_passive_openmp_waiting_and_threads(tmp_path):
+    """OMP_WAIT_POLICY=PASSIVE is set before torch loads (idle threads sleep); --threads sets torch's."""
+    code = ("import os, sys\nimport talksplat.cli as c\nimport torch\n"
+            "assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'\n"
+            "from talksplat.core.process import configure_threads, available_cores\n"
+            "assert configure_threads(None) == available_cores() == torch.get_num_threads()\n"
+            "assert configure_threads(1) == 1 == torch.get_num_threads()\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "x.png"
+    r = talksplat("render", "--out", str(out), "--resolution", "32", "--threads", "1", env=env)
+    assert r.returncode == 0 and out.is_file(), r.stderr
+    r = talksplat("render", "--out", str(tmp_path / "y.png"), "--threads", "0", env=env)
+    assert r.returncode == 1 and r.stderr.strip() == "talksplat: error: --threads 0: out of range (1 to 1024)"

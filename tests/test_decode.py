@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,186 @@ def test_rotation_from_older_ffmpeg_output():
     assert _rotation([line for line in video if "rotate" not in line]) == 90
     assert _rotation([video[0], "    Side data:", "      displaymatrix: rotation of 180.00 degrees"]) == 180
     assert len(_stream_blocks(stderr, "Audio")) == 1
+
+
+# ---------------------------------------------------------------- damaged and truncated files
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cut(src: Path, dst: Path, share: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * share)])
+    return dst
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory) -> dict[str, Path]:
+    """A healthy 3 s, 25 fps clip with audio (MP4 with the index first), its remuxes (index last,
+    MPEG-TS, Matroska), copies cut at 30% / 70% of their bytes, and a clip whose audio runs 0.5 s
+    past its video."""
+    d = tmp_path_factory.mktemp("damaged")
+    v = {"whole": d / "whole.mp4", "nofs": d / "nofs.mp4", "ts": d / "whole.ts", "mkv": d / "whole.mkv",
+         "longaudio": d / "longaudio.mp4"}
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25",
+           "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", "3", *X264, "-c:a", "aac", "-movflags", "+faststart", str(v["whole"]))
+    ffmpeg("-i", str(v["whole"]), "-c", "copy", str(v["nofs"]))
+    ffmpeg("-i", str(v["whole"]), "-c", "copy", str(v["ts"]))
+    ffmpeg("-i", str(v["whole"]), "-c", "copy", str(v["mkv"]))
+    ffmpeg(*lavfi_src(25, 3), "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=3.5", *X264,
+           "-c:a", "aac", "-movflags", "+faststart", str(v["longaudio"]))
+    for name in ("whole", "nofs", "ts", "mkv"):
+        for pct in (30, 70):
+            src = v[name]
+            v[f"{name}{pct}"] = _cut(src, d / f"{src.stem}{pct}{src.suffix}", pct / 100)
+    return v
+
+
+def _frames_and_warnings(path: Path, **kw) -> tuple[list[np.ndarray], list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frames = list(iter_frames(path, fps=25, **kw))
+    return frames, [str(w.message) for w in caught]
+
+
+def _one_line_about(message: str, path: Path) -> None:
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+
+
+def test_healthy_clips_decode_whole_without_warnings(damaged):
+    hashes = {k: _sha256(p) for k, p in damaged.items()}
+    for name in ("whole", "nofs", "ts", "mkv", "longaudio"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # any warning fails the test
+            info = probe_video(damaged[name])
+            assert info.damage is None
+            frames = list(iter_frames(damaged[name], fps=25))
+            assert len(frames) == 75, name
+        assert len(list(iter_frames(damaged[name], fps=25, allow_damaged=True))) == 75
+    assert probe_video(damaged["longaudio"]).duration == pytest.approx(3.5, abs=0.05)  # 88 promised, 75 there
+    assert {k: _sha256(p) for k, p in damaged.items()} == hashes
+
+
+@pytest.mark.parametrize("name", ["whole30", "whole70"])
+def test_truncated_mp4_raises_or_keeps_readable_frames(damaged, name, tmp_path):
+    from talksplat.core.errors import InputError
+    from talksplat.data_prep.decode import DamagedVideoWarning
+
+    path = damaged[name]
+    before = _sha256(path)
+    # The MP4's boxes say it is longer than it is: probe_video already knows.
+    for call in (lambda: probe_video(path), lambda: iter_frames(path, fps=25),
+                 lambda: extract_audio(path, tmp_path / "a.wav")):
+        with pytest.raises(VideoError, match="damaged or truncated video") as e:
+            call()
+        _one_line_about(str(e.value), path)
+        assert isinstance(e.value, InputError)
+    assert probe_video(path, allow_damaged=True).damage.startswith("its 'mdat' box runs to byte")
+
+    frames, caught = _frames_and_warnings(path, allow_damaged=True)
+    assert len(caught) == 1, caught
+    _one_line_about(caught[0], path)
+    assert f"kept the {len(frames)} readable frames of about 75 (" in caught[0] and "partial file" in caught[0]
+    assert (5 <= len(frames) <= 30) if name == "whole30" else (35 <= len(frames) <= 65)
+    assert all(f.shape == (120, 160, 3) for f in frames) and frames[-1].std() > 10
+
+    with pytest.warns(DamagedVideoWarning, match="kept .* s of audio") as rec:
+        assert extract_audio(path, tmp_path / "a.wav", allow_damaged=True)
+    assert len(rec) == 1 and "\n" not in str(rec[0].message)
+    samples, rate = read_wav(tmp_path / "a.wav")
+    assert 0 < len(samples) / rate < 2.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+    assert _sha256(path) == before
+
+
+@pytest.mark.parametrize("name", ["nofs30", "nofs70"])
+def test_mp4_cut_before_its_index_is_not_a_video(damaged, name):
+    path = damaged[name]
+    before = _sha256(path)
+    for allow in (False, True):
+        with pytest.raises(VideoError, match=r"not a video file \(damaged or truncated: moov atom not found\)") as e:
+            iter_frames(path, fps=25, allow_damaged=allow)
+        _one_line_about(str(e.value), path)
+    assert _sha256(path) == before
+
+
+@pytest.mark.parametrize("name", ["ts30", "ts70"])
+def test_truncated_stream_is_judged_at_its_end(damaged, name):
+    """MPEG-TS has no index to compare with: the stream starts, and ffmpeg's complaints at the end decide."""
+    path = damaged[name]
+    before = _sha256(path)
+    stream = iter_frames(path, fps=25)
+    n = 0
+    with pytest.raises(VideoError, match="damaged or truncated video: decoded") as e:
+        for _ in stream:
+            n += 1
+    assert n > 0
+    _one_line_about(str(e.value), path)
+    frames, caught = _frames_and_warnings(path, allow_damaged=True)
+    assert len(frames) == n and len(caught) == 1
+    _one_line_about(caught[0], path)
+    assert f"kept the {n} readable frames" in caught[0]
+    # Stopped early (max_frames, close) the stream is not judged: no error, no warning.
+    frames, caught = _frames_and_warnings(path, max_frames=n - 2)
+    assert len(frames) == n - 2 and caught == []
+    assert _sha256(path) == before
+
+
+def test_truncated_matroska(damaged):
+    path = damaged["mkv70"]
+    with pytest.raises(VideoError, match="damaged or truncated video: its Segment runs to byte") as e:
+        probe_video(path)
+    _one_line_about(str(e.value), path)
+    frames, caught = _frames_and_warnings(path, allow_damaged=True)
+    assert len(caught) == 1 and "File ended prematurely" in caught[0] and 35 <= len(frames) <= 65
+
+
+def test_far_fewer_frames_than_promised(damaged):
+    """No complaint from ffmpeg, but the stream ends long before the container's duration."""
+    stream = iter_frames(damaged["whole"], fps=25)
+    stream.info.duration = 6.0  # as if the container promised 150 frames
+    with pytest.raises(VideoError, match=r"decoded 75 of about 150 frames \(the video ends after 3\.00 s of the "
+                                         r"file's 6\.00 s; ffmpeg reported no error\)"):
+        list(stream)
+    stream = iter_frames(damaged["whole"], fps=25, allow_damaged=True)
+    stream.info.duration = 3.9  # 98 promised, 23 missing: within the tolerance (1 s, 25%)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(list(stream)) == 75 and stream.damage is None
+
+
+def test_all_grid_clips_are_whole(shared_data, tmp_path):
+    clips = sorted((shared_data / "grid").glob("*.mpg"))
+    assert clips
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for clip in clips:
+            assert abs(sum(1 for _ in iter_frames(clip, fps=25)) - 75) <= 1, clip
+            assert extract_audio(clip, tmp_path / "a.wav")
+
+
+def test_damage_lines_from_real_ffmpeg_output():
+    """What ffmpeg 9 prints with `-loglevel level+warning` for files cut short (see tests above)."""
+    from talksplat.core.ffmpeg import last_error_line
+    from talksplat.data_prep.decode import _damage_line
+
+    mp4 = """[h264 @ 0x55e01acd7a40] [error] Invalid NAL unit size (405 > 269).
+[h264 @ 0x55e01acd7a40] [error] missing picture in access unit with size 273
+[in#0/mov,mp4,m4a,3gp,3g2,mj2 @ 0x55e01ac060c0] [error] stream 0, offset 0x43b8: partial file
+[vist#0:0/h264 @ 0x55e01ac64cc0] [dec:h264 @ 0x55e01ac86400] [error] Decoding error: Invalid data found when processing input
+"""
+    assert _damage_line(mp4) == "stream 0, offset 0x43b8: partial file"
+    assert last_error_line(mp4) == "Decoding error: Invalid data found when processing input"
+    mpg = """[in#0/mpeg @ 0x55b0bae360c0] [warning] Packet corrupt (stream = 1, dts = 108745).
+[mpeg1video @ 0x55b0bae6c9c0] [error] ac-tex damaged at 4 6
+[vist#0:0/mpeg1video @ 0x55b0bae69000] [dec:mpeg1video @ 0x55b0bae62840] [warning] corrupt decoded frame
+"""
+    assert _damage_line(mpg) == "Packet corrupt (stream = 1, dts = 108745)"
+    healthy = """[aist#0:1/pcm_s16le @ 0x55937ca695c0] [warning] Guessed Channel Layout: mono
+[swscaler @ 0x7f07b0025e80] [warning] deprecated pixel format used, make sure you did set range correctly
+[h264 @ 0x5] [info] something about a truncated title
+"""
+    assert _damage_line(healthy) is None

@@ -258,13 +258,23 @@ def _fragment_in_source(fragment: str) -> bool:
 
 
 def troubleshooting_messages() -> list[str]:
+    """The messages quoted in ```message blocks, and those of the table at the top (each cell of its
+    message column holds `` `message` `` items joined by " · ", printed after ``talksplat: error: ``)."""
     text = (DOCS / "troubleshooting.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```message[ \t]*\n(.*?)^```[ \t]*$", text, re.M | re.S)
-    return [line.strip() for b in blocks for line in b.splitlines() if line.strip()]
+    quoted = [line.strip() for b in blocks for line in b.splitlines() if line.strip()]
+    table = text.split("## Every message at a glance", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ")[1] for line in table.splitlines() if line.startswith("| ") and " | " in line
+            and not line.startswith("| problem") and not line.startswith("|---")]
+    cells = [m for row in rows for m in re.findall(r"``\s*(.+?)\s*``|`([^`]+)`", row)]
+    return quoted + ["talksplat: error: " + (a or b) for a, b in cells]
 
 
 def test_troubleshooting_quotes_messages():
-    assert len(troubleshooting_messages()) >= 20, "troubleshooting.md: no ```message blocks found"
+    messages = troubleshooting_messages()
+    assert len(messages) >= 20, "troubleshooting.md: no ```message blocks found"
+    assert sum(m.startswith("talksplat: error: <video>: damaged or truncated") for m in messages) >= 2, \
+        "the table of messages at the top was not read"
 
 
 @pytest.mark.parametrize("message", troubleshooting_messages())

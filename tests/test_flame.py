@@ -507,3 +507,201 @@ def test_load_rig_end_to_end(flame_file):
     assert out.vertices.shape == (2, rig.num_vertices, 3) and torch.isfinite(out.vertices).all()
     eye_l = rig.region("eyes")[:591]
     assert not torch.allclose(out.vertices[0, eye_l], out.vertices[1, eye_l])
+
+
+# ----------------------------------------------------------------------------- damaged files
+def test_error_classes():
+    from talksplat.core.errors import InputError, TalksplatError
+    from talksplat.rigs.flame import RigFileError
+
+    assert issubclass(RigFileError, TalksplatError) and issubclass(RigFileError, FileNotFoundError)
+    assert issubclass(FlameFormatError, InputError) and issubclass(FlameFormatError, ValueError)
+    for cls in (ForbiddenGlobalError, ChumpyObjectError):
+        assert issubclass(cls, TalksplatError) and issubclass(cls, pickle.UnpicklingError)
+
+
+def _tiny_flame(rng) -> dict:
+    """FLAME's keys and layout on a closed tetrahedron (4 vertices): reads, then has no mouth opening."""
+    v = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]) * 0.05
+    jreg = sp.csc_matrix(np.full((5, 4), 0.25))
+    return {"v_template": v, "f": np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.uint32),
+            "shapedirs": rng.normal(size=(4, 3, 310)) * 1e-3, "posedirs": rng.normal(size=(4, 3, 36)) * 1e-3,
+            "J_regressor": jreg, "weights": np.eye(5)[[1, 1, 2, 3]],
+            "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.int64),
+            "J": jreg @ v, "bs_style": "lbs"}
+
+
+def _pickled(model: dict, fmt) -> bytes:
+    """``fmt``: a pickle protocol (0-5, shapedirs as a chumpy Ch) or "py2" (Python 2's byte layout)."""
+    if fmt == "py2":
+        m = dict(model, shapedirs=("ch", model["shapedirs"]), J_regressor=("csc", model["J_regressor"]))
+        del m["J"]
+        return _py2_pickle(m)
+    with _FakeChumpy() as Ch:
+        return pickle.dumps(dict(model, shapedirs=Ch(model["shapedirs"])), protocol=fmt)
+
+
+def _readable_prefix(path) -> str:
+    return f"{path}: not a readable FLAME pickle ("
+
+
+def test_corrupt_pickle_says_not_readable(tmp_path, flame_file):
+    from talksplat.rigs.safe_pickle import FlamePickleError
+
+    p = tmp_path / "generic_model.pkl"
+    cases = {
+        "random": (b"\x9d" + np.random.default_rng(0).bytes(500), "invalid load key, '\\x9d'."),
+        "empty": (b"", "EOFError"),
+        # BINBYTES8 of 2**50 bytes: refused before anything asks for that much memory
+        "absurd_size": (b"\x80\x04\x8e" + (1 << 50).to_bytes(8, "little"), "(pickle data was truncated)"),
+        "text": (b"hello FLAME\n", "Memo value not found at index 101"),  # pickle op h = BINGET
+        # LONG_BINPUT with a damaged index: CPython would allocate and zero-fill a memo table that large
+        "memo_index": (b"\x80\x02]r" + (0xFFFFFFF0).to_bytes(4, "little") + b".",
+                       "memo index 4294967280 at byte 3 is out of range"),
+    }
+    for name, (data, reason) in cases.items():
+        p.write_bytes(data)
+        with pytest.raises(FlameFormatError) as e:
+            load_flame(p)
+        msg = str(e.value)
+        assert msg.startswith(_readable_prefix(p)) and msg.endswith(")") and "\n" not in msg, (name, msg)
+        assert reason in msg, (name, msg)
+        assert isinstance(e.value, FlamePickleError) and isinstance(e.value, pickle.UnpicklingError)
+    # the real (synthetic) model truncated: at its first bytes, inside the arrays, one byte short of the end
+    data = flame_file.read_bytes()
+    for cut in (1, 2, 57, 40_000, len(data) - 1):
+        p.write_bytes(data[:cut])
+        with pytest.raises(FlameFormatError) as e:
+            load_flame(p)
+        assert str(e.value).startswith(_readable_prefix(p)) and "\n" not in str(e.value), (cut, str(e.value))
+
+
+def test_malformed_values_are_format_errors(tmp_path):
+    rng = np.random.default_rng(3)
+    tiny = _tiny_flame(rng)
+    p = tmp_path / "flame2023.pkl"
+    bad = {
+        "v_template": ("abc", "key 'v_template' has shape []"),
+        "f": (np.array([[0, 1, 2**40]], np.int64), "key 'f' has vertex indices outside"),
+        "J_regressor": (sp.csc_matrix((1_000_000, 1_000_000)), "key 'J_regressor' is a sparse matrix"),
+        "kintree_table": (np.array([[np.nan, 0, 1, 1, 1], [0, 1, 2, 3, 4]]), "key 'kintree_table' holds non-finite"),
+        "weights": (np.array([["a"] * 5] * 4), "key 'weights' has shape [4, 5] dtype <U1"),
+    }
+    for key, (value, expected) in bad.items():
+        p.write_bytes(pickle.dumps(dict(tiny, **{key: value}), protocol=4))
+        with pytest.raises(FlameFormatError) as e:
+            load_flame(p)
+        assert str(e.value).startswith(f"{p}: ") and expected in str(e.value) and "\n" not in str(e.value)
+    # the tiny model itself reads, then fails on its geometry (no mouth opening), still one line
+    p.write_bytes(_pickled(tiny, 2))
+    with pytest.raises(FlameFormatError, match="no open boundary"):
+        load_flame(p)
+
+
+@pytest.mark.parametrize("key", ["v_template", "shapedirs", "posedirs", "J_regressor", "weights"])
+def test_nan_in_flame_arrays_refused(tmp_path, key):
+    model = _tiny_flame(np.random.default_rng(4))
+    if key == "J_regressor":
+        jr = model[key].copy()
+        jr.data[3] = np.nan
+        model[key] = jr
+    else:
+        model[key] = model[key].copy()
+        model[key].reshape(-1)[5] = np.inf if key == "weights" else np.nan
+    p = tmp_path / "generic_model.pkl"
+    for fmt in (2, 5, "py2"):
+        p.write_bytes(_pickled(model, fmt))
+        with pytest.raises(FlameFormatError) as e:
+            load_flame(p)
+        assert str(e.value) == f"{p}: key '{key}' holds non-finite values (NaN or Inf)"
+
+
+def test_nan_in_full_size_model_refused(tmp_path, flame_model):
+    sd = flame_model["shapedirs"].copy()
+    sd[5000, 2, 399] = np.nan
+    p = write_flame(tmp_path / "flame2023.pkl", dict(flame_model, shapedirs=sd))
+    with pytest.raises(FlameFormatError) as e:
+        load_flame(p)
+    assert str(e.value) == f"{p}: key 'shapedirs' holds non-finite values (NaN or Inf)"
+
+
+def test_property_damaged_flame_pickles(tmp_path, flame_file):
+    """Random bytes, truncations at random offsets, random byte changes and NaN / Inf injected into
+    the arrays: load_flame returns finite assets or raises a one-line TalksplatError, nothing else."""
+    from talksplat.core.errors import TalksplatError
+
+    rng = np.random.default_rng(1234)
+    model = _tiny_flame(rng)
+    formats = [0, 1, 2, 3, 4, 5, "py2"]
+    valid = {fmt: _pickled(model, fmt) for fmt in formats}
+    p = tmp_path / "generic_model.pkl"
+    arrays = ["v_template", "shapedirs", "posedirs", "weights", "J_regressor"]
+    for i in range(40):
+        fmt = formats[int(rng.integers(len(formats)))]
+        kind, key = i % 4, None
+        if kind == 0:
+            data = rng.bytes(int(rng.integers(0, 4096)))
+        elif kind == 1:
+            data = valid[fmt][:int(rng.integers(0, len(valid[fmt])))]
+        elif kind == 2:
+            b = bytearray(valid[fmt])
+            for j in rng.integers(0, len(b), size=int(rng.integers(1, 4))):
+                b[j] = int(rng.integers(0, 256))
+            data = bytes(b)
+        else:
+            key = arrays[int(rng.integers(len(arrays)))]
+            m = dict(model)
+            a = m[key].copy()
+            (a.data if key == "J_regressor" else a.reshape(-1))[int(rng.integers(a.nnz if key == "J_regressor"
+                                                                                 else a.size))] = \
+                [np.nan, np.inf, -np.inf][int(rng.integers(3))]
+            m[key] = a
+            data = _pickled(m, fmt)
+        p.write_bytes(data)
+        try:
+            assets = load_flame(p)
+        except TalksplatError as e:
+            msg = str(e)
+            assert msg.startswith(f"{p}: ") and "\n" not in msg, (i, msg)
+            if key is not None:
+                assert msg == f"{p}: key '{key}' holds non-finite values (NaN or Inf)", (i, msg)
+        else:
+            assert key is None, i
+            assert all(np.all(np.isfinite(getattr(assets, k))) for k in ("template", "shapedirs", "exprdirs",
+                                                                         "posedirs", "weights")), i
+    # and the full-size model truncated at random offsets
+    data = flame_file.read_bytes()
+    for cut in rng.integers(0, len(data), size=2):
+        p.write_bytes(data[:int(cut)])
+        with pytest.raises(FlameFormatError) as e:
+            load_flame(p)
+        assert str(e.value).startswith(_readable_prefix(p)) and "\n" not in str(e.value)
+
+
+def test_damaged_numpy_and_scipy_states_never_reach_their_kernels(tmp_path):
+    """States numpy's dtype.__setstate__ and scipy's sparse kernels trust (found by fuzzing: each
+    crashed the interpreter with a segmentation fault) are refused as damaged files."""
+    p = tmp_path / "generic_model.pkl"
+    # a dtype state that lost two of its Nones: numpy 1.26 segfaults applying it
+    blob = pickle.dumps({"v_template": np.zeros((4, 3))}, protocol=2)
+    full = b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"
+    assert blob.count(full) == 1
+    p.write_bytes(blob.replace(full, b"NJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"))
+    with pytest.raises(FlameFormatError, match=r"not a readable FLAME pickle \(numpy dtype state .* refused\)"):
+        load_flame(p)
+    # array data that does not fill the array's shape
+    short = pickle.dumps({"v_template": np.zeros((4, 3))}, protocol=2).replace(b"K\x04K\x03\x86", b"K\x05K\x03\x86")
+    p.write_bytes(short)
+    with pytest.raises(FlameFormatError, match="needs 120 bytes, the file holds 96"):
+        load_flame(p)
+    # compressed-sparse index pointers / indices out of range: scipy's toarray writes out of bounds
+    for indptr, indices in (([0, 5, 10, 15, -7], None), (None, 99)):
+        m = sp.csc_matrix(np.full((5, 4), 0.25))
+        if indptr is not None:
+            m.indptr = np.array(indptr, np.int32)
+        if indices is not None:
+            m.indices = m.indices.copy()
+            m.indices[3] = indices
+        p.write_bytes(pickle.dumps({"J_regressor": m}, protocol=2))
+        with pytest.raises(FlameFormatError, match="malformed scipy csc_matrix"):
+            load_flame(p)

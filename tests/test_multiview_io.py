@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
+import os
+import shutil
+import stat
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,8 +17,9 @@ import pytest
 
 from talksplat.data_prep.calibration import (CalibrationError, CameraCalib, load_calibration, match_videos,
                                              undistort_image, undistort_points, write_calibration)
+from talksplat.core.errors import InputError, OutputError, TalksplatError
 from talksplat.data_prep.dataset import DatasetError, load_dataset
-from talksplat.data_prep.nerf_import import (NerfImportError, export_nerf_dataset,
+from talksplat.data_prep.nerf_import import (FLAME_NPZ_KEYS, NerfImportError, export_nerf_dataset,
                                              import_nerf_dataset)
 
 
@@ -88,6 +95,23 @@ BAD = {
     "zero_width": (_bad(lambda d: d["cameras"][0].__setitem__("width", 0)), "'width' must be positive"),
     "negative_height": (_bad(lambda d: d["cameras"][1].__setitem__("height", -5)), "'height' must be positive"),
     "bad_K": (_bad(lambda d: d["cameras"][0].__setitem__("K", [[0, 0, 1], [0, 1, 1], [0, 0, 1]])), "fx, fy > 0"),
+    # non-finite numbers (JSON NaN / Infinity), overflowing integers, non-rotations: one line naming the camera
+    "K_nan": (_bad(lambda d: d["cameras"][0]["K"][0].__setitem__(2, math.nan)), "('cam0'): 'K' has non-finite"),
+    "K_huge_int": (_bad(lambda d: d["cameras"][1]["K"][0].__setitem__(0, 10 ** 400)),
+                   "('cam1'): 'K' is not a numeric array"),
+    "dist_inf": (_bad(lambda d: d["cameras"][0]["distortion"].__setitem__(1, math.inf)),
+                 "('cam0'): 'distortion' has non-finite"),
+    "R_nan": (_bad(lambda d: d["cameras"][1]["R"][2].__setitem__(0, math.nan)), "('cam1'): 'R' has non-finite"),
+    "R_zero": (_bad(lambda d: d["cameras"][1].__setitem__("R", np.zeros((3, 3)).tolist())),
+               "('cam1'): 'R' is not a rotation"),
+    "t_inf": (_bad(lambda d: d["cameras"][0]["t"].__setitem__(2, -math.inf)), "('cam0'): 't' has non-finite"),
+    "width_nan": (_bad(lambda d: d["cameras"][0].__setitem__("width", math.nan)),
+                  "('cam0'): 'width' must be an integer number of pixels, got nan"),
+    "height_inf": (_bad(lambda d: d["cameras"][1].__setitem__("height", math.inf)),
+                   "('cam1'): 'height' must be an integer number of pixels, got inf"),
+    "width_fraction": (_bad(lambda d: d["cameras"][1].__setitem__("width", 12.5)), "'width' must be an integer"),
+    "id_newline": (_bad(lambda d: d["cameras"][1].__setitem__("id", "cam\n1")), "camera 1 ('cam\\n1'): 'id' must be"),
+    "deep_nesting": (lambda p: p.write_text("[" * 100_000 + "]" * 100_000), "invalid JSON"),
 }
 
 
@@ -100,6 +124,7 @@ def test_bad_calibration(tmp_path, case):
         load_calibration(path)
     msg = str(e.value)
     assert msg.startswith(str(path)) and "\n" not in msg and expected in msg, msg
+    assert isinstance(e.value, InputError) and isinstance(e.value, TalksplatError)
 
 
 def test_match_videos(tmp_path):
@@ -310,7 +335,8 @@ def test_nerf_import(tmp_path, flame_rig):
     # without re-encoding: the plain RGB PNGs are linked / copied as they are
     out2 = import_nerf_dataset(tmp_path / "nerf", tmp_path / "ds_linked", flame_rig, copy_images=False)
     _check_imported(load_dataset(out2), truth, flame_rig)
-    with pytest.raises(DatasetError, match="already holds a dataset"):
+    # an existing output is refused (OutputError since talksplat.core.outputs; DatasetError before)
+    with pytest.raises((DatasetError, OutputError), match="already holds a dataset"):
         import_nerf_dataset(tmp_path / "nerf", out, flame_rig)
     import_nerf_dataset(tmp_path / "nerf", out, flame_rig, overwrite=True)
 
@@ -451,3 +477,369 @@ def test_prep_command_imports_nerf_directory(tmp_path, flame_rig):
     (tmp_path / "empty").mkdir()
     assert main(["prep", str(tmp_path / "empty"), "--out", str(tmp_path / "ds2"), "--quiet"]) == 1
     assert not (tmp_path / "ds2").exists()
+
+
+# ============================================================================= NeRF import: refusals
+def _tree_hash(root) -> str:
+    """SHA-256 over a folder: relative paths, modes, file bytes, symlink targets."""
+    h = hashlib.sha256()
+    root = Path(root)
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        h.update(f"{p.relative_to(root).as_posix()}\0{stat.S_IMODE(st.st_mode):o}\0".encode())
+        if p.is_symlink():
+            h.update(os.readlink(p).encode())
+        elif p.is_file():
+            h.update(p.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _edit_json(root, div: str, fn) -> None:
+    path = root / f"transforms_{div}.json"
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))  # NaN / Infinity written as JSON extensions, as Python's json does
+
+
+def _edit_npz(path, fn) -> None:
+    with np.load(path) as z:
+        d = {k: z[k] for k in z.files}
+    fn(d)
+    np.savez(path, **d)
+
+
+def _to_sequence(root) -> None:
+    """make_nerf's layout -> all time steps in SRC/flame_param.npz, no flame_param_path in the frames."""
+    steps = []
+    for t in range(3):
+        with np.load(root / "flame_param" / f"{t:05d}.npz") as z:
+            steps.append({k: z[k] for k in z.files})
+    seq = {k: np.concatenate([s[k] for s in steps]) for k in FLAME_NPZ_KEYS if k != "shape"}
+    np.savez(root / "flame_param.npz", shape=steps[0]["shape"], **seq)
+    shutil.rmtree(root / "flame_param")
+    for div in ("train", "val", "test"):
+        _edit_json(root, div, lambda d: [f.pop("flame_param_path") for f in d["frames"]])
+
+
+def _set_frame(div, i, key, value):
+    return lambda root, tmp: _edit_json(root, div, lambda d: d["frames"][i].__setitem__(key, value))
+
+
+def _set_top(div, key, value):
+    return lambda root, tmp: _edit_json(root, div, lambda d: d.__setitem__(key, value))
+
+
+def _set_matrix(fn):
+    def edit(d):
+        m = np.asarray(d["frames"][0]["transform_matrix"], float)
+        d["frames"][0]["transform_matrix"] = fn(m).tolist()
+    return lambda root, tmp: _edit_json(root, "train", edit)
+
+
+def _poison(key, value, idx=0):
+    def edit(d):
+        a = d[key].astype(np.float64)
+        a.reshape(-1)[idx] = value
+        d[key] = a
+    return edit
+
+
+def _poison_step(key, value, idx=0):
+    return lambda root, tmp: _edit_npz(root / "flame_param" / "00001.npz", _poison(key, value, idx))
+
+
+def _poison_sequence(key, value, idx=0):
+    def setup(root, tmp):
+        _to_sequence(root)
+        _edit_npz(root / "flame_param.npz", _poison(key, value, idx))
+    return setup
+
+
+def _outside(kind: str, raw: str, field: str = "file_path", div: str = "train"):
+    """A frame whose `field` leads outside SRC: '../', absolute, or through a symlink inside SRC."""
+    def setup(root, tmp):
+        src = {"file_path": root / "images" / "00000_00.png", "fg_mask_path": root / "fg_masks" / "00000_00.png",
+               "flame_param_path": root / "flame_param" / "00000.npz"}[field]
+        target = tmp / f"outside{src.suffix}"
+        shutil.copyfile(src, target)
+        value = {"dotdot": raw, "absolute": str(target)}.get(kind, raw)
+        if kind == "symlink":
+            os.symlink(target, root / raw)
+        _edit_json(root, div, lambda d: d["frames"][0].__setitem__(field, value))
+    return setup
+
+
+def _strings(key):
+    def setup(root, tmp):
+        _edit_npz(root / "flame_param" / "00001.npz", lambda d: d.__setitem__(key, np.array(["a"])))
+    return setup
+
+
+OUTSIDE = "points outside"
+NERF_BAD = {
+    # intrinsics: NaN / Inf / non-positive / not a number, in a frame or at the top level
+    "cx_nan": (_set_frame("train", 0, "cx", math.nan), "transforms_train.json", ["frame 0", "'cx'", "finite", "nan"]),
+    "cy_inf_top": (_set_top("val", "cy", -math.inf), "transforms_val.json", ["'cy'", "finite"]),
+    "fl_x_nan": (_set_frame("test", 1, "fl_x", math.nan), "transforms_test.json", ["frame 1", "'fl_x'"]),
+    "fl_y_inf_top": (_set_top("train", "fl_y", math.inf), "transforms_train.json", ["'fl_y'", "finite"]),
+    "fl_x_text": (_set_frame("train", 1, "fl_x", "wide"), "transforms_train.json", ["'fl_x' must be a number"]),
+    "fl_x_zero": (_set_frame("train", 0, "fl_x", 0.0), "transforms_train.json", ["'fl_x'", "positive"]),
+    "fl_y_huge_int": (_set_frame("train", 0, "fl_y", 10 ** 400), "transforms_train.json", ["'fl_y'"]),
+    "w_nan": (_set_frame("train", 0, "w", math.nan), "transforms_train.json", ["'w'", "finite"]),
+    "h_inf": (_set_frame("val", 0, "h", math.inf), "transforms_val.json", ["'h'", "finite"]),
+    "w_zero_top": (_set_top("train", "w", 0), "transforms_train.json", ["'w'", "positive"]),
+    "h_negative": (_set_frame("train", 1, "h", -12), "transforms_train.json", ["frame 1", "'h'", "positive"]),
+    "angle_x_nan": (_set_frame("train", 0, "camera_angle_x", math.nan), "transforms_train.json",
+                    ["'camera_angle_x'", "finite"]),
+    "angle_y_inf": (_set_frame("train", 0, "camera_angle_y", math.inf), "transforms_train.json",
+                    ["'camera_angle_y'", "finite"]),
+    "angle_x_zero_top": (_set_top("test", "camera_angle_x", 0.0), "transforms_test.json",
+                         ["'camera_angle_x'", "(0, pi)"]),
+    # transform_matrix: singular, scaled, mirrored, NaN, not homogeneous
+    "matrix_zero": (_set_matrix(lambda m: np.zeros((4, 4))), "transforms_train.json",
+                    ["frame 0", "'transform_matrix' has bottom row"]),
+    "matrix_zero_rotation": (_set_matrix(lambda m: np.concatenate([np.zeros((3, 4)), m[3:]])),
+                             "transforms_train.json", ["frame 0", "'transform_matrix' is not a rigid"]),
+    "matrix_singular": (_set_matrix(lambda m: m @ np.diag([1.0, 1.0, 0.0, 1.0])), "transforms_train.json",
+                        ["'transform_matrix' is not a rigid"]),
+    "matrix_scaled": (_set_matrix(lambda m: m @ np.diag([2.0, 2.0, 2.0, 1.0])), "transforms_train.json",
+                      ["'transform_matrix' is not a rigid", "no scale"]),
+    "matrix_mirrored": (_set_matrix(lambda m: m @ np.diag([-1.0, 1.0, 1.0, 1.0])), "transforms_train.json",
+                        ["'transform_matrix' is not a rigid", "det = -1"]),
+    "matrix_nan": (_set_matrix(lambda m: m * np.where(np.arange(16).reshape(4, 4) == 6, np.nan, 1.0)),
+                   "transforms_train.json", ["'transform_matrix' holds non-finite"]),
+    "matrix_inf_3x4": (_set_matrix(lambda m: m[:3] * np.where(np.arange(12).reshape(3, 4) == 3, np.inf, 1.0)),
+                       "transforms_train.json", ["'transform_matrix' holds non-finite"]),
+    "matrix_bottom_row": (_set_matrix(lambda m: np.concatenate([m[:3], [[0, 0, 1, 1]]])), "transforms_train.json",
+                          ["bottom row"]),
+    # indices and fps
+    "timestep_nan": (_set_frame("train", 0, "timestep_index", math.nan), "transforms_train.json",
+                     ["'timestep_index' must be a non-negative integer, got nan"]),
+    "timestep_negative": (_set_frame("train", 0, "timestep_index", -1), "transforms_train.json", ["'timestep_index'"]),
+    "camera_index_text": (_set_frame("val", 0, "camera_index", "left"), "transforms_val.json", ["'camera_index'"]),
+    "fps_nan": (_set_top("train", "fps", math.nan), "transforms_train.json", ["'fps'", "finite"]),
+    "fps_zero": (_set_top("train", "fps", 0), "transforms_train.json", ["'fps'", "positive"]),
+    # FLAME parameters: NaN / Inf in each key, per time step and in the whole-sequence file
+    **{f"step_{k}_nan": (_poison_step(k, math.nan, 1 if k != "shape" else 7), "flame_param/00001.npz",
+                         [f"'{k}'", "non-finite"]) for k in FLAME_NPZ_KEYS},
+    "step_expr_inf": (_poison_step("expr", -math.inf, 42), "flame_param/00001.npz", ["'expr'", "non-finite"]),
+    "step_jaw_text": (_strings("jaw_pose"), "flame_param/00001.npz", ["'jaw_pose'", "must hold numbers"]),
+    **{f"sequence_{k}_nan": (_poison_sequence(k, math.nan, 4), "flame_param.npz", [f"'{k}'", "non-finite"])
+       for k in FLAME_NPZ_KEYS},
+    "sequence_rotation_inf": (_poison_sequence("rotation", math.inf, 8), "flame_param.npz", ["'rotation'"]),
+    # paths leading outside SRC
+    "image_dotdot": (_outside("dotdot", "../outside.png"), "transforms_train.json",
+                     ["frame 0: file_path '../outside.png' points outside", "--allow-external-paths"]),
+    "image_absolute": (_outside("absolute", ""), "transforms_train.json", ["frame 0: file_path '/", OUTSIDE]),
+    "image_symlink": (_outside("symlink", "images/link.png"), "transforms_train.json",
+                      ["file_path 'images/link.png' points outside"]),
+    "image_no_suffix": (_outside("dotdot", "../outside"), "transforms_train.json",
+                        ["file_path '../outside'", OUTSIDE]),
+    "mask_absolute": (_outside("absolute", "", "fg_mask_path"), "transforms_train.json",
+                      ["frame 0: fg_mask_path '/", OUTSIDE]),
+    "flame_dotdot": (_outside("dotdot", "../outside.npz", "flame_param_path", "val"), "transforms_val.json",
+                     ["frame 0: flame_param_path '../outside.npz' points outside"]),
+    "flame_symlink": (_outside("symlink", "flame_param/link.npz", "flame_param_path"), "transforms_train.json",
+                      ["flame_param_path 'flame_param/link.npz'", OUTSIDE]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NERF_BAD))
+def test_nerf_bad_input_refused_source_untouched(tmp_path, flame_rig, case):
+    """Each bad input: one line naming the json / npz file and the field; the source folder is
+    byte-for-byte (and mode-for-mode) unchanged and nothing is written."""
+    root = tmp_path / "nerf"
+    make_nerf(root)
+    setup, rel, parts = NERF_BAD[case]
+    setup(root, tmp_path)
+    before = _tree_hash(root)
+    with pytest.raises(NerfImportError) as e:
+        import_nerf_dataset(root, tmp_path / "result", flame_rig)
+    msg = str(e.value)
+    assert msg.startswith(f"{root / rel}:") and "\n" not in msg, msg
+    assert all(p in msg for p in parts), (parts, msg)
+    assert isinstance(e.value, InputError) and isinstance(e.value, TalksplatError)
+    assert _tree_hash(root) == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("result", ".result"))]
+
+
+def test_nerf_external_paths_allowed_on_request(tmp_path, flame_rig):
+    root = tmp_path / "nerf"
+    truth = make_nerf(root)
+    # images in a folder beside SRC, reached by an absolute path and through a symlinked folder
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(root / "images"), str(elsewhere))
+    os.symlink(elsewhere, root / "images")
+    _edit_json(root, "train", lambda d: d["frames"][0].__setitem__("file_path", str(elsewhere / "00000_00.png")))
+    before = _tree_hash(root)
+    msg = _err(lambda: import_nerf_dataset(root, tmp_path / "ds", flame_rig))
+    assert msg.startswith(str(root / "transforms_train.json")) and OUTSIDE in msg and str(root) in msg
+    out = import_nerf_dataset(root, tmp_path / "ds", flame_rig, allow_external_paths=True)
+    _check_imported(load_dataset(out), truth, flame_rig)
+    assert _tree_hash(root) == before
+
+
+def test_nerf_never_writes_over_or_into_source(tmp_path, flame_rig):
+    root = tmp_path / "nerf"
+    make_nerf(root)
+    for p in (root / "images").iterdir():
+        os.chmod(p, 0o444)  # read-only sources: a hard link must not pass the dataset's 0644 on to them
+    before = _tree_hash(root)
+    for out, overwrite in ((root, False), (root, True), (tmp_path, True)):  # the source, or a folder holding it
+        with pytest.raises(TalksplatError) as e:
+            import_nerf_dataset(root, out, flame_rig, overwrite=overwrite)
+        assert "\n" not in str(e.value) and str(out) in str(e.value)
+        assert _tree_hash(root) == before
+    ds = load_dataset(import_nerf_dataset(root, tmp_path / "ds", flame_rig, copy_images=False))
+    assert _tree_hash(root) == before
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o444 for p in (root / "images").iterdir())
+    fr = next(f for f in ds.frames if f.camera == CAM_IDS[0])
+    assert not os.path.samefile(ds.root / fr.image, root / "images" / f"{fr.timestep:05d}_00.png")
+    # sources that already have the dataset's mode are hard-linked; still nothing changes
+    for p in (root / "images").iterdir():
+        os.chmod(p, 0o644)
+    before = _tree_hash(root)
+    ds = load_dataset(import_nerf_dataset(root, tmp_path / "ds2", flame_rig, copy_images=False))
+    assert os.path.samefile(ds.root / fr.image, root / "images" / f"{fr.timestep:05d}_00.png")
+    assert _tree_hash(root) == before
+
+
+def test_error_classes():
+    from talksplat.data_prep.calibration import CalibrationError as CE
+
+    assert issubclass(NerfImportError, InputError) and issubclass(CE, InputError)
+    assert issubclass(NerfImportError, ValueError) and issubclass(CE, TalksplatError)
+
+
+# ============================================================================= property: damaged inputs
+def _one_line_or_result(fn):
+    """The reader's result, or None when it raised a TalksplatError whose message is one line.
+    Any other exception propagates (fails the test)."""
+    try:
+        return fn()
+    except TalksplatError as e:
+        msg = str(e)
+        assert msg and "\n" not in msg, msg
+        return None
+
+
+def _all_finite(x) -> bool:
+    if isinstance(x, dict):
+        return all(_all_finite(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return all(_all_finite(v) for v in x)
+    a = np.asarray(x)
+    return a.dtype.kind not in "fc" or bool(np.all(np.isfinite(a)))
+
+
+def _damaged(rng, valid: bytes, i: int) -> bytes:
+    """Random bytes, a truncation at a random offset, or a few random byte changes of `valid`."""
+    kind = i % 3
+    if kind == 0:
+        return rng.bytes(int(rng.integers(0, 2048)))
+    if kind == 1:
+        return valid[:int(rng.integers(0, len(valid)))]
+    b = bytearray(valid)
+    for j in rng.integers(0, len(b), size=int(rng.integers(1, 4))):
+        b[j] = int(rng.integers(0, 256))
+    return bytes(b)
+
+
+BAD_NUMBERS = (math.nan, math.inf, -math.inf)
+
+
+def _number_leaves(x, path=()):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _number_leaves(v, path + (k,))
+    elif isinstance(x, list):
+        for k, v in enumerate(x):
+            yield from _number_leaves(v, path + (k,))
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        yield path
+
+
+def _json_variant(rng, doc: dict, valid: bytes, i: int) -> bytes:
+    """Damaged bytes (i % 4 < 3), or the document with one number replaced by NaN / Inf / a huge
+    integer / a string / null."""
+    if i % 4 < 3:
+        return _damaged(rng, valid, i % 4)
+    doc = json.loads(json.dumps(doc))
+    leaves = list(_number_leaves(doc))
+    path = leaves[int(rng.integers(len(leaves)))]
+    node = doc
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = [*BAD_NUMBERS, 10 ** 400, "7", None][int(rng.integers(6))]
+    return json.dumps(doc).encode()
+
+
+def _npz_variant(rng, arrays: dict, i: int) -> tuple[bytes, bool]:
+    """(bytes, poisoned): damaged npz bytes (i % 4 < 3) or the arrays with one NaN / Inf (must be refused)."""
+    buf = io.BytesIO()
+    if i % 4 < 3:
+        np.savez(buf, **arrays)
+        return _damaged(rng, buf.getvalue(), i % 4), False
+    key = FLAME_NPZ_KEYS[int(rng.integers(len(FLAME_NPZ_KEYS)))]
+    a = arrays[key].astype(np.float64)
+    a.reshape(-1)[int(rng.integers(a.size))] = BAD_NUMBERS[int(rng.integers(3))]
+    np.savez(buf, **{**arrays, key: a})
+    return buf.getvalue(), True
+
+
+def test_property_damaged_flame_parameter_files(tmp_path):
+    """Per-time-step and whole-sequence FLAME npz readers: a finite result or a one-line TalksplatError."""
+    from talksplat.data_prep import nerf_import as ni
+
+    rng = np.random.default_rng(20240601)
+    step = {**_flame_step(rng), "shape": rng.normal(size=300)}
+    seq = {**{k: np.concatenate([_flame_step(rng)[k] for _ in range(3)]) for k in step if k != "shape"},
+           "shape": rng.normal(size=(1, 300))}
+    readers = {
+        "step": (step, lambda p: ni._per_step(ni._load_npz(p, str(p)), p)),
+        "sequence": (seq, lambda p: ni._sequence_params(p, [0, 1, 2])),
+    }
+    for name, (arrays, read) in readers.items():
+        loaded = 0
+        for i in range(32):
+            data, poisoned = _npz_variant(rng, arrays, i)
+            path = tmp_path / f"{name}.npz"
+            path.write_bytes(data)
+            out = _one_line_or_result(lambda: read(path))
+            assert out is None or (not poisoned and _all_finite(out)), (name, i)
+            loaded += out is not None
+        assert loaded < 32
+
+
+def test_property_damaged_transforms_json(tmp_path):
+    """transforms_train.json damaged, truncated, or with a number replaced by NaN / Inf / junk: the frames
+    parse with finite cameras, or a one-line TalksplatError."""
+    from talksplat.data_prep import nerf_import as ni
+
+    root = tmp_path / "nerf"
+    make_nerf(root)
+    jp = root / "transforms_train.json"
+    valid = jp.read_bytes()
+    doc = json.loads(valid)
+    rng = np.random.default_rng(7)
+    for i in range(32):
+        jp.write_bytes(_json_variant(rng, doc, valid, i))
+
+        def parse():
+            frames, _ = ni._parse_frames(root)
+            return [(f.c2w_gl, ni._intrinsics(f.raw, f.top, "test", (W, H))[0]) for f in frames]
+
+        out = _one_line_or_result(parse)
+        assert out is None or _all_finite(out), i
+
+
+def test_property_damaged_cameras_json(tmp_path):
+    path = tmp_path / "cameras.json"
+    doc = _good_doc()
+    valid = json.dumps(doc).encode()
+    rng = np.random.default_rng(11)
+    for i in range(32):
+        path.write_bytes(_json_variant(rng, doc, valid, i))
+        out = _one_line_or_result(lambda: load_calibration(path))
+        assert out is None or _all_finite([[c.K, c.dist, c.R, c.t] for c in out]), i

@@ -112,3 +112,69 @@ def test_embedding_file_errors(tmp_path):
     emb = landmark_embedding(rig)
     np.savez(tmp_path / "ok.npz", face_idx=emb.face_idx, bary=emb.bary)
     assert np.array_equal(landmark_embedding(rig, override=tmp_path / "ok.npz").face_idx, emb.face_idx)
+
+
+def test_quiet_native_stderr_holds_back_noise_only(capfd):
+    """fd 2 is restored (exceptions included), nests, and replays what is not mediapipe's informational noise."""
+    import os
+
+    from talksplat.data_prep.landmarks import quiet_native_stderr
+
+    before = os.fstat(2)
+    with pytest.raises(KeyError, match="kept"):
+        with quiet_native_stderr():
+            os.write(2, b"W0000 00:00:1796336104.725632   11469 inference_feedback_manager.cc:114] Feedback\n")
+            with quiet_native_stderr():
+                os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+                os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+            assert os.fstat(2).st_ino != before.st_ino  # still redirected after the inner block
+            os.write(2, b"E0000 00:00:1796336104.8 11470 calculator_graph.cc:1] a real error\n")
+            raise KeyError("kept")
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert err == "E0000 00:00:1796336104.8 11470 calculator_graph.cc:1] a real error\nafter\n"
+
+
+def test_mediapipe_models_print_nothing(shared_data):
+    """FaceMesh and the selfie segmenter, created and run on a blank and a real frame, leave stderr empty."""
+    import os
+    import subprocess
+    import sys
+
+    clip = shared_data / "grid" / "bbaf2n.mpg"
+    if not clip.is_file():
+        pytest.skip(f"{clip} not found")
+    code = f"""
+import numpy as np
+from talksplat.data_prep.decode import iter_frames
+from talksplat.data_prep.landmarks import FaceMeshDetector
+from talksplat.data_prep.masks import Segmenter
+with iter_frames({str(clip)!r}, fps=25, max_frames=3) as stream:
+    frames = list(stream)
+blank = np.zeros_like(frames[0])
+seg = Segmenter()
+with FaceMeshDetector() as det:
+    found = [len(det.detect(blank))] + [len(det.detect(f)) for f in frames]
+masks = [seg(blank), seg(frames[0])]
+seg.close()
+print(found, masks[0].shape, round(float(masks[1].mean()), 3))
+"""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    for key in ("GLOG_minloglevel", "TF_CPP_MIN_LOG_LEVEL"):
+        env.pop(key, None)  # the modules set them
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("[0, 1, 1, 1] (288, 360)"), proc.stdout
+    assert proc.stderr == "", proc.stderr
+
+
+def test_mediapipe_bad_arguments_are_python_errors():
+    from talksplat.data_prep.landmarks import FaceMeshDetector
+    from talksplat.data_prep.masks import Segmenter
+
+    with pytest.raises(ValueError, match="model must be 0"):
+        Segmenter(model=7)
+    with pytest.raises(ValueError, match="max_faces"):
+        FaceMeshDetector(max_faces=0)

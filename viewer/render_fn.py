@@ -31,30 +31,6 @@ MIN_RESOLUTION = 16
 MAX_RESOLUTION = 1024
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse (Linux, process-wide); True if it took.
-
-    The CPU rasterizer allocates and frees tens of MB per frame.  By default glibc serves such blocks
-    with fresh mmaps (and trims the heap top), so every frame page-faults its working memory in
-    again.  On the 2-core development VM under memory/CPU load from other processes that cost
-    3.7 s instead of 30-40 ms per 512 px frame (9k Gaussians) until the allocator's adaptive
-    threshold happened to rise; on an idle machine it makes no measurable difference.  A
-    long-running viewer trades that for keeping its peak heap resident: blocks up to 32 MB come
-    from the heap and freed memory is only returned above 1 GB.
-    """
-    import ctypes
-    import ctypes.util
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-
-
 def viser_to_viewmat(wxyz, position) -> np.ndarray:
     """viser camera pose -> our world-to-camera matrix.
 

@@ -28,6 +28,10 @@ from typing import Annotated, Literal
 import numpy as np
 import tyro
 
+from talksplat.core.checks import Range, check_options
+from talksplat.core.errors import InputError, OptionError
+from talksplat.core.config import ProcessOptions
+
 #: Per-frame rig fields of a sequence and their shapes after the time axis ("E" = expressions).
 SEQUENCE_FIELDS = {"expression": ("E",), "global_rot": (3,), "neck": (3,), "jaw": (3,), "eyes": (2, 3),
                    "translation": (3,)}
@@ -36,7 +40,7 @@ MAX_AUDIO_BYTES = 24 * 1024 * 1024
 
 
 @dataclass
-class ViewConfig:
+class ViewConfig(ProcessOptions):
     """Interactive web viewer: orbit the avatar, pull its expressions, play driven sequences.
 
     Renders on this machine (GPU if present) and streams to a browser at http://HOST:PORT.
@@ -49,22 +53,24 @@ class ViewConfig:
     params: Path | None = None
     """Rig parameters from `talksplat drive` (`.npz`: shape, expression, jaw, neck, eyes, global_rot,
     translation, fps, optional audio) to play back."""
+    allow_external_paths: bool = False
+    """Let a --params file's `audio` name a file outside the parameters file's folder."""
     rig: str = "open"
     """Head rig: `open` (built in), `flame` (path in $TALKSPLAT_FLAME) or `flame:PATH`; must match the avatar."""
     host: str = "127.0.0.1"
     """Address to listen on.  Anything but loopback lets anyone on the network view the avatar."""
-    port: int = 8080
-    """Port to listen on (the next free one if taken)."""
-    resolution: int = 1024
-    """Longer image side in pixels when the camera is still (16..1024)."""
-    moving_resolution: int | None = None
-    """Longer image side while the camera or parameters move (default: `--resolution` on CUDA, 256 on CPU)."""
-    fps: float = 25.0
-    """Frame rate of the sequence predicted from `--audio`."""
-    expressions: int = 10
-    """Expression sliders shown for rigs without named units (FLAME: the first N components)."""
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Background colour, RGB in [0, 1]."""
+    port: Annotated[int, Range(1, 65535)] = 8080
+    """Port to listen on (the next free one if taken) (1 to 65535)."""
+    resolution: Annotated[int, Range(16, 1024)] = 1024
+    """Longer image side in pixels when the camera is still (16 to 1024)."""
+    moving_resolution: Annotated[int | None, Range(16, 1024)] = None
+    """Longer image side while the camera or parameters move (default: `--resolution` on CUDA, 256 on CPU) (16 to 1024)."""
+    fps: Annotated[float, Range(1, 240)] = 25.0
+    """Frame rate of the sequence predicted from `--audio` (1 to 240)."""
+    expressions: Annotated[int, Range(0, 1000)] = 10
+    """Expression sliders shown for rigs without named units (FLAME: the first N components) (0 to 1000)."""
+    background: Annotated[tuple[float, float, float], Range(0.0, 1.0)] = (1.0, 1.0, 1.0)
+    """Background colour, RGB in [0, 1] (0 to 1)."""
     screenshot_dir: Path = Path(".")
     """Where the screenshot button writes PNGs."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -100,61 +106,68 @@ class Sequence:
 
 
 def check_sequence(arrays: dict, rig, source: str, fps: float, name: str) -> Sequence:
-    """Validate rig-parameter arrays against ``rig``; raise ``ValueError`` naming ``source``."""
+    """Validate rig-parameter arrays against ``rig``; raise :class:`InputError` naming ``source``."""
     if "shape" not in arrays:
-        raise ValueError(f"{source}: missing array 'shape'")
+        raise InputError(f"{source}: missing array 'shape'")
     missing = [k for k in SEQUENCE_FIELDS if k not in arrays]
     if missing:
-        raise ValueError(f"{source}: missing arrays {missing} (expected shape, {', '.join(SEQUENCE_FIELDS)})")
+        raise InputError(f"{source}: missing arrays {missing} (expected shape, {', '.join(SEQUENCE_FIELDS)})")
     sizes = {"E": rig.num_expression}
     shape = np.asarray(arrays["shape"], dtype=np.float32).reshape(-1)
     if shape.shape[0] != rig.num_shape:
-        raise ValueError(f"{source}: 'shape' has {shape.shape[0]} components, rig '{rig.name}' has {rig.num_shape}")
+        raise InputError(f"{source}: 'shape' has {shape.shape[0]} components, rig '{rig.name}' has {rig.num_shape}")
     frames, T = {}, None
     for k, tail in SEQUENCE_FIELDS.items():
         a = np.asarray(arrays[k])
         want = tuple(sizes.get(d, d) for d in tail)
         if a.ndim != 1 + len(want) or tuple(a.shape[1:]) != want:
-            raise ValueError(f"{source}: '{k}' has shape {tuple(a.shape)}, expected [T, {', '.join(map(str, want))}]"
+            raise InputError(f"{source}: '{k}' has shape {tuple(a.shape)}, expected [T, {', '.join(map(str, want))}]"
                              + (f" (rig '{rig.name}' has {rig.num_expression} expressions)" if k == "expression" else ""))
         if T is None:
             T = a.shape[0]
         elif a.shape[0] != T:
-            raise ValueError(f"{source}: '{k}' has {a.shape[0]} frames, 'expression' has {T}")
+            raise InputError(f"{source}: '{k}' has {a.shape[0]} frames, 'expression' has {T}")
         if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
-            raise ValueError(f"{source}: '{k}' holds non-numeric or non-finite values")
+            raise InputError(f"{source}: '{k}' holds non-numeric or non-finite values")
         frames[k] = a.astype(np.float32)
     if not T:
-        raise ValueError(f"{source}: the sequence has no frames")
+        raise InputError(f"{source}: the sequence has no frames")
     if not np.isfinite(shape).all():
-        raise ValueError(f"{source}: 'shape' holds non-finite values")
+        raise InputError(f"{source}: 'shape' holds non-finite values")
     if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"{source}: fps must be a positive number, not {fps}")
+        raise InputError(f"{source}: fps must be a positive number, not {fps}")
     return Sequence(name, frames, shape, float(fps), None)
 
 
-def load_params_file(path: Path, rig) -> Sequence:
-    """A `talksplat drive` parameters file -> :class:`Sequence` (``ValueError`` naming the file)."""
+def load_params_file(path: Path, rig, allow_external_paths: bool = False) -> Sequence:
+    """A `talksplat drive` parameters file -> :class:`Sequence` (:class:`InputError` naming the file)."""
     import zipfile
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: parameters file not found")
+        raise InputError(f"{path}: parameters file not found")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npz parameters file ({type(e).__name__}: {e})".replace("\n", " ")) from None
+        raise InputError(f"{path}: not a readable .npz parameters file ({type(e).__name__}: {e})".replace("\n", " ")) from None
     if "fps" not in arrays:
-        raise ValueError(f"{path}: missing 'fps' (the frame rate of the sequence)")
+        raise InputError(f"{path}: missing 'fps' (the frame rate of the sequence)")
     try:
         fps = float(np.asarray(arrays["fps"]).reshape(()))
     except (TypeError, ValueError):
-        raise ValueError(f"{path}: 'fps' must be one number") from None
+        raise InputError(f"{path}: 'fps' must be one number") from None
     seq = check_sequence(arrays, rig, str(path), fps, f"driven: {path.name}")
     if "audio" in arrays:
-        audio = Path(str(np.asarray(arrays["audio"]).reshape(())))
+        try:
+            audio = Path(str(np.asarray(arrays["audio"]).reshape(())))
+        except ValueError:
+            raise InputError(f"{path}: 'audio' must be one file name") from None
         audio = audio if audio.is_absolute() else path.parent / audio
+        folder = path.parent.resolve()
+        if not allow_external_paths and folder not in audio.resolve().parents:
+            raise InputError(f"{path}: 'audio' names {audio}, outside the parameters file's folder {path.parent} "
+                             "(pass --allow-external-paths to play it)")
         if audio.is_file():
             seq.audio = audio
         else:
@@ -173,7 +186,7 @@ def predict_sequence(avatar_file: Path, audio: Path, fps: float, rig) -> Sequenc
     from talksplat.driving.predict import open_fit, predict_sequence as predict
 
     if not audio.is_file():
-        raise ValueError(f"{audio}: audio file not found")
+        raise InputError(f"{audio}: audio file not found")
     wave = load_audio(audio)
     arrays = predict(open_fit(avatar_file), wave, fps=fps)
     seq = check_sequence(arrays, rig, f"{audio} (predicted)", fps, f"driven: {audio.name}")
@@ -192,10 +205,10 @@ def resolve_avatar(path: Path) -> tuple[Path, Path | None]:
     if path.is_dir():
         f = path / "avatar.safetensors"
         if not f.is_file():
-            raise ValueError(f"{path}: not a fit folder (no avatar.safetensors); give a fit folder or an avatar file")
+            raise InputError(f"{path}: not a fit folder (no avatar.safetensors); give a fit folder or an avatar file")
         return f, path
     if not path.exists():
-        raise ValueError(f"{path}: avatar not found")
+        raise InputError(f"{path}: avatar not found")
     fit = path.parent if (path.parent / "tuned_params.npz").is_file() else None
     return path, fit
 
@@ -604,7 +617,7 @@ class Viewer:
     def _screenshot(self, client) -> Path | None:
         import imageio.v3 as iio
 
-        from talksplat.render.files import atomic_write
+        from talksplat.core.files import atomic_write
 
         clients = [client] if client is not None else list(self.server.get_clients().values())[:1]
         if not clients:
@@ -730,28 +743,23 @@ class Viewer:
 
 def run_view(cfg: ViewConfig) -> None:
     """Do the work of `talksplat view`: load everything, serve until Ctrl-C / SIGTERM."""
-    if not 16 <= cfg.resolution <= 1024:
-        raise ValueError(f"--resolution {cfg.resolution}: must be between 16 and 1024")
-    if cfg.moving_resolution is not None and not 16 <= cfg.moving_resolution <= 1024:
-        raise ValueError(f"--moving-resolution {cfg.moving_resolution}: must be between 16 and 1024")
-    if not 0 < cfg.port < 65536:
-        raise ValueError(f"--port {cfg.port}: must be between 1 and 65535")
+    check_options(cfg)
     if cfg.audio is not None and cfg.params is not None:
-        raise ValueError("--audio and --params: give one of them")
+        raise OptionError("--audio and --params: give one of them")
     avatar_file, fit_dir = resolve_avatar(cfg.avatar)
 
     from talksplat.avatar.io import load_avatar, read_header
     from talksplat.render.device import pick_device
     from talksplat.rigs import load_rig
 
-    from .render_fn import AvatarRenderer, keep_freed_memory
+    from .render_fn import AvatarRenderer
 
     header = read_header(avatar_file)
     rig = load_rig(cfg.rig)
-    avatar = load_avatar(avatar_file, rig_checksum=rig.checksum)
+    avatar = load_avatar(avatar_file, rig=rig)
     sequences: list[Sequence] = []
     if cfg.params is not None:
-        sequences.append(load_params_file(cfg.params, rig))
+        sequences.append(load_params_file(cfg.params, rig, cfg.allow_external_paths))
     elif cfg.audio is not None:
         sequences.append(predict_sequence(avatar_file, cfg.audio, cfg.fps, rig))
     training, train_cam = load_training(fit_dir, header, rig)
@@ -761,8 +769,6 @@ def run_view(cfg: ViewConfig) -> None:
         sequences[0].shape if sequences else np.zeros(rig.num_shape, np.float32))
 
     device = pick_device(cfg.device)
-    if device.type == "cpu":
-        keep_freed_memory()
     renderer = AvatarRenderer(avatar, rig, device, cfg.background)
     viewer = Viewer(cfg, renderer, rig, sequences, train_cam, identity, title=f"talksplat: {cfg.avatar}")
     if not is_loopback(cfg.host):  # the port viser bound (the next free one when --port was taken)

@@ -16,13 +16,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
+from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
+
 
 @dataclass
-class DemoConfig:
+class DemoConfig(ProcessOptions):
     """Show the whole job on a generated talking subject: no input, no network, a few minutes on a CPU.
 
     Writes OUT/demo.mp4 (input | re-rendered avatar | avatar driven by new speech, with the new
@@ -31,16 +34,16 @@ class DemoConfig:
 
     out: Path = Path("talksplat-demo")
     """Output directory."""
-    resolution: int = 128
-    """Side of the head crop the avatar is fitted on, pixels."""
-    steps: int = 1000
-    """Avatar training steps."""
-    driver_steps: int = 400
-    """Audio-predictor training steps."""
-    drive_resolution: int = 256
-    """Side of each panel of the demo video, pixels (even)."""
-    seed: int = 0
-    """Seed of the subject's texture, motion and speech."""
+    resolution: Annotated[int, Range(64, 1024)] = 128
+    """Side of the head crop the avatar is fitted on, pixels (64 to 1024)."""
+    steps: Annotated[int, Range(1, 10000000)] = 1000
+    """Avatar training steps (1 to 10000000)."""
+    driver_steps: Annotated[int, Range(1, 10000000)] = 400
+    """Audio-predictor training steps (1 to 10000000)."""
+    drive_resolution: Annotated[int, Range(16, 2048)] = 256
+    """Side of each panel of the demo video, pixels (even) (16 to 2048)."""
+    seed: Annotated[int, Range(0)] = 0
+    """Seed of the subject's texture, motion and speech (at least 0)."""
     tts: bool = True
     """Let espeak-ng speak the subject's sentences when it is installed (else, or with --no-tts, a
     procedural speech-like voice)."""
@@ -68,7 +71,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from talksplat.driving.audio import load_audio
     from talksplat.fit_command import heldout_text
     from talksplat.fitting.config import DriverConfig
-    from talksplat.render.files import atomic_write
+    from talksplat.core.files import atomic_write
     from talksplat.render.video import read_video
     from talksplat.rigs import load_rig
     from talksplat.run_command import RunConfig, run_pipeline
@@ -130,7 +133,7 @@ def _write_stills(video: Path, out_jpg: Path, count: int = 3) -> None:
     """``count`` evenly spaced frames of ``video`` stacked vertically, as a JPEG (for the README)."""
     import cv2
 
-    from talksplat.render.files import atomic_write
+    from talksplat.core.files import atomic_write
     from talksplat.render.video import read_video
 
     frames, _ = read_video(video)

@@ -30,7 +30,7 @@ def rerender_training_clip(fit_dir: Path, dataset_dir: Path, size: int,
 
     ds = load_dataset(dataset_dir)
     rig = load_dataset_rig(ds, None)
-    avatar = load_avatar(Path(fit_dir) / "avatar.safetensors", rig_checksum=rig.checksum)
+    avatar = load_avatar(Path(fit_dir) / "avatar.safetensors", rig=rig)
     dev = pick_device(device)
     rig, avatar = rig.to(dev), avatar.to(dev)
     with np.load(Path(fit_dir) / "tuned_params.npz", allow_pickle=False) as z:

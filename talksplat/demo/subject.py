@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from talksplat.driving.audio import SAMPLE_RATE, AudioError, espeak_exe, frame_rms, load_audio, write_wav
-from talksplat.render.files import atomic_write
+from talksplat.core.files import atomic_write
 
 #: What the subject says in the training clip (about 9 s with espeak-ng at 155 words per minute):
 #: open and closed vowels, bilabials (p, m: the lips close), rounded (oh, w, oo) and spread (ee) shapes.

@@ -1,0 +1,164 @@
+"""Writing files so that no reader ever sees half of one, and cleaning up after killed writers.
+
+Every temporary name carries the writer's PID: ``.NAME.partial-<pid>-<random>[.suffix]`` beside the
+target (files and directories), ``.NAME.old-<pid>-<random>`` for a replaced directory on its way out,
+``talksplat-<what>-<pid>-<random>`` in the system temp folder.  A later run that holds the output's
+lock removes those whose process is gone (:func:`clean_stale_partials`), so ``kill -9`` leaves
+nothing behind for long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+#: ``.NAME.partial-PID-...`` / ``.NAME.old-PID-...`` (``NAME`` may hold dots).
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)-")
+_SCRATCH = re.compile(r"^talksplat-[a-z]+-(?P<pid>\d+)-")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (any user's)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def partial_prefix(name: str) -> str:
+    """The start of a temporary sibling's name for target ``name``: ``.NAME.partial-<pid>-``."""
+    return f".{name}.partial-{os.getpid()}-"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` (same suffix) to write to; on success it gets
+    permissions ``mode`` and replaces ``path``; on an exception (Ctrl-C included) it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(path.name), suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, Inf) replaced by None, so it is valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(obj: Any, indent: int | None = 1, sort_keys: bool = False) -> str:
+    """Strict JSON (``allow_nan=False``) of ``obj`` after :func:`json_safe`: a NaN becomes ``null``."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False, sort_keys=sort_keys)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
+    """Write ``obj`` as strict JSON to ``path`` atomically (see :func:`json_text`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json_text(obj, indent))
+    return Path(path)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's contents (a directory: of its files' relative paths and contents, sorted)."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def make_partial_dir(target: str | os.PathLike) -> Path:
+    """A new empty directory beside ``target`` to build it in (``.NAME.partial-<pid>-...``)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=partial_prefix(target.name), dir=target.parent))
+
+
+def commit_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Give the tree at ``tmp`` ordinary permissions and rename it to ``out``, replacing what is there
+    (the caller has checked that ``out`` holds only talksplat's files: see talksplat.core.outputs)."""
+    tmp, out = Path(tmp), Path(out)
+    for p in tmp.rglob("*"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    os.chmod(tmp, 0o755)
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+        os.replace(out, trash / "old")
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def clean_stale_partials(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove the temporary files and directories in ``folder`` left by talksplat processes that are
+    gone (see the module doc); with ``name``, only those of that target.  Returns what was removed.
+
+    Call it while holding the lock of the output they belong to (talksplat.core.outputs)."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _PARTIAL.match(p.name)
+        if m is None or (name is not None and m.group("name") != name) or pid_alive(int(m.group("pid"))):
+            continue
+        _remove(p)
+        removed.append(p)
+    return removed
+
+
+def scratch_dir(what: str) -> tempfile.TemporaryDirectory:
+    """A temporary directory in the system temp folder (``talksplat-<what>-<pid>-...``), removed when
+    its ``with`` block ends; those of dead talksplat processes are removed first."""
+    tmp = Path(tempfile.gettempdir())
+    try:
+        for p in tmp.iterdir():
+            m = _SCRATCH.match(p.name)
+            if m is not None and not pid_alive(int(m.group("pid"))):
+                _remove(p)
+    except OSError:
+        pass
+    return tempfile.TemporaryDirectory(prefix=f"talksplat-{what}-{os.getpid()}-")
