@@ -19,9 +19,8 @@ import tyro
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import TalksplatError
-from talksplat.render.device import pick_device
-
 from talksplat.core.outputs import output_lock
+from talksplat.render.device import pick_device
 
 from .dataset import DatasetWriter, Frame, check_output_dir, default_split, image_name
 from .tracking import MONO_C2W, TrackingConfig

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 import tyro
 
-from talksplat.core.errors import InputError, OptionError
-
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
+from talksplat.core.errors import InputError, OptionError
 
 if TYPE_CHECKING:
     from talksplat.data_prep.dataset import Frame

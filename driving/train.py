@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from talksplat.core.errors import InputError
 from talksplat.core.checks import check_array
+from talksplat.core.errors import InputError
+from talksplat.core.files import file_digest, write_json
 from talksplat.data_prep.dataset import RIG_PARAM_KEYS, Dataset
 from talksplat.fitting.config import DriverConfig
-from talksplat.core.files import file_digest, write_json
 from talksplat.rigs.base import HeadRig, RigParams
 
 from .audio import SAMPLE_RATE, load_audio

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from talksplat.core.errors import TalksplatError
 from talksplat.avatar.gaussians import GaussianAvatar
-from talksplat.data_prep.dataset import Dataset, DatasetError, check_files, load_dataset
-from talksplat.render.device import pick_device
+from talksplat.core.errors import TalksplatError
 from talksplat.core.files import atomic_write, write_json
 from talksplat.core.outputs import check_output_dir, clear_output_dir, is_output_of, output_lock, write_marker
+from talksplat.data_prep.dataset import Dataset, DatasetError, check_files, load_dataset
+from talksplat.render.device import pick_device
 from talksplat.rigs.base import HeadRig, RigParams
 
 from .config import FitConfig

@@ -19,13 +19,13 @@ from typing import Annotated, Union
 
 import tyro
 
-from talksplat.core.checks import Range
-from talksplat.core.config import ProcessOptions
 from talksplat.benchmarks.contention import BenchLoadConfig
 from talksplat.benchmarks.drive import BenchDriveConfig
 from talksplat.benchmarks.fit import BenchFitConfig
 from talksplat.benchmarks.prep import BenchPrepConfig
 from talksplat.benchmarks.render import BenchRenderConfig
+from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
 from talksplat.data_prep.prep import PrepConfig
 from talksplat.demo.command import DemoConfig
 from talksplat.driving.drive import DriveConfig

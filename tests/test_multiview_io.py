@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from talksplat.core.errors import InputError, OutputError, TalksplatError
 from talksplat.data_prep.calibration import (CalibrationError, CameraCalib, load_calibration, match_videos,
                                              undistort_image, undistort_points, write_calibration)
-from talksplat.core.errors import InputError, OutputError, TalksplatError
 from talksplat.data_prep.dataset import DatasetError, load_dataset
 from talksplat.data_prep.nerf_import import (FLAME_NPZ_KEYS, NerfImportError, export_nerf_dataset,
                                              import_nerf_dataset)

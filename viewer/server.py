@@ -29,8 +29,8 @@ import numpy as np
 import tyro
 
 from talksplat.core.checks import Range, check_options
-from talksplat.core.errors import InputError, OptionError
 from talksplat.core.config import ProcessOptions
+from talksplat.core.errors import InputError, OptionError
 
 #: Per-frame rig fields of a sequence and their shapes after the time axis ("E" = expressions).
 SEQUENCE_FIELDS = {"expression": ("E",), "global_rot": (3,), "neck": (3,), "jaw": (3,), "eyes": (2, 3),

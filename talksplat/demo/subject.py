@@ -26,8 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from talksplat.driving.audio import SAMPLE_RATE, AudioError, espeak_exe, frame_rms, load_audio, write_wav
 from talksplat.core.files import atomic_write
+from talksplat.driving.audio import SAMPLE_RATE, AudioError, espeak_exe, frame_rms, load_audio, write_wav
 
 #: What the subject says in the training clip (about 9 s with espeak-ng at 155 words per minute):
 #: open and closed vowels, bilabials (p, m: the lips close), rounded (oh, w, oo) and spread (ee) shapes.
