@@ -11,8 +11,10 @@ import sys
 import warnings
 
 # Before torch (and its OpenMP runtime) is imported by the configs below: idle OpenMP workers must sleep,
-# not spin, or every command slows down several-fold when anything else uses the cores.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# not spin, or every command slows down several-fold when anything else uses the cores.  A user who
+# set the OpenMP waiting (OMP_WAIT_POLICY or GOMP_SPINCOUNT, e.g. on a dedicated machine) keeps it.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from dataclasses import dataclass
 from typing import Annotated, Union

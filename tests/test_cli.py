@@ -184,14 +184,19 @@ def test_every_numeric_option_has_a_range_stated_in_its_help():
 
 
 def test_cli_sets_passive_openmp_waiting_and_threads(tmp_path):
-    """OMP_WAIT_POLICY=PASSIVE is set before torch loads (idle threads sleep); --threads sets torch's."""
+    """OMP_WAIT_POLICY=PASSIVE is set before torch loads (idle threads sleep) unless the user set the OpenMP
+    waiting; --threads sets torch's."""
     code = ("import os, sys\nimport talksplat.cli as c\nimport torch\n"
             "assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'\n"
             "from talksplat.core.process import configure_threads, available_cores\n"
             "assert configure_threads(None) == available_cores() == torch.get_num_threads()\n"
             "assert configure_threads(1) == 1 == torch.get_num_threads()\n")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    kept = ("import os\nimport talksplat.cli\nassert 'OMP_WAIT_POLICY' not in os.environ\n")
+    r = subprocess.run([sys.executable, "-c", kept], capture_output=True, text=True,
+                       env={**env, "GOMP_SPINCOUNT": "1000"})
     assert r.returncode == 0, r.stderr
     out = tmp_path / "x.png"
     r = talksplat("render", "--out", str(out), "--resolution", "32", "--threads", "1", env=env)

@@ -124,9 +124,9 @@ def test_drive_silence_keeps_the_mouth_closed(grid_fit, tmp_path):
     from talksplat.driving.audio import write_wav
     from talksplat.driving.predictor import load_driver
 
-    write_wav(tmp_path / "quiet.wav", np.zeros(32000, np.float32))
-    out = tmp_path / "quiet.mp4"
-    assert main(["drive", str(grid_fit / "fit"), "--audio", str(tmp_path / "quiet.wav"), "--out", str(out),
+    write_wav(tmp_path / "silence.wav", np.zeros(32000, np.float32))
+    out = tmp_path / "quiet.mp4"  # not silence.mp4: its quiet.wav beside it would replace the input
+    assert main(["drive", str(grid_fit / "fit"), "--audio", str(tmp_path / "silence.wav"), "--out", str(out),
                  "--resolution", "32", "--pose", "still", "--quiet"]) == 0
     z = np.load(out.with_suffix(".npz"))
     drv = load_driver(grid_fit / "fit" / "driver.safetensors")
