@@ -249,3 +249,25 @@ def test_a_nan_loss_stops_the_fit_and_keeps_the_last_checkpoint(small_inputs: In
         assert json.loads(f.metadata()["talksplat"])["step"] == 5
         assert all(bool(np.isfinite(f.get_tensor(k).numpy()).all()) for k in f.keys() if k.startswith("avatar."))
     assert not (out / "avatar.safetensors").exists() and not (out / "metrics.json").exists()
+
+
+def test_stale_partials_of_dead_writers_are_removed(small_inputs: Inputs, tmp_path, capfd):
+    """What a `kill -9`ed prep left beside its output (`.NAME.partial-<pid>-*`) goes when the next prep to
+    that output takes its lock, even one that then fails on its input; a live writer's partial stays."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".ds.partial-{dead.pid}-x1y2"
+    (stale / "images").mkdir(parents=True)
+    (stale / "images" / "a.png").write_bytes(b"half")
+    stale_old = tmp_path / f".ds.old-{dead.pid}-z3"
+    stale_old.mkdir()
+    live = tmp_path / f".ds.partial-{os.getpid()}-w4"
+    live.mkdir()
+    other = tmp_path / f".other.partial-{dead.pid}-q5"  # another output's: not this prep's business
+    other.mkdir()
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    assert main(["prep", str(bad), "--out", str(tmp_path / "ds"), "--quiet"]) == 1
+    assert "not a video file" in capfd.readouterr().err
+    assert not stale.exists() and not stale_old.exists()
+    assert live.exists() and other.exists()
