@@ -19,25 +19,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from typing import Annotated
 
-from talksplat.core.checks import Range
-from talksplat.core.config import ProcessOptions
-
-
-@dataclass
-class BenchLoadConfig(ProcessOptions):
-    """Time a CPU render idle and beside a busy process (OpenMP passive vs default waiting)."""
-
-    gaussians: Annotated[int, Range(1, 10000000)] = 10_000
-    """Gaussians of the rendered avatar (1 to 10000000)."""
-    resolution: Annotated[int, Range(16, 4096)] = 256
-    """Square image size in pixels (16 to 4096)."""
-    iters: Annotated[int, Range(1, 1000)] = 15
-    """Timed frames per measurement (1 to 1000)."""
-    warmup: Annotated[int, Range(0, 100)] = 3
-    """Untimed frames first (0 to 100)."""
+from .config import BenchLoadConfig
 
 
 #: (row name, OpenMP environment of the child; OMP_WAIT_POLICY and GOMP_SPINCOUNT are removed first)
@@ -52,18 +35,14 @@ def _child(gaussians: int, resolution: int, iters: int, warmup: int, threads: in
 
     from talksplat.avatar.render import render_avatar
     from talksplat.benchmarks.render import avatar_with_n_gaussians
-    from talksplat.render_command import orbit_camera
+    from talksplat.render.camera import framing_camera
     from talksplat.rigs import load_rig
 
     torch.set_num_threads(threads)
     rig = load_rig("open")
     avatar = avatar_with_n_gaussians(rig, gaussians)
-    verts = rig(rig.zero_params(1)).vertices[0].detach()
-    center = (verts.min(0).values + verts.max(0).values) / 2
-    radius = float((verts.max(0).values - verts.min(0).values).norm() / 2)
-    f = 0.5 * resolution / math.tan(math.radians(10))
-    K = torch.tensor([[f, 0, resolution / 2], [0, f, resolution / 2], [0, 0, 1]])[None]
-    viewmat = orbit_camera(center, 1.1 * radius / math.tan(math.radians(10)), 20, 5)[None]
+    viewmat, K = framing_camera(rig(rig.zero_params(1)).vertices[0], resolution, resolution, yaw_deg=20, pitch_deg=5)
+    viewmat, K = viewmat[None], K[None]
     jaw = rig.expression_names.index("jawOpen") if "jawOpen" in rig.expression_names else 0
     times = []
     for it in range(warmup + iters):

@@ -10,35 +10,12 @@ posing, rasterization, H.264 encoding and AAC muxing.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
 import torch
 
-from talksplat.core.checks import Range
-from talksplat.core.config import ProcessOptions
-
-
-@dataclass
-class BenchDriveConfig(ProcessOptions):
-    """Time `talksplat drive` end to end: seconds of wall time per second of audio."""
-
-    avatar: Path | None = None
-    """A `talksplat fit` folder; default: a fresh open-head avatar with a quickly trained predictor."""
-    audio: Path | None = None
-    """Driving audio; default: a generated speech-like signal of --seconds."""
-    seconds: Annotated[float, Range(0.5, 36000.0)] = 10.0
-    """Length of the generated audio (0.5 to 36000)."""
-    resolution: Annotated[tuple[int, ...], Range(16, 8192)] = (512, 1024)
-    """Output sizes (16 to 8192)."""
-    device: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
-    """Devices (cuda is skipped without a GPU)."""
-    per_face: Annotated[int, Range(1, 64)] = 2
-    """Gaussians per rig triangle of the fresh avatar (2: about 19k) (1 to 64)."""
-    batch: Annotated[int, Range(1, 1024)] = 8
-    """Frames per render batch (1 to 1024)."""
+from .config import BenchDriveConfig
 
 
 def speech_like(seconds: float, sr: int = 16_000, seed: int = 0) -> np.ndarray:

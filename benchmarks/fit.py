@@ -9,28 +9,11 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
 import torch
 
-from talksplat.core.checks import Range
-from talksplat.core.config import ProcessOptions
-
-
-@dataclass
-class BenchFitConfig(ProcessOptions):
-    """Time training steps of `talksplat fit` (rig + binding + rasterization + losses + backward + Adam)."""
-
-    resolution: Annotated[tuple[int, ...], Range(16, 8192)] = (256, 512)
-    """Square image sizes (16 to 8192)."""
-    device: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
-    """Devices (cuda is skipped without a GPU)."""
-    iters: Annotated[int, Range(1)] = 20
-    """Timed steps (at least 1)."""
-    warmup: Annotated[int, Range(0)] = 5
-    """Untimed steps first (at least 0)."""
+from .config import BenchFitConfig
 
 
 def bench_fit(cfg: BenchFitConfig) -> list[dict]:

@@ -8,36 +8,19 @@ listed separately and excluded from frames per second of the later runs.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from talksplat.core.checks import Range
-from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import InputError
+
+from .config import BenchPrepConfig
 
 STAGES = ("decode", "landmarks", "tracking", "crop", "masks", "write")
 
 
 def default_video() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "grid" / "bbaf2n.mpg"
-
-
-@dataclass
-class BenchPrepConfig(ProcessOptions):
-    """Time `talksplat prep` on one video, split by stage (default: a GRID clip from ../shared/data)."""
-
-    video: Path | None = None
-    """Video to prepare (default: ../shared/data/grid/bbaf2n.mpg beside the repository)."""
-    resolution: Annotated[int, Range(64, 4096)] = 512
-    """Crop size in pixels (64 to 4096)."""
-    repeat: Annotated[int, Range(1, 100)] = 2
-    """Runs; the fastest is reported (1 to 100)."""
-    rig: str = "open"
-    """Head rig spec."""
 
 
 def bench_prep(cfg: BenchPrepConfig) -> list[dict]:

@@ -10,33 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Annotated, Literal
 
 import torch
 
-from talksplat.core.checks import Range
-from talksplat.core.config import ProcessOptions
-
-
-@dataclass
-class BenchRenderConfig(ProcessOptions):
-    """Time avatar rendering (rig deformation + binding + rasterization), per backend."""
-
-    gaussians: Annotated[tuple[int, ...], Range(1, 100000000)] = (10_000, 100_000)
-    """Gaussian counts to time (1 to 100000000)."""
-    resolution: Annotated[tuple[int, ...], Range(16, 8192)] = (512, 1024)
-    """Square image sizes to time (16 to 8192)."""
-    backend: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
-    """Backends to time (cuda is skipped when no GPU is present)."""
-    rig: str = "open"
-    """Head rig spec (see `talksplat render --help`)."""
-    iters: Annotated[int, Range(1)] = 5
-    """Timed frames per configuration (at least 1)."""
-    warmup: Annotated[int, Range(0)] = 2
-    """Untimed frames first (kernel compilation, allocator warm-up) (at least 0)."""
-    backward: bool = False
-    """Also time a backward pass (training cost) per frame."""
+from .config import BenchRenderConfig
 
 
 def avatar_with_n_gaussians(rig, n: int, seed: int = 0):
@@ -54,7 +31,7 @@ def avatar_with_n_gaussians(rig, n: int, seed: int = 0):
 def bench_render(cfg: BenchRenderConfig) -> list[dict]:
     """Run the benchmark; returns one row per (backend, gaussians, resolution)."""
     from talksplat.avatar.render import render_avatar
-    from talksplat.render_command import orbit_camera
+    from talksplat.render.camera import framing_camera
     from talksplat.rigs import load_rig
 
     rows = []
@@ -67,15 +44,11 @@ def bench_render(cfg: BenchRenderConfig) -> list[dict]:
         rig = base_rig.to(device)
         jaw_open = rig.expression_names.index("jawOpen") if "jawOpen" in rig.expression_names else 0
         verts = rig(rig.zero_params(1, device=device)).vertices[0].detach()
-        center = (verts.min(0).values + verts.max(0).values) / 2
-        radius = float((verts.max(0).values - verts.min(0).values).norm() / 2)
         for n in cfg.gaussians:
             avatar = avatar_with_n_gaussians(base_rig, n).to(device)
             for res in cfg.resolution:
-                f = 0.5 * res / math.tan(math.radians(10))
-                K = torch.tensor([[f, 0, res / 2], [0, f, res / 2], [0, 0, 1]], device=device)[None]
-                viewmat = orbit_camera(center.cpu(), 1.1 * radius / math.tan(math.radians(10)), 20, 5)
-                viewmat = viewmat.to(device)[None]
+                viewmat, K = framing_camera(verts, res, res, yaw_deg=20, pitch_deg=5)
+                viewmat, K = viewmat[None], K[None]
                 times = []
                 for it in range(cfg.warmup + cfg.iters):
                     params = rig.zero_params(1, device=device)

@@ -1,1 +1,4 @@
-"""talksplat.data_prep — see docs/architecture.md (built by a later issue)."""
+"""Video (monocular or calibrated multi-view, or a NeRF-style export) -> tracked dataset (`talksplat prep`).
+
+docs/architecture.md says where each step lives; docs/formats.md describes the dataset.
+"""

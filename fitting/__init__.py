@@ -1,1 +1,4 @@
-"""talksplat.fitting — see docs/architecture.md (built by a later issue)."""
+"""Dataset -> fitted Gaussian avatar (`talksplat fit`): the training loop, losses, densification, evaluation.
+
+docs/architecture.md says where each step lives.
+"""

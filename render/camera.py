@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["look_at", "intrinsics", "orbit_cameras", "camera_centers"]
+__all__ = ["look_at", "intrinsics", "orbit_cameras", "camera_centers", "framing_camera"]
 
 
 def _as_tensor(x, dtype=None, device=None) -> Tensor:
@@ -120,6 +120,30 @@ def orbit_cameras(
     if not mats:
         return torch.zeros(0, 4, 4, dtype=dtype, device=device)
     return torch.stack(mats, 0)
+
+
+def framing_camera(points: Tensor, width: int, height: int, fov_deg: float = 20.0, yaw_deg: float = 0.0,
+                   pitch_deg: float = 0.0, margin: float = 1.1) -> tuple[Tensor, Tensor]:
+    """A camera on the turntable orbit (:func:`orbit_cameras`) that frames ``points``.
+
+    Args:
+        points: [N, 3] metres, world (e.g. a rig's neutral vertices); +y is up.
+        width, height: image size in pixels.
+        fov_deg: vertical field of view in degrees.
+        yaw_deg, pitch_deg: azimuth (0 = on the +z side) and elevation of the camera, degrees.
+        margin: the bounding sphere of ``points`` (about their box centre) spans the view height divided by it.
+
+    Returns:
+        viewmat [4, 4] world-to-camera and K [3, 3] pixels, float32 on the device of ``points``.
+    """
+    pts = points.detach().float()
+    lo, hi = pts.min(0).values, pts.max(0).values
+    center = (lo + hi) / 2
+    radius = float((hi - lo).norm() / 2)
+    distance = margin * radius / math.tan(math.radians(fov_deg) / 2)
+    viewmat = orbit_cameras(1, distance, center.cpu(), elevation_deg=pitch_deg, start_azimuth_deg=yaw_deg)[0]
+    K = intrinsics(fov_deg=fov_deg, width=width, height=height, fov_axis="y")
+    return viewmat.to(pts.device), K.to(pts.device)
 
 
 def camera_centers(viewmats: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ modules they call.  Errors the user can fix end as one line on stderr and a non-
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -16,18 +17,12 @@ import warnings
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
-from dataclasses import dataclass
-from typing import Annotated, Union
+from typing import Annotated, Callable, Union
 
 import tyro
 
-from talksplat.benchmarks.contention import BenchLoadConfig
-from talksplat.benchmarks.drive import BenchDriveConfig
-from talksplat.benchmarks.fit import BenchFitConfig
-from talksplat.benchmarks.prep import BenchPrepConfig
-from talksplat.benchmarks.render import BenchRenderConfig
-from talksplat.core.checks import Range
-from talksplat.core.config import ProcessOptions
+from talksplat.benchmarks.config import (BenchDriveConfig, BenchFitConfig, BenchLoadConfig, BenchPrepConfig,
+                                         BenchRenderConfig, BenchRigConfig)
 from talksplat.data_prep.prep import PrepConfig
 from talksplat.demo.command import DemoConfig
 from talksplat.driving.drive import DriveConfig
@@ -35,18 +30,6 @@ from talksplat.fitting.config import FitConfig
 from talksplat.render_command import RenderConfig
 from talksplat.run_command import RunConfig
 from talksplat.viewer.server import ViewConfig
-
-
-@dataclass
-class BenchRigConfig(ProcessOptions):
-    """Time rig evaluation alone (blendshapes + skinning) for a batch of frames."""
-
-    rig: str = "open"
-    """Head rig spec (see `talksplat render --help`)."""
-    batch: Annotated[int, Range(1, 100000)] = 64
-    """Frames posed per call (1 to 100000)."""
-    iters: Annotated[int, Range(1)] = 10
-    """Timed calls (at least 1)."""
 
 
 Bench = Union[
@@ -68,27 +51,6 @@ Command = Union[
     Annotated[ViewConfig, tyro.conf.subcommand("view")],
     Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving; slowdown under CPU load.")],
 ]
-
-
-def _bench_rig(cfg: BenchRigConfig) -> None:
-    import time
-
-    import torch
-
-    from talksplat.rigs import load_rig
-
-    rig = load_rig(cfg.rig)
-    p = rig.zero_params(cfg.batch)
-    p.expression.uniform_(0, 1)
-    p.jaw[:, 0].uniform_(0, 0.3)
-    with torch.no_grad():
-        rig(p)
-        t0 = time.perf_counter()
-        for _ in range(cfg.iters):
-            rig(p)
-        dt = (time.perf_counter() - t0) / cfg.iters
-    print(f"rig {rig.name}: {rig.num_vertices} vertices, batch {cfg.batch}: {1e3 * dt:.1f} ms per call, "
-          f"{cfg.batch / dt:.0f} frames/s")
 
 
 def _one_line(text: str) -> str:
@@ -147,61 +109,57 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _wrote(report) -> str:
+    return f"wrote {report.out}: {report.describe()}"
+
+
+def _wrote_drive(report: dict) -> str:
+    from talksplat.driving.drive import describe_drive
+
+    return f"wrote {report['video']} and {report['params']}: {describe_drive(report)}"
+
+
+def _wrote_files(paths: list) -> str:
+    return "\n".join(f"wrote {p}" for p in paths)
+
+
+def _rows(module: str):
+    """The ``print_rows`` of a benchmark module: its table of measurements."""
+    def show(rows: list[dict]) -> None:
+        importlib.import_module(module).print_rows(rows)
+    return show
+
+
+#: Each command: its config type -> ("module:function" that runs it, what the CLI prints of what it returns).
+#: The function is imported only when its command runs, so `--help` reads the config modules alone.  Commands
+#: with several long stages (fit, run, demo, view) print a line as each stage ends and return None.
+COMMANDS: dict[type, tuple[str, Callable | None]] = {
+    PrepConfig: ("talksplat.data_prep.prep:run_prep", _wrote),
+    FitConfig: ("talksplat.fit_command:run_fit_command", None),
+    DriveConfig: ("talksplat.driving.drive:run_drive", _wrote_drive),
+    RunConfig: ("talksplat.run_command:run_pipeline", None),
+    DemoConfig: ("talksplat.demo.command:run_demo", None),
+    RenderConfig: ("talksplat.render_command:run_render", _wrote_files),
+    ViewConfig: ("talksplat.viewer.server:run_view", None),
+    BenchRenderConfig: ("talksplat.benchmarks.render:bench_render", _rows("talksplat.benchmarks.render")),
+    BenchRigConfig: ("talksplat.benchmarks.rig:bench_rig", _rows("talksplat.benchmarks.rig")),
+    BenchPrepConfig: ("talksplat.benchmarks.prep:bench_prep", _rows("talksplat.benchmarks.prep")),
+    BenchFitConfig: ("talksplat.benchmarks.fit:bench_fit", _rows("talksplat.benchmarks.fit")),
+    BenchDriveConfig: ("talksplat.benchmarks.drive:bench_drive", _rows("talksplat.benchmarks.drive")),
+    BenchLoadConfig: ("talksplat.benchmarks.contention:bench_load", _rows("talksplat.benchmarks.contention")),
+}
+
+
 def _run(cfg) -> None:
-    """Dispatch a parsed config to its command."""
-    if isinstance(cfg, PrepConfig):
-        from talksplat.data_prep.prep import run_prep
-
-        rep = run_prep(cfg)
-        print(f"wrote {rep.out}: {rep.describe()}")
-    elif isinstance(cfg, FitConfig):
-        from talksplat.fit_command import run_fit_command
-
-        run_fit_command(cfg)
-    elif isinstance(cfg, DriveConfig):
-        from talksplat.driving.drive import describe_drive, run_drive
-
-        r = run_drive(cfg)
-        print(f"wrote {r['video']} and {r['params']}: {describe_drive(r)}")
-    elif isinstance(cfg, RunConfig):
-        from talksplat.run_command import run_pipeline
-
-        run_pipeline(cfg)
-    elif isinstance(cfg, DemoConfig):
-        from talksplat.demo.command import run_demo
-
-        run_demo(cfg)
-    elif isinstance(cfg, RenderConfig):
-        from talksplat.render_command import run_render
-
-        for path in run_render(cfg):
-            print(f"wrote {path}")
-    elif isinstance(cfg, ViewConfig):
-        from talksplat.viewer.server import run_view
-
-        run_view(cfg)
-    elif isinstance(cfg, BenchRenderConfig):
-        from talksplat.benchmarks.render import bench_render, print_rows
-
-        print_rows(bench_render(cfg))
-    elif isinstance(cfg, BenchPrepConfig):
-        from talksplat.benchmarks.prep import bench_prep, print_rows as print_prep
-
-        print_prep(bench_prep(cfg))
-    elif isinstance(cfg, BenchFitConfig):
-        from talksplat.benchmarks.fit import bench_fit, print_rows as print_fit
-
-        print_fit(bench_fit(cfg))
-    elif isinstance(cfg, BenchDriveConfig):
-        from talksplat.benchmarks.drive import bench_drive, print_rows as print_drive
-
-        print_drive(bench_drive(cfg))
-    elif isinstance(cfg, BenchLoadConfig):
-        from talksplat.benchmarks.contention import bench_load, print_rows as print_load
-
-        print_load(bench_load(cfg))
-    elif isinstance(cfg, BenchRigConfig):
-        _bench_rig(cfg)
+    """Run the command of a parsed config (:data:`COMMANDS`) and print its report."""
+    target, show = COMMANDS[type(cfg)]
+    module, _, function = target.partition(":")
+    report = getattr(importlib.import_module(module), function)(cfg)
+    if show is None:
+        return
+    text = show(report)
+    if text is not None:
+        print(text)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import OptionError
+
+if TYPE_CHECKING:  # torch and numpy load only when a command runs: `talksplat --help` stays light
+    import numpy as np
 
 
 @dataclass
@@ -74,29 +74,18 @@ def parse_expressions(items: tuple[str, ...], names: list[str]) -> dict[int, flo
     return out
 
 
-def orbit_camera(center: torch.Tensor, distance: float, yaw_deg: float, pitch_deg: float) -> torch.Tensor:
-    """World-to-camera [4, 4] (OpenCV: x right, y down, z forward) looking at `center`.
-
-    Yaw 0 looks at the face from +z; the orbit is about the rig's +y (up) axis.
-    """
-    from talksplat.render.camera import look_at
-
-    yaw, pitch = math.radians(yaw_deg), math.radians(pitch_deg)
-    offset = torch.tensor([math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)])
-    eye = center + distance * offset
-    return look_at(eye, center, torch.tensor([0.0, 1.0, 0.0]))
-
-
 def run_render(cfg: RenderConfig) -> list[Path]:
     """Do the work of `talksplat render`; returns the written files."""
+    import torch
+
     from talksplat.avatar import init_avatar, load_avatar
     from talksplat.avatar.render import render_avatar
-    from talksplat.render.video import VideoWriter, to_uint8
-    from talksplat.rigs import load_rig
-
     from talksplat.core.ffmpeg import has_own_tag
     from talksplat.core.outputs import check_output_file
+    from talksplat.render.camera import framing_camera
     from talksplat.render.device import pick_device
+    from talksplat.render.video import VideoWriter, to_uint8
+    from talksplat.rigs import load_rig
 
     suffix = cfg.out.suffix.lower()
     if suffix not in (".mp4", ".png"):
@@ -120,19 +109,13 @@ def run_render(cfg: RenderConfig) -> list[Path]:
         params.expression[0, i] = v
     params.jaw[0, 0] = cfg.jaw
 
+    W = H = cfg.resolution
     with torch.no_grad():
         verts = rig(params).vertices[0]
-    lo, hi = verts.min(0).values, verts.max(0).values
-    center = (lo + hi) / 2
-    radius = float((hi - lo).norm() / 2)
-    distance = 1.1 * radius / math.tan(math.radians(cfg.fov) / 2)
-    W = H = cfg.resolution
-    f = 0.5 * H / math.tan(math.radians(cfg.fov) / 2)
-    K = torch.tensor([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]], dtype=torch.float32, device=device)
     bg = torch.tensor(cfg.background, dtype=torch.float32, device=device)[None]
 
     def frame(yaw: float) -> np.ndarray:
-        viewmat = orbit_camera(center.cpu(), distance, yaw, cfg.pitch).to(device)
+        viewmat, K = framing_camera(verts, W, H, cfg.fov, yaw_deg=yaw, pitch_deg=cfg.pitch)
         with torch.no_grad():
             colors, _, _ = render_avatar(avatar, rig, params, viewmat[None], K[None], W, H, backgrounds=bg)
         return to_uint8(colors[0, 0])

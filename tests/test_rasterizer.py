@@ -410,6 +410,30 @@ def test_camera_helpers():
         assert (Vi[:3, :3] @ (torch.zeros(3) - c))[2] > 0  # looks at the target
 
 
+def test_framing_camera_fits_the_points_in_view():
+    """The bounding sphere of the points fills the view height / margin; yaw 90 looks from the subject's left (+x)."""
+    from talksplat.render.camera import camera_centers, framing_camera
+
+    g = torch.Generator().manual_seed(0)
+    pts = torch.randn(500, 3, generator=g) * torch.tensor([0.08, 0.12, 0.1]) + torch.tensor([0.0, 1.6, 0.05])
+    for yaw, pitch in ((0.0, 0.0), (90.0, 10.0), (-30.0, -20.0)):
+        V, K = framing_camera(pts, 200, 100, fov_deg=30.0, yaw_deg=yaw, pitch_deg=pitch, margin=1.2)
+        lo, hi = pts.min(0).values, pts.max(0).values
+        center, radius = (lo + hi) / 2, float((hi - lo).norm() / 2)
+        cam = V[:3, :3] @ pts.T + V[:3, 3:]  # [3, N]
+        uv = (K @ cam)[:2] / cam[2]
+        assert (cam[2] > 0).all()
+        c = V[:3, :3] @ center + V[:3, 3]
+        assert abs(c[0]) < 1e-5 and abs(c[1]) < 1e-5  # the centre projects to the image centre
+        # the sphere's angular radius is atan(1 / margin * tan(fov / 2)) (small-angle): its image spans 100 / 1.2
+        assert float((uv[1] - 50).abs().max()) < 50 / 1.2 + 1
+        d = camera_centers(V) - center
+        assert abs(float(d.norm()) - 1.2 * radius / math.tan(math.radians(15))) < 1e-4
+        assert abs(float(d[1] / d.norm()) - math.sin(math.radians(pitch))) < 1e-5
+        assert abs(math.degrees(math.atan2(float(d[0]), float(d[2]))) - yaw) < 1e-3
+        assert abs(float(K[0, 0]) - 50 / math.tan(math.radians(15))) < 1e-3 and float(K[0, 2]) == 100
+
+
 def _many_small_scene(n=300, seed=0, W=64, H=48, dtype=torch.float64):
     """Many small, strongly anisotropic Gaussians (stress the tile culling and chunking)."""
     g = torch.Generator().manual_seed(seed)

@@ -1,0 +1,108 @@
+"""Options of `talksplat bench ...` (torch-free, so `talksplat --help` does not import torch).
+
+Each benchmark's code lives in its own module (render, rig, prep, fit, drive, contention) and imports its
+config from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
+
+
+@dataclass
+class BenchRenderConfig(ProcessOptions):
+    """Time avatar rendering (rig deformation + binding + rasterization), per backend."""
+
+    gaussians: Annotated[tuple[int, ...], Range(1, 100000000)] = (10_000, 100_000)
+    """Gaussian counts to time (1 to 100000000)."""
+    resolution: Annotated[tuple[int, ...], Range(16, 8192)] = (512, 1024)
+    """Square image sizes to time (16 to 8192)."""
+    backend: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
+    """Backends to time (cuda is skipped when no GPU is present)."""
+    rig: str = "open"
+    """Head rig spec (see `talksplat render --help`)."""
+    iters: Annotated[int, Range(1)] = 5
+    """Timed frames per configuration (at least 1)."""
+    warmup: Annotated[int, Range(0)] = 2
+    """Untimed frames first (kernel compilation, allocator warm-up) (at least 0)."""
+    backward: bool = False
+    """Also time a backward pass (training cost) per frame."""
+
+
+@dataclass
+class BenchRigConfig(ProcessOptions):
+    """Time rig evaluation alone (blendshapes + skinning) for a batch of frames."""
+
+    rig: str = "open"
+    """Head rig spec (see `talksplat render --help`)."""
+    batch: Annotated[int, Range(1, 100000)] = 64
+    """Frames posed per call (1 to 100000)."""
+    iters: Annotated[int, Range(1)] = 10
+    """Timed calls (at least 1)."""
+
+
+@dataclass
+class BenchPrepConfig(ProcessOptions):
+    """Time `talksplat prep` on one video, split by stage (default: a GRID clip from ../shared/data)."""
+
+    video: Path | None = None
+    """Video to prepare (default: ../shared/data/grid/bbaf2n.mpg beside the repository)."""
+    resolution: Annotated[int, Range(64, 4096)] = 512
+    """Crop size in pixels (64 to 4096)."""
+    repeat: Annotated[int, Range(1, 100)] = 2
+    """Runs; the fastest is reported (1 to 100)."""
+    rig: str = "open"
+    """Head rig spec."""
+
+
+@dataclass
+class BenchFitConfig(ProcessOptions):
+    """Time training steps of `talksplat fit` (rig + binding + rasterization + losses + backward + Adam)."""
+
+    resolution: Annotated[tuple[int, ...], Range(16, 8192)] = (256, 512)
+    """Square image sizes (16 to 8192)."""
+    device: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
+    """Devices (cuda is skipped without a GPU)."""
+    iters: Annotated[int, Range(1)] = 20
+    """Timed steps (at least 1)."""
+    warmup: Annotated[int, Range(0)] = 5
+    """Untimed steps first (at least 0)."""
+
+
+@dataclass
+class BenchDriveConfig(ProcessOptions):
+    """Time `talksplat drive` end to end: seconds of wall time per second of audio."""
+
+    avatar: Path | None = None
+    """A `talksplat fit` folder; default: a fresh open-head avatar with a quickly trained predictor."""
+    audio: Path | None = None
+    """Driving audio; default: a generated speech-like signal of --seconds."""
+    seconds: Annotated[float, Range(0.5, 36000.0)] = 10.0
+    """Length of the generated audio (0.5 to 36000)."""
+    resolution: Annotated[tuple[int, ...], Range(16, 8192)] = (512, 1024)
+    """Output sizes (16 to 8192)."""
+    device: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
+    """Devices (cuda is skipped without a GPU)."""
+    per_face: Annotated[int, Range(1, 64)] = 2
+    """Gaussians per rig triangle of the fresh avatar (2: about 19k) (1 to 64)."""
+    batch: Annotated[int, Range(1, 1024)] = 8
+    """Frames per render batch (1 to 1024)."""
+
+
+@dataclass
+class BenchLoadConfig(ProcessOptions):
+    """Time a CPU render idle and beside a busy process (OpenMP passive vs default waiting)."""
+
+    gaussians: Annotated[int, Range(1, 10000000)] = 10_000
+    """Gaussians of the rendered avatar (1 to 10000000)."""
+    resolution: Annotated[int, Range(16, 4096)] = 256
+    """Square image size in pixels (16 to 4096)."""
+    iters: Annotated[int, Range(1, 1000)] = 15
+    """Timed frames per measurement (1 to 1000)."""
+    warmup: Annotated[int, Range(0, 100)] = 3
+    """Untimed frames first (0 to 100)."""
