@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from talksplat.core.errors import InputError
+from talksplat.core.files import atomic_write
 
 __all__ = ["CalibrationError", "CameraCalib", "load_calibration", "write_calibration", "match_videos",
            "undistort_points", "undistort_image", "ROTATION_TOL"]
@@ -248,18 +248,9 @@ def load_calibration(path: str | os.PathLike) -> list[CameraCalib]:
 def write_calibration(path: str | os.PathLike, calibs: list[CameraCalib]) -> Path:
     """Write ``cameras.json`` atomically (temporary file + rename); the inverse of :func:`load_calibration`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"cameras": [c.to_json() for c in calibs]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1))
     return path
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from talksplat.core.cache import cache_root
 from talksplat.core.errors import InputError
+from talksplat.core.files import atomic_write
 from talksplat.rigs.base import HeadRig
 
 from .landmarks import NUM_LANDMARKS, FaceMeshDetector
@@ -56,8 +57,6 @@ class LandmarkEmbedding:
 
 
 def _cache_file(rig: HeadRig) -> Path:
-    from talksplat.rigs.open_head import cache_root
-
     return cache_root() / f"landmark_embedding_v{EMBEDDING_VERSION}_{rig.checksum[:16]}.npz"
 
 
@@ -97,11 +96,8 @@ def landmark_embedding(rig: HeadRig, override: str | os.PathLike | None = None,
             pass  # a stale or damaged cache entry is recomputed
     emb = compute_embedding(rig)
     if use_cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".emb.", suffix=".npz", dir=cache.parent)
-        os.close(fd)
-        np.savez(tmp, face_idx=emb.face_idx, bary=emb.bary, views=emb.views)
-        os.replace(tmp, cache)
+        with atomic_write(cache) as tmp:
+            np.savez(tmp, face_idx=emb.face_idx, bary=emb.bary, views=emb.views)
     return emb
 
 

