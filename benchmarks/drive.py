@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from talksplat.core.ffmpeg import SAMPLE_RATE
+
 from .config import BenchDriveConfig
 
 
-def speech_like(seconds: float, sr: int = 16_000, seed: int = 0) -> np.ndarray:
+def speech_like(seconds: float, sr: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
     """A deterministic buzz with syllable-rate loudness changes and pauses: [N] float32."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
@@ -41,7 +43,7 @@ def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0
     rig = load_rig("open")
     out.mkdir(parents=True, exist_ok=True)
     save_avatar(init_avatar(rig, per_face=per_face), out / "avatar.safetensors", extra={})
-    T = int(len(wave) / 16_000 * fps)
+    T = int(len(wave) / SAMPLE_RATE * fps)
     t = np.arange(T) / fps
     expr = np.zeros((T, rig.num_expression), np.float32)
     expr[:, rig.expression_index("jawOpen")] = 0.3 + 0.3 * np.sin(2 * np.pi * 2 * t)

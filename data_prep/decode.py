@@ -34,7 +34,7 @@ from typing import IO, Iterator
 import numpy as np
 
 from talksplat.core.errors import InputError
-from talksplat.core.ffmpeg import ffmpeg_exe  # noqa: F401 - also this module's API (tests, callers)
+from talksplat.core.ffmpeg import SAMPLE_RATE, ffmpeg_exe  # noqa: F401 - also this module's API (tests, callers)
 from talksplat.core.ffmpeg import last_error_line, log_lines
 from talksplat.core.process import child_kwargs
 
@@ -455,7 +455,7 @@ def iter_frames(path: str | os.PathLike, fps: float, max_frames: int | None = No
     return FrameStream(path, fps, max_frames=max_frames, scale_to=scale_to, allow_damaged=allow_damaged)
 
 
-def extract_audio(path: str | os.PathLike, out_wav: str | os.PathLike, sample_rate: int = 16000,
+def extract_audio(path: str | os.PathLike, out_wav: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
                   allow_damaged: bool = False) -> bool:
     """Write the first audio stream as mono 16-bit PCM WAV at `sample_rate` Hz to `out_wav`
     (through a temporary file beside it, then renamed). Returns False, writing nothing, when the

@@ -19,6 +19,7 @@ import tyro
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import TalksplatError
+from talksplat.core.ffmpeg import SAMPLE_RATE
 from talksplat.core.outputs import output_lock
 from talksplat.render.device import pick_device
 
@@ -378,7 +379,7 @@ def _prep_videos(cfg: PrepConfig, videos: list[Path], inputs: list, timings: dic
             "rig": {"name": rig.name, "checksum": rig.checksum, "spec": cfg.rig},
             "split": split, "dropped_timesteps": dropped,
             "interpolated_timesteps": [int(t) for t in np.flatnonzero(interpolated.any(0))],
-            "audio": "audio.wav" if has_audio else None, "audio_sample_rate": 16000 if has_audio else None,
+            "audio": "audio.wav" if has_audio else None, "audio_sample_rate": SAMPLE_RATE if has_audio else None,
             "resolution": cfg.resolution, "focal_px": result.focal,
             "tracking_error": tracking_error, "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "landmarks": "mediapipe FaceMesh 478 (refine_landmarks), mediapipe 0.10.21",

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from talksplat.core.errors import InputError
-from talksplat.core.ffmpeg import ffmpeg_exe
+from talksplat.core.ffmpeg import SAMPLE_RATE, ffmpeg_exe
 from talksplat.core.process import child_kwargs
 
-SAMPLE_RATE = 16_000
 #: Target loudness of speech after normalisation (RMS of the active frames, dBFS).
 TARGET_DBFS = -23.0
 #: Never amplify by more than this (keeps near-silent input near silent).

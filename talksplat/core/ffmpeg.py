@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 import subprocess
 
+#: Hz: every audio stream talksplat decodes, writes (dataset/audio.wav, talk.wav) or feeds a model is mono at
+#: this rate.
+SAMPLE_RATE = 16_000
+
 
 def ffmpeg_exe() -> str:
     """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
