@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .rotation import quat_to_rotmat
 from .sh import sh_to_rgb
 
 __all__ = [
@@ -86,21 +87,6 @@ _BIG = 1.0e4  # sigma for padding rows: alpha = exp(-1e4) = 0
 
 
 # ----------------------------------------------------------------------------- projection
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Rotation matrices [..., 3, 3] from quaternions [..., 4] (wxyz, any norm)."""
-    q = torch.nn.functional.normalize(quats, p=2, dim=-1)
-    w, x, y, z = q.unbind(-1)
-    R = torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    )
-    return R.reshape(q.shape[:-1] + (3, 3))
 
 
 def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:

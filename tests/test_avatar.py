@@ -9,7 +9,7 @@ import torch
 
 from talksplat.avatar import AvatarFileError, init_avatar, load_avatar, read_header, save_avatar
 from talksplat.avatar.binding import face_frames
-from talksplat.rigs.geometry import axis_angle_to_matrix, quat_to_matrix
+from talksplat.render.rotation import axis_angle_to_matrix, quat_to_rotmat
 
 
 def _random_avatar(rig, seed=0, per_face=3, sh_degree=2):
@@ -42,7 +42,7 @@ def test_rigid_motion_moves_gaussians_rigidly(sphere_rig):
     m0, q0, s0 = av.posed_geometry(v, sphere_rig.faces)
     m1, q1, s1 = av.posed_geometry(v @ R.T + t, sphere_rig.faces)
     assert torch.allclose(m1[0], m0[0] @ R.T + t, atol=1e-12)
-    assert torch.allclose(quat_to_matrix(q1[0]), R @ quat_to_matrix(q0[0]), atol=1e-12)
+    assert torch.allclose(quat_to_rotmat(q1[0]), R @ quat_to_rotmat(q0[0]), atol=1e-12)
     assert torch.allclose(s1, s0, atol=1e-14)
 
 
@@ -54,7 +54,7 @@ def test_scaling_the_mesh_scales_the_gaussians(sphere_rig):
     m1, q1, s1 = av.posed_geometry(c * v, sphere_rig.faces)
     assert torch.allclose(m1, c * m0, atol=1e-12)
     assert torch.allclose(s1, c * s0, atol=1e-12)
-    assert torch.allclose(quat_to_matrix(q1), quat_to_matrix(q0), atol=1e-12)
+    assert torch.allclose(quat_to_rotmat(q1), quat_to_rotmat(q0), atol=1e-12)
 
 
 def test_posing_the_rig_carries_the_gaussians(sphere_rig):
