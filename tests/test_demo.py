@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.e2e  # whole commands on real media (docs/architecture.md: tests)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -13,6 +13,8 @@ import pytest
 from talksplat.cli import main
 from talksplat.data_prep.decode import ffmpeg_exe
 
+pytestmark = pytest.mark.e2e  # whole commands on real media (docs/architecture.md: tests)
+
 
 @pytest.fixture(scope="module")
 def grid_fit(shared_data, tmp_path_factory):

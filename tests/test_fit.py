@@ -187,6 +187,7 @@ GRID_FULL_PSNR = 20.0
 GRID_MOUTH_PSNR = 28.0
 
 
+@pytest.mark.e2e
 def test_fit_grid_clip(shared_data, tmp_path):
     from talksplat.data_prep.prep import PrepConfig, run_prep
 

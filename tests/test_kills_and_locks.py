@@ -22,6 +22,8 @@ from conftest import Inputs
 
 from talksplat.cli import main
 
+pytestmark = pytest.mark.e2e  # whole commands on real media (docs/architecture.md: tests)
+
 
 def _start(args: list[str], tmp: Path) -> subprocess.Popen:
     env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}

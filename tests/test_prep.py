@@ -21,6 +21,8 @@ from talksplat.data_prep.prep import PrepConfig, run_prep
 from talksplat.data_prep.tracking import project
 from talksplat.rigs import load_rig
 
+pytestmark = pytest.mark.e2e  # whole commands on real media (docs/architecture.md: tests)
+
 #: Mean landmark error of the tracked head, as a fraction of the inter-ocular distance (outer eye
 #: corners), over all 478 FaceMesh points.  Measured on the 11 GRID clips at 512 px: 1.2 % to 2.0 %
 #: (mean 1.5 %, about 1 px at GRID's 360x288).  3 % leaves room for resolution and platform

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from readme_command import readme_block  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # whole commands on real media (docs/architecture.md: tests)
+
 
 @pytest.fixture(scope="module")
 def user_dir(shared_data, tmp_path_factory):

@@ -137,6 +137,7 @@ def _check_video(work: Path, audio: Path):
     assert abs(probe_video(work / "talk.mp4").duration - seconds) <= 1 / 25
 
 
+@pytest.mark.e2e
 def test_run_makes_a_talking_video_with_metrics(grid_run):
     work = grid_run["work"]
     _check_video(work, grid_run["shared"] / "audio" / "cmu_arctic_awb_a0007.wav")
@@ -151,6 +152,7 @@ def test_run_makes_a_talking_video_with_metrics(grid_run):
         assert Path(m["outputs"][key]).exists(), key
 
 
+@pytest.mark.e2e
 def test_rerun_with_new_audio_only_drives(grid_run):
     work, shared = grid_run["work"], grid_run["shared"]
     new_audio = shared / "grid" / "lbbc2a.mpg"  # another speaker's video: its audio track

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.e2e  # whole commands on real media (docs/architecture.md: tests)
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "viewer"
 BACKGROUND = (0.2, 0.3, 0.4)
