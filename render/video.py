@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import subprocess
 import tempfile
+import threading
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -127,6 +130,49 @@ class VideoWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(ok=exc_type is None)
+
+
+def write_frames(writer: VideoWriter, frames: Iterable[np.ndarray], queue_size: int = 16) -> int:
+    """Encode ``frames`` into ``writer`` on a background thread while the caller's thread produces them.
+
+    The producer (``frames``, e.g. a generator that renders batches on the GPU or the CPU) runs on the calling
+    thread; a thread named ``talksplat-encode`` feeds the frames ([H, W, 3] uint8 or float in [0, 1]) to ffmpeg
+    through a queue of ``queue_size`` frames, so rendering and encoding overlap and memory stays bounded.  The
+    writer is closed here: renamed into place when every frame went through, removed when the producer or the
+    encoder raised (Ctrl-C included); the first error is re-raised.  Returns the number of frames written.
+    """
+    pending: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+    failure: list[BaseException] = []
+
+    def encode() -> None:
+        try:
+            while (item := pending.get()) is not None:
+                writer.write(item)
+        except BaseException as e:  # noqa: BLE001 - reported by the producer's thread
+            failure.append(e)
+            while pending.get() is not None:  # keep the producer from blocking on a full queue
+                pass
+
+    thread = threading.Thread(target=encode, name="talksplat-encode", daemon=True)
+    thread.start()
+    ok = False
+    try:
+        for frame in frames:
+            if failure:
+                break
+            pending.put(frame)
+        ok = not failure
+    finally:
+        if not ok:  # drop what is queued: the encoder must not work through it
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    pending.get_nowait()
+        pending.put(None)
+        thread.join()
+        writer.close(ok=ok and not failure)
+    if failure:
+        raise failure[0]
+    return writer.frames
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:

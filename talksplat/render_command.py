@@ -84,7 +84,7 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     from talksplat.core.outputs import check_output_file
     from talksplat.render.camera import framing_camera
     from talksplat.render.device import pick_device
-    from talksplat.render.video import VideoWriter, to_uint8
+    from talksplat.render.video import VideoWriter, to_uint8, write_frames
     from talksplat.rigs import load_rig
 
     suffix = cfg.out.suffix.lower()
@@ -123,19 +123,22 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     if suffix == ".mp4":
         from talksplat.core.progress import progress_bar, show_progress
 
-        with VideoWriter(cfg.out, W, H, fps=cfg.fps) as writer:
-            bar = progress_bar(transient=True) if show_progress() else None
+        bar = progress_bar(transient=True) if show_progress() else None
+
+        def turntable():
             task = bar.add_task("turntable", total=cfg.frames) if bar is not None else None
-            if bar is not None:
-                bar.start()
-            try:
-                for i in range(cfg.frames):
-                    writer.write(frame(360.0 * i / cfg.frames))
-                    if bar is not None:
-                        bar.advance(task)
-            finally:
+            for i in range(cfg.frames):
+                yield frame(360.0 * i / cfg.frames)
                 if bar is not None:
-                    bar.stop()
+                    bar.advance(task)
+
+        if bar is not None:
+            bar.start()
+        try:
+            write_frames(VideoWriter(cfg.out, W, H, fps=cfg.fps), turntable())
+        finally:
+            if bar is not None:
+                bar.stop()
         return [cfg.out]
 
     for yaw, path in zip(cfg.yaw, outputs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from talksplat.render.video import VideoWriter, read_video
+from talksplat.render.video import VideoWriter, read_video, write_frames
 
 
 def test_video_roundtrip(tmp_path):
@@ -38,4 +38,52 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_odd_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match="even"):
         VideoWriter(tmp_path / "x.mp4", 33, 32)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _bars(T: int, H: int = 32, W: int = 48):
+    for t in range(T):
+        frame = np.zeros((H, W, 3), np.uint8)
+        frame[:, : (t + 1) * W // T] = (230, 50, 20)
+        yield frame
+
+
+def test_write_frames_encodes_on_a_thread_in_order(tmp_path):
+    import threading
+
+    path = tmp_path / "piped.mp4"
+    seen = []
+
+    def produce():
+        for f in _bars(20):
+            seen.append(threading.current_thread().name)
+            yield f
+
+    assert write_frames(VideoWriter(path, 48, 32, fps=10), produce(), queue_size=2) == 20
+    assert set(seen) == {threading.current_thread().name}  # the producer ran on the caller's thread
+    frames, _ = read_video(path)
+    widths = ((frames[..., 0] > 128) & (frames[..., 1] < 128)).mean(axis=(1, 2))
+    assert len(frames) == 20 and np.all(np.diff(widths) > 0)
+    assert not any(t.name == "talksplat-encode" for t in threading.enumerate())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["piped.mp4"]
+
+
+def test_write_frames_producer_failure_leaves_nothing(tmp_path):
+    def produce():
+        yield from _bars(5)
+        raise KeyboardInterrupt  # Ctrl-C while rendering
+
+    with pytest.raises(KeyboardInterrupt):
+        write_frames(VideoWriter(tmp_path / "x.mp4", 48, 32), produce(), queue_size=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_frames_encoder_failure_is_raised_on_the_callers_thread(tmp_path):
+    def produce():
+        yield from _bars(3)
+        yield np.zeros((16, 16, 3), np.uint8)  # wrong size: the encoder thread refuses it
+        yield from _bars(50)
+
+    with pytest.raises(ValueError, match="expected"):
+        write_frames(VideoWriter(tmp_path / "y.mp4", 48, 32), produce(), queue_size=1)
     assert list(tmp_path.iterdir()) == []
