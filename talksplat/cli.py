@@ -31,7 +31,7 @@ from talksplat.core.config import ProcessOptions
 from talksplat.data_prep.prep import PrepConfig
 from talksplat.demo.command import DemoConfig
 from talksplat.driving.drive import DriveConfig
-from talksplat.fitting.config import FitConfig
+from talksplat.fit_command import FitCommandConfig
 from talksplat.render_command import RenderConfig
 from talksplat.run_command import RunConfig
 from talksplat.viewer.server import ViewConfig
@@ -60,7 +60,7 @@ Bench = Union[
 
 Command = Union[
     Annotated[PrepConfig, tyro.conf.subcommand("prep")],
-    Annotated[FitConfig, tyro.conf.subcommand("fit")],
+    Annotated[FitCommandConfig, tyro.conf.subcommand("fit")],
     Annotated[DriveConfig, tyro.conf.subcommand("drive")],
     Annotated[RunConfig, tyro.conf.subcommand("run")],
     Annotated[DemoConfig, tyro.conf.subcommand("demo")],
@@ -154,7 +154,7 @@ def _run(cfg) -> None:
 
         rep = run_prep(cfg)
         print(f"wrote {rep.out}: {rep.describe()}")
-    elif isinstance(cfg, FitConfig):
+    elif isinstance(cfg, FitCommandConfig):
         from talksplat.fit_command import run_fit_command
 
         run_fit_command(cfg)
