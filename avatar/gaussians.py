@@ -18,6 +18,13 @@ from talksplat.rigs.geometry import matrix_to_quat, quat_multiply
 
 from .binding import face_frames
 
+#: The avatar's trainable parameters, in constructor and file order (after ``binding``): the trainer keeps one
+#: optimizer per name, the densification strategies replace each (``talksplat.fitting.strategy.ops``).
+PARAM_NAMES: tuple[str, ...] = ("local_means", "local_quats", "log_scales", "sh_dc", "sh_rest", "opacity_logits")
+#: Every tensor of an avatar: the ``binding`` buffer, then :data:`PARAM_NAMES` (constructor and file order).
+TENSOR_NAMES: tuple[str, ...] = ("binding",) + PARAM_NAMES
+
+
 @dataclass
 class WorldGaussians:
     """Gaussians of one posed frame, in world space.
@@ -58,8 +65,7 @@ class GaussianAvatar(nn.Module):
         n = binding.shape[0]
         expected = {"local_means": (n, 3), "local_quats": (n, 4), "log_scales": (n, 3), "sh_dc": (n, 1, 3),
                     "sh_rest": (n, num_sh_bases(sh_degree) - 1, 3), "opacity_logits": (n,)}
-        given = {"local_means": local_means, "local_quats": local_quats, "log_scales": log_scales,
-                 "sh_dc": sh_dc, "sh_rest": sh_rest, "opacity_logits": opacity_logits}
+        given = dict(zip(PARAM_NAMES, (local_means, local_quats, log_scales, sh_dc, sh_rest, opacity_logits)))
         for k, shape in expected.items():
             if tuple(given[k].shape) != shape:
                 raise ValueError(f"GaussianAvatar: '{k}' has shape {tuple(given[k].shape)}, expected {shape}")

@@ -18,11 +18,10 @@ from safetensors.torch import load_file, save_file
 from talksplat.core.errors import InputError
 from talksplat.core.files import atomic_write, json_text
 
-from .gaussians import GaussianAvatar
+from .gaussians import PARAM_NAMES, TENSOR_NAMES, GaussianAvatar
 
 FORMAT = "talksplat-avatar"
 VERSION = 1
-TENSOR_NAMES = ("binding", "local_means", "local_quats", "log_scales", "sh_dc", "sh_rest", "opacity_logits")
 BINDING_DOC = ("each Gaussian's mean/rotation/scale live in its parent face's frame: origin = face centroid, "
                "axes [unit(v1-v0), unit normal, their cross], scale = face scale; local_means in face units, "
                "log_scales = log(scale / face scale), local_quats wxyz")
@@ -100,7 +99,7 @@ def load_avatar(path: str | os.PathLike, rig_checksum: str | None = None, rig=No
     binding = t["binding"]
     if binding.ndim != 1 or binding.dtype.is_floating_point or binding.dtype == torch.bool:
         raise AvatarFileError(f"{path}: 'binding' must be [N] integers, got {tuple(binding.shape)} {binding.dtype}")
-    for k in TENSOR_NAMES[1:]:
+    for k in PARAM_NAMES:
         if not t[k].dtype.is_floating_point or not bool(torch.isfinite(t[k]).all()):
             raise AvatarFileError(f"{path}: '{k}' holds non-finite values (NaN or Inf)" if t[k].dtype.is_floating_point
                                   else f"{path}: '{k}' must hold floating-point numbers")

@@ -37,7 +37,7 @@ def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0
     from talksplat.avatar.io import save_avatar
     from talksplat.driving.predictor import choose_layout
     from talksplat.driving.train import train_predictor
-    from talksplat.fitting.config import DriverConfig
+    from talksplat.driving.config import DriverConfig
     from talksplat.rigs import load_rig
 
     rig = load_rig("open")

@@ -18,6 +18,7 @@ from .config import BenchFitConfig
 
 def bench_fit(cfg: BenchFitConfig) -> list[dict]:
     from talksplat.fitting.config import FitConfig
+    from talksplat.fitting.strategy import BindingStrategyConfig
     from talksplat.fitting.trainer import Trainer
     from talksplat.rigs import load_rig
 
@@ -35,7 +36,8 @@ def bench_fit(cfg: BenchFitConfig) -> list[dict]:
                     continue
                 total = cfg.warmup + cfg.iters
                 fit = FitConfig(dataset=ds, out=Path(d) / f"fit{res}{dev}", preset="default", steps=total,
-                                refine_start=10 ** 9, checkpoint_every=10 ** 9, device=dev, quiet=True, sh_every=1)
+                                strategy=BindingStrategyConfig(refine_start_iter=10 ** 9), checkpoint_every=10 ** 9,
+                                device=dev, quiet=True, sh_every=1)
                 tr = Trainer(fit)
                 tr.steps = cfg.warmup
                 tr.train(checkpoints=False)

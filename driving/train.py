@@ -24,10 +24,10 @@ from talksplat.core.checks import check_array
 from talksplat.core.errors import InputError
 from talksplat.core.files import file_digest, write_json
 from talksplat.data_prep.dataset import RIG_PARAM_KEYS, Dataset
-from talksplat.fitting.config import DriverConfig
 from talksplat.rigs.base import HeadRig, RigParams
 
 from .audio import SAMPLE_RATE, load_audio
+from .config import DriverConfig
 from .evaluate import LipGeometry, lip_sync_metrics
 from .features import make_encoder
 from .predictor import AudioToRig, Driver, TargetLayout, choose_layout, silence_gate

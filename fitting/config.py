@@ -1,4 +1,9 @@
-"""`talksplat fit` configuration: one tyro dataclass, presets for the step count and budget."""
+"""`talksplat fit` configuration (the avatar stage): one tyro dataclass with nested optimiser, loss and
+densification-strategy configs, and presets for the step count and budget.
+
+Torch-free (the CLI imports it for `--help`).  The command's config, which adds the audio predictor's
+options (`--driver.*`), is :class:`talksplat.fit_command.FitCommandConfig`.
+"""
 
 from __future__ import annotations
 
@@ -11,39 +16,78 @@ import tyro
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
 
+from .strategy.config import BindingStrategyConfig
+
 #: preset -> (steps, Gaussian budget, Gaussians per face at start)
 PRESETS = {"fast": (2000, 30_000, 1), "default": (10_000, 100_000, 2), "quality": (30_000, 200_000, 3)}
 
 
 @dataclass
-class DriverConfig:
-    """The subject's audio-to-rig predictor (expression and jaw from speech), trained on the dataset's
-    audio and the tracked (or fit-tuned) parameters, with voice augmentation."""
+class OptimConfig:
+    """Adam learning rates, one per trained tensor (GaussianAvatars' values; positions and scales are in face
+    units, relative to the parent triangle's size)."""
 
-    enabled: bool = True
-    """Train the predictor after the avatar (needs the dataset's audio)."""
-    steps: Annotated[int, Range(1, 10000000)] = 1000
-    """Training steps (batches of audio windows) (1 to 10000000)."""
-    encoder: str = "logmel"
-    """Audio features: `logmel` (built in) or `hf:DIR`, a local wav2vec2/HuBERT directory (extra `[hf]`)."""
-    hidden: Annotated[int, Range(1, 4096)] = 128
-    """Width of the temporal network (1 to 4096)."""
-    batch: Annotated[int, Range(1, 4096)] = 16
-    """Audio windows per step (1 to 4096)."""
-    window_s: Annotated[float, Range(0.2, 60.0)] = 2.0
-    """Length of a training window in seconds (0.2 to 60)."""
-    lr: Annotated[float, Range(0.0, 1.0, open_lo=True)] = 2e-3
-    """Adam learning rate (cosine decay) (above 0, up to 1)."""
-    augment: bool = True
-    """Voice augmentation: tempo, formant/pitch warp, noise, gain."""
-    lambda_lip: Annotated[float, Range(0.0, 1e6)] = 1.0
-    """Weight of the lip-vertex loss (mm², relative to the parameter loss) (0 to 1e+06)."""
-    lambda_velocity: Annotated[float, Range(0.0, 1e6)] = 0.5
-    """Weight of the frame-to-frame velocity loss (0 to 1e+06)."""
-    use_tuned: bool = True
-    """Train on the fit-tuned parameters (tuned_params.npz) when present, else the tracked ones."""
-    seed: Annotated[int, Range(0)] = 0
-    """Random seed (at least 0)."""
+    lr_local_means: Annotated[float, Range(0.0, 1.0)] = 5e-3
+    """Gaussian positions (face units), at the first step; decays to `means_decay` times it by the last
+    (0 to 1)."""
+    means_decay: Annotated[float, Range(0.0, 1.0, open_lo=True)] = 0.01
+    """Factor the position learning rate decays to, exponentially, over the run (as 3DGS) (above 0, up to 1)."""
+    lr_local_quats: Annotated[float, Range(0.0, 1.0)] = 1e-3
+    """Gaussian rotations (quaternions relative to the face) (0 to 1)."""
+    lr_log_scales: Annotated[float, Range(0.0, 1.0)] = 1.7e-2
+    """Gaussian log-scales (log face units) (0 to 1)."""
+    lr_sh_dc: Annotated[float, Range(0.0, 1.0)] = 2.5e-3
+    """Base colour (SH degree 0) (0 to 1)."""
+    lr_sh_rest: Annotated[float, Range(0.0, 1.0)] = 1.25e-4
+    """View-dependent colour (SH degrees 1 to 3) (0 to 1)."""
+    lr_opacity_logits: Annotated[float, Range(0.0, 1.0)] = 5e-2
+    """Opacity logits (0 to 1)."""
+    lr_expression: Annotated[float, Range(0.0, 1.0)] = 1e-3
+    """Per-frame expression offsets (with --tune-params) (0 to 1)."""
+    lr_jaw: Annotated[float, Range(0.0, 1.0)] = 1e-5
+    """Per-frame jaw rotation offsets (radians) (0 to 1)."""
+    lr_neck: Annotated[float, Range(0.0, 1.0)] = 1e-5
+    """Per-frame neck rotation offsets (radians) (0 to 1)."""
+    lr_eyes: Annotated[float, Range(0.0, 1.0)] = 1e-5
+    """Per-frame eye rotation offsets (radians) (0 to 1)."""
+    lr_global_rot: Annotated[float, Range(0.0, 1.0)] = 1e-5
+    """Per-frame head rotation offsets (radians) (0 to 1)."""
+    lr_translation: Annotated[float, Range(0.0, 1.0)] = 1e-6
+    """Per-frame head translation offsets (metres) (0 to 1)."""
+
+    def lr(self, name: str) -> float:
+        """The learning rate of an avatar tensor (``local_means``, ...) or a per-frame parameter (``jaw``, ...)."""
+        try:
+            return getattr(self, f"lr_{name}")
+        except AttributeError:
+            raise KeyError(f"OptimConfig has no learning rate for '{name}' (no field lr_{name})") from None
+
+
+@dataclass
+class LossConfig:
+    """Weights of the training loss: weighted L1 + D-SSIM (+ LPIPS), and the regularisers that keep the
+    Gaussians near their triangles."""
+
+    mouth_weight: Annotated[float, Range(0.0, 1e6)] = 2.0
+    """Loss weight of the mouth region (from the landmarks) (0 to 1e+06)."""
+    eye_weight: Annotated[float, Range(0.0, 1e6)] = 1.5
+    """Loss weight of the eye regions (0 to 1e+06)."""
+    lambda_dssim: Annotated[float, Range(0.0, 1.0)] = 0.2
+    """Weight of D-SSIM against L1 (0 to 1)."""
+    lambda_lpips: Annotated[float, Range(0.0, 1e6)] = 0.1
+    """Weight of LPIPS added to the image loss (only with `lpips_weights`) (0 to 1e+06)."""
+    lambda_position: Annotated[float, Range(0.0, 1e6)] = 0.01
+    """Hinge on local positions beyond `position_limit` face units (0 to 1e+06)."""
+    position_limit: Annotated[float, Range(0.0, open_lo=True)] = 1.0
+    """Distance from its triangle (in units of the triangle's size) a Gaussian may move freely (above 0)."""
+    lambda_scale: Annotated[float, Range(0.0, 1e6)] = 1.0
+    """Hinge on scales beyond `scale_limit` face units (0 to 1e+06)."""
+    scale_limit: Annotated[float, Range(0.0, open_lo=True)] = 0.6
+    """Largest scale (in units of the triangle's size) before the scale hinge applies (above 0)."""
+    lambda_opacity: Annotated[float, Range(0.0, 1e6)] = 0.01
+    """Pushes opacities towards 0 or 1 (0 to 1e+06)."""
+    lambda_offsets: Annotated[float, Range(0.0, 1e6)] = 0.01
+    """Weight of the squared per-frame parameter offsets (with --tune-params) (0 to 1e+06)."""
 
 
 @dataclass
@@ -82,35 +126,9 @@ class FitConfig(ProcessOptions):
     """Steps between SH degree increases (at least 1)."""
     tune_params: bool = True
     """Fine-tune the tracked per-frame expression / jaw / neck / eyes / head pose (small rates)."""
-    mouth_weight: Annotated[float, Range(0.0, 1e6)] = 2.0
-    """Loss weight of the mouth region (from the landmarks) (0 to 1e+06)."""
-    eye_weight: Annotated[float, Range(0.0, 1e6)] = 1.5
-    """Loss weight of the eye regions (0 to 1e+06)."""
-    lambda_dssim: Annotated[float, Range(0.0, 1.0)] = 0.2
-    """Weight of D-SSIM against L1 (0 to 1)."""
     lpips_weights: Path | None = None
     """LPIPS backbone + linear-head weights, a directory or file; LPIPS is off without it; nothing is
     downloaded (see README: Fit)."""
-    lambda_lpips: Annotated[float, Range(0.0, 1e6)] = 0.1
-    """Weight of LPIPS added to the image loss (only with `lpips_weights`) (0 to 1e+06)."""
-    lambda_position: Annotated[float, Range(0.0, 1e6)] = 0.01
-    """Hinge on local positions beyond `position_limit` face units (0 to 1e+06)."""
-    position_limit: Annotated[float, Range(0.0, open_lo=True)] = 1.0
-    """Distance from its triangle (in units of the triangle's size) a Gaussian may move freely (above 0)."""
-    lambda_scale: Annotated[float, Range(0.0, 1e6)] = 1.0
-    """Hinge on scales beyond `scale_limit` face units (0 to 1e+06)."""
-    scale_limit: Annotated[float, Range(0.0, open_lo=True)] = 0.6
-    """Largest scale (in units of the triangle's size) before the scale hinge applies (above 0)."""
-    lambda_opacity: Annotated[float, Range(0.0, 1e6)] = 0.01
-    """Pushes opacities towards 0 or 1 (0 to 1e+06)."""
-    refine_every: Annotated[int, Range(1)] = 100
-    """Densification: steps between grow/prune passes (at least 1)."""
-    refine_start: Annotated[int, Range(0)] = 500
-    """Densification: first step (at least 0)."""
-    refine_stop_fraction: Annotated[float, Range(0.0, 1.0)] = 0.75
-    """Densification stops after this fraction of the steps (0 to 1)."""
-    reset_every: Annotated[int, Range(1)] = 3000
-    """Opacity reset period (steps) (at least 1)."""
     checkpoint_every: Annotated[int, Range(1)] = 500
     """Steps between checkpoints (written atomically) (at least 1)."""
     log_every: Annotated[int, Range(1)] = 50
@@ -127,10 +145,14 @@ class FitConfig(ProcessOptions):
     """Also write TensorBoard logs to OUT/tb (needs the `tensorboard` package)."""
     quiet: bool = False
     """No progress display."""
-    driver: DriverConfig = field(default_factory=lambda: DriverConfig())
-    """The audio-to-rig predictor trained after the avatar (see `talksplat drive`)."""
-    driver_only: bool = False
-    """Train only the audio predictor (beside an existing avatar in --out, or alone)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Adam learning rates of the Gaussians and of the per-frame parameter offsets."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights: image terms, region weights, binding regularisers."""
+    # The trainer builds the strategy with `cfg.strategy.build(steps, budget)`; another strategy is another
+    # config type here (a tyro union of configs once there are two; see fitting/strategy/base.py).
+    strategy: BindingStrategyConfig = field(default_factory=BindingStrategyConfig)
+    """Densification: when Gaussians are cloned, split and pruned inside their triangles, and opacity resets."""
 
     def resolved(self) -> tuple[int, int, int]:
         """(steps, budget, per_face) after applying the preset."""

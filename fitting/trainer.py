@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from talksplat.avatar.gaussians import GaussianAvatar
+from talksplat.avatar.gaussians import PARAM_NAMES, TENSOR_NAMES, GaussianAvatar
 from talksplat.core.errors import TalksplatError
 from talksplat.core.files import atomic_write, write_json
 from talksplat.core.outputs import check_output_dir, clear_output_dir, is_output_of, output_lock, write_marker
@@ -28,13 +28,9 @@ from talksplat.rigs.base import HeadRig, RigParams
 
 from .config import FitConfig
 from .data import FrameSampler, Sample
+from .strategy.base import Strategy
 
 FRAME_FIELDS = ("expression", "jaw", "neck", "eyes", "global_rot", "translation")
-AVATAR_PARAMS = ("local_means", "local_quats", "log_scales", "sh_dc", "sh_rest", "opacity_logits")
-#: Adam learning rates (GaussianAvatars' values; positions and scales are in face units).
-LR = {"local_means": 5e-3, "local_quats": 1e-3, "log_scales": 1.7e-2, "sh_dc": 2.5e-3, "sh_rest": 1.25e-4,
-      "opacity_logits": 5e-2, "expression": 1e-3, "jaw": 1e-5, "neck": 1e-5, "eyes": 1e-5, "global_rot": 1e-5,
-      "translation": 1e-6}
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -120,7 +116,7 @@ def prepare_fit_dir(cfg: FitConfig) -> None:
     ``--overwrite``, remove the previous fit's files so the folder never mixes two runs; marks the folder."""
     out = Path(cfg.out)
     inputs = (cfg.dataset, cfg.lpips_weights)
-    if cfg.resume or cfg.driver_only:
+    if cfg.resume:
         check_output_dir(out, "fit", overwrite=False, inputs=inputs, allow_existing=True)
         if cfg.resume and not (out / CHECKPOINT).is_file():
             raise FitError(f"{out / CHECKPOINT}: no checkpoint to resume from")
@@ -133,11 +129,19 @@ def prepare_fit_dir(cfg: FitConfig) -> None:
 
 
 class Trainer:
-    """Fits a :class:`GaussianAvatar` to a dataset; see :class:`FitConfig` for every knob."""
+    """Fits a :class:`GaussianAvatar` to a dataset; see :class:`FitConfig` for every knob.
 
-    def __init__(self, cfg: FitConfig):
+    The densification strategy is built from ``cfg.strategy`` (its ``build``), or given as ``strategy``: any
+    object with the hooks of :class:`~talksplat.fitting.strategy.base.Strategy`."""
+
+    def __init__(self, cfg: FitConfig, strategy: Strategy | None = None):
         self.cfg = cfg
         self.steps, self.budget, per_face = cfg.resolved()
+        # Densification: built from its config; the trainer never names a strategy class.
+        self.strategy: Strategy = strategy if strategy is not None else cfg.strategy.build(self.steps, self.budget)
+        if not isinstance(self.strategy, Strategy):
+            raise TypeError(f"{type(self.strategy).__name__} is not a densification strategy (it lacks hooks of "
+                            "talksplat.fitting.strategy.base.Strategy)")
         self.ds = open_dataset(cfg.dataset)
         self.fingerprint = dataset_fingerprint(self.ds)
         self.rig: HeadRig = load_dataset_rig(self.ds, cfg.rig)
@@ -171,24 +175,16 @@ class Trainer:
             self.strategy_state = self.strategy.initialize_state()
 
     # ------------------------------------------------------------------ setup
-    @property
-    def strategy(self):
-        if not hasattr(self, "_strategy"):
-            from .strategy import BindingStrategy
-
-            stop = int(self.cfg.refine_stop_fraction * self.steps)
-            self._strategy = BindingStrategy(refine_start_iter=self.cfg.refine_start, refine_stop_iter=stop,
-                                             refine_every=self.cfg.refine_every, reset_every=self.cfg.reset_every,
-                                             budget=self.budget)
-        return self._strategy
-
     def _make_optimizers(self) -> None:
+        """One Adam per avatar tensor (and per tuned frame field), learning rates from ``cfg.optim``; the strategy
+        checks that it can work on them."""
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        for k in AVATAR_PARAMS:
-            self.optimizers[k] = torch.optim.Adam([getattr(self.avatar, k)], lr=LR[k], eps=1e-15)
+        for k in PARAM_NAMES:
+            self.optimizers[k] = torch.optim.Adam([getattr(self.avatar, k)], lr=self.cfg.optim.lr(k), eps=1e-15)
         if self.cfg.tune_params:
             for k in FRAME_FIELDS:
-                self.optimizers[f"frame.{k}"] = torch.optim.Adam([self.frames.delta(k)], lr=LR[k])
+                self.optimizers[f"frame.{k}"] = torch.optim.Adam([self.frames.delta(k)], lr=self.cfg.optim.lr(k))
+        self.strategy.check_sanity(self.avatar, self._avatar_optimizers())
 
     def background(self) -> torch.Tensor:
         if self.cfg.background == "white":
@@ -218,7 +214,7 @@ class Trainer:
         from .losses import photometric_loss
         from .regions import loss_weight_map
 
-        cfg = self.cfg
+        cfg = self.cfg.loss
         weight = None
         if sample.landmarks is not None and (cfg.mouth_weight != 1 or cfg.eye_weight != 1):
             w = loss_weight_map(sample.landmarks, sample.frame.height, sample.frame.width, mouth=cfg.mouth_weight,
@@ -236,9 +232,9 @@ class Trainer:
         if self._lpips_applies(render):
             parts["lpips"] = self.lpips(render, target)
             total = total + cfg.lambda_lpips * parts["lpips"]
-        if cfg.tune_params:
+        if self.cfg.tune_params:
             reg = sum((self.frames.delta(k) ** 2).mean() for k in FRAME_FIELDS)
-            total = total + 1e-2 * reg
+            total = total + cfg.lambda_offsets * reg
         return total, parts
 
     def _lpips_applies(self, render: torch.Tensor) -> bool:
@@ -250,15 +246,15 @@ class Trainer:
         """Run from the current step to `self.steps`, checkpointing every `checkpoint_every` steps and
         at the end (unless `checkpoints` is False: benchmarks)."""
         cfg = self.cfg
-        lr0 = LR["local_means"]
+        lr0, decay = cfg.optim.lr("local_means"), cfg.optim.means_decay
         t_start, s_start = time.perf_counter(), self.step
         # The first step whose loss was not finite, kept on the device (no host sync per step); read
         # at each progress update, before each checkpoint and at the end.
         first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         while self.step < self.steps:
             step = self.step
-            # Positions: exponential decay to 1 % over the run (as 3DGS / gsplat).
-            self.optimizers["local_means"].param_groups[0]["lr"] = lr0 * 0.01 ** (step / max(1, self.steps))
+            # Positions: exponential decay to `means_decay` (1 %) over the run (as 3DGS / gsplat).
+            self.optimizers["local_means"].param_groups[0]["lr"] = lr0 * decay ** (step / max(1, self.steps))
             sample = self.sampler.sample()
             bg = self.background()
             target = sample.composite(bg)
@@ -303,10 +299,10 @@ class Trainer:
             with safe_open(str(ckpt), "pt") as f:
                 kept = f"; the last good checkpoint ({ckpt}, step {json.loads(f.metadata()['talksplat'])['step']}) is kept"
         raise FitError(f"{self.cfg.dataset}: the training loss became non-finite (NaN or Inf) at step {first_bad + 1}; "
-                       f"stopped{kept}; try a lower learning rate or check the dataset")
+                       f"stopped{kept}; try lower learning rates (--optim.lr-*) or check the dataset")
 
     def _avatar_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {k: self.optimizers[k] for k in AVATAR_PARAMS}
+        return {k: self.optimizers[k] for k in PARAM_NAMES}
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -314,7 +310,7 @@ class Trainer:
         from safetensors.torch import save_file
 
         self.out.mkdir(parents=True, exist_ok=True)
-        tensors = {f"avatar.{k}": getattr(self.avatar, k).detach() for k in AVATAR_PARAMS + ("binding",)}
+        tensors = {f"avatar.{k}": getattr(self.avatar, k).detach() for k in TENSOR_NAMES}
         for k in FRAME_FIELDS:
             tensors[f"frame.{k}"] = self.frames.delta(k).detach()
         opt_steps = {}
@@ -360,7 +356,7 @@ class Trainer:
         if header.get("rig_checksum") != self.rig.checksum:
             raise FitError(f"{path}: checkpoint was made with another rig")
         dev = self.device
-        self.avatar = GaussianAvatar(*(t[f"avatar.{k}"] for k in ("binding",) + AVATAR_PARAMS),
+        self.avatar = GaussianAvatar(*(t[f"avatar.{k}"] for k in TENSOR_NAMES),
                                      rig_name=self.rig.name, rig_checksum=self.rig.checksum,
                                      sh_degree=int(header["sh_degree"])).to(dev)
         with torch.no_grad():

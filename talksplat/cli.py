@@ -26,7 +26,7 @@ from talksplat.benchmarks.config import (BenchDriveConfig, BenchFitConfig, Bench
 from talksplat.data_prep.prep import PrepConfig
 from talksplat.demo.command import DemoConfig
 from talksplat.driving.drive import DriveConfig
-from talksplat.fitting.config import FitConfig
+from talksplat.fit_command import FitCommandConfig
 from talksplat.render_command import RenderConfig
 from talksplat.run_command import RunConfig
 from talksplat.viewer.server import ViewConfig
@@ -43,7 +43,7 @@ Bench = Union[
 
 Command = Union[
     Annotated[PrepConfig, tyro.conf.subcommand("prep")],
-    Annotated[FitConfig, tyro.conf.subcommand("fit")],
+    Annotated[FitCommandConfig, tyro.conf.subcommand("fit")],
     Annotated[DriveConfig, tyro.conf.subcommand("drive")],
     Annotated[RunConfig, tyro.conf.subcommand("run")],
     Annotated[DemoConfig, tyro.conf.subcommand("demo")],
@@ -135,7 +135,7 @@ def _rows(module: str):
 #: with several long stages (fit, run, demo, view) print a line as each stage ends and return None.
 COMMANDS: dict[type, tuple[str, Callable | None]] = {
     PrepConfig: ("talksplat.data_prep.prep:run_prep", _wrote),
-    FitConfig: ("talksplat.fit_command:run_fit_command", None),
+    FitCommandConfig: ("talksplat.fit_command:run_fit_command", None),
     DriveConfig: ("talksplat.driving.drive:run_drive", _wrote_drive),
     RunConfig: ("talksplat.run_command:run_pipeline", None),
     DemoConfig: ("talksplat.demo.command:run_demo", None),

@@ -1,17 +1,35 @@
 """`talksplat fit`: the Gaussian avatar (talksplat.fitting), then the audio predictor (talksplat.driving).
 
 The two stages live in their own packages (driving may import fitting, not the reverse); this thin
-command runs them in order and prints what each measured.
+command holds their joint config (:class:`FitCommandConfig`: the avatar's :class:`FitConfig` plus the
+predictor's `--driver.*`), runs them in order and prints what each measured.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
+from talksplat.driving.config import DriverConfig
 from talksplat.fitting.config import FitConfig
 
 
-def run_fit_command(cfg: FitConfig) -> dict:
+@dataclass
+class FitCommandConfig(FitConfig):
+    """Fit a Gaussian avatar to a dataset made by `talksplat prep`, then its audio-to-rig predictor.
+
+    Writes OUT/avatar.safetensors (+ .ply), tuned per-frame rig parameters, metrics.json with
+    held-out PSNR/SSIM (full frame and mouth), side-by-side renders of held-out frames, a
+    resumable checkpoint, and OUT/driver.safetensors (the audio predictor, see `talksplat drive`).
+    """
+
+    driver: DriverConfig = field(default_factory=DriverConfig)
+    """The audio-to-rig predictor trained after the avatar (see `talksplat drive`)."""
+    driver_only: bool = False
+    """Train only the audio predictor (beside an existing avatar in --out, or alone)."""
+
+
+def run_fit_command(cfg: FitCommandConfig) -> dict:
     """Fit the avatar (unless ``--driver-only``), then the audio predictor (unless disabled).
 
     Holds the lock of OUT throughout (talksplat.core.outputs).  Returns the metrics written to OUT/metrics.json."""
@@ -53,7 +71,7 @@ def driver_text(m: dict) -> str:
             if h else "no held-out time steps to evaluate")
 
 
-def fit_driver(cfg: FitConfig, require_audio: bool = True) -> dict | None:
+def fit_driver(cfg: FitCommandConfig, require_audio: bool = True) -> dict | None:
     """The audio-predictor stage of `talksplat fit`: trains OUT/driver.safetensors on the dataset's audio.
 
     Returns the predictor's metrics, or None (with a warning) when the dataset has no audio and

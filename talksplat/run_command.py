@@ -26,7 +26,7 @@ from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import InputError, OptionError, OutputError
 from talksplat.core.files import write_json
-from talksplat.fitting.config import DriverConfig
+from talksplat.driving.config import DriverConfig
 
 #: run preset -> (prep crop side px, fit preset, drive output side px)
 RUN_PRESETS = {"fast": (256, "fast", 512), "default": (512, "default", 1024), "quality": (512, "quality", 1024)}
@@ -93,7 +93,7 @@ class RunConfig(ProcessOptions):
 def _resolved(cfg: RunConfig):
     from talksplat.data_prep.prep import PrepConfig
     from talksplat.driving.drive import DriveConfig
-    from talksplat.fitting.config import FitConfig
+    from talksplat.fit_command import FitCommandConfig
 
     crop, fit_preset, out_px = RUN_PRESETS[cfg.preset]
     out = Path(cfg.out)
@@ -101,9 +101,9 @@ def _resolved(cfg: RunConfig):
                       fps=cfg.fps, resolution=cfg.resolution or crop, max_frames=cfg.max_frames, overwrite=True,
                       heldout=cfg.heldout, device=cfg.device, quiet=cfg.quiet)
     driver = cfg.driver
-    fit = FitConfig(dataset=out / "dataset", out=out / "avatar", preset=fit_preset, steps=cfg.steps,
-                    budget=cfg.budget, overwrite=True, device=cfg.device, lpips_weights=cfg.lpips_weights,
-                    quiet=cfg.quiet, driver=driver)
+    fit = FitCommandConfig(dataset=out / "dataset", out=out / "avatar", preset=fit_preset, steps=cfg.steps,
+                           budget=cfg.budget, overwrite=True, device=cfg.device, lpips_weights=cfg.lpips_weights,
+                           quiet=cfg.quiet, driver=driver)
     drive = DriveConfig(avatar=out / "avatar", audio=cfg.audio, text=cfg.text, out=out / "talk.mp4",
                         resolution=cfg.drive_resolution or out_px, fps=cfg.fps, pose=cfg.pose,
                         background=cfg.background, camera=cfg.camera, device=cfg.device, voice=cfg.voice,

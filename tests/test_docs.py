@@ -68,25 +68,27 @@ class _TwoFields:
 def test_type_names_and_attribute_docstrings():
     from typing import Literal, Optional
 
-    from talksplat.fitting.config import FitConfig
+    from talksplat.fit_command import FitCommandConfig
+    from talksplat.fitting.config import LossConfig
 
     assert cli_docs.type_name(Optional[int]) == "int or none"
     assert cli_docs.type_name(tuple[float, ...]) == "float ..."
     assert cli_docs.type_name(tuple[float, float, float]) == "float float float"
     assert cli_docs.type_name(Literal["fast", "default"]) == "{fast,default}"
     assert cli_docs.type_name(Path | None) == "path or none"
-    docs = cli_docs.field_docs(FitConfig)
+    docs = cli_docs.field_docs(FitCommandConfig)  # the base class's (FitConfig's) docstrings included
     assert docs["preset"].startswith("Step count, Gaussian budget") and "\n" not in docs["preset"]
-    assert docs["position_limit"].startswith("Distance from its triangle")
+    assert cli_docs.field_docs(LossConfig)["position_limit"].startswith("Distance from its triangle")
     assert "a" not in cli_docs.field_docs(_TwoFields)  # a field followed by another field has no docstring
     assert cli_docs.field_docs(_TwoFields)["b"] == "The second."
-    args, groups = cli_docs.describe_config(FitConfig)
+    args, groups = cli_docs.describe_config(FitCommandConfig)
     by_flag = {a.flags[0]: a for a in args}
     assert by_flag["DATASET"].positional and by_flag["DATASET"].default is None
     assert by_flag["--resume"].flags == ["--resume", "--no-resume"]
     assert by_flag["--driver.steps"].default == "1000"
     assert by_flag["--driver.enabled"].flags == ["--driver.enabled", "--driver.no-enabled"]
-    assert [g.prefix for g in groups] == ["--driver.*"]
+    assert by_flag["--strategy.grow-grad2d"].default == "0.0002"
+    assert [g.prefix for g in groups] == ["--optim.*", "--loss.*", "--strategy.*", "--driver.*"]
 
 
 # ------------------------------------------------------------------------ (b) flags against `--help`

@@ -189,7 +189,7 @@ def test_predictor_learns_mouth_opening_from_speech(shared_data, tmp_path, open_
     from talksplat.driving.evaluate import LipGeometry
     from talksplat.driving.predictor import choose_layout
     from talksplat.driving.train import train_predictor
-    from talksplat.fitting.config import DriverConfig
+    from talksplat.driving.config import DriverConfig
 
     fps = 25.0
     train, held = _speech_corpus(shared_data, tmp_path)
@@ -267,7 +267,7 @@ def test_predictor_on_a_flame_layout_rig(sphere_rig, tmp_path):
     from talksplat.driving.evaluate import LipGeometry
     from talksplat.driving.predictor import choose_layout, load_driver
     from talksplat.driving.train import train_predictor
-    from talksplat.fitting.config import DriverConfig
+    from talksplat.driving.config import DriverConfig
 
     rig = sphere_rig
     fps = 25.0

@@ -19,6 +19,7 @@ from talksplat.avatar.io import load_avatar
 from talksplat.benchmarks.synthetic_dataset import write_synthetic_dataset
 from talksplat.fitting.config import FitConfig
 from talksplat.fitting.ply import read_ply
+from talksplat.fitting.strategy import BindingStrategyConfig
 from talksplat.fitting.trainer import CHECKPOINT, Trainer, run_fit
 from talksplat.rigs import load_rig
 
@@ -38,9 +39,11 @@ def synthetic(tmp_path_factory, rig):
     return root
 
 
-def fit_cfg(dataset: Path, out: Path, **kw) -> FitConfig:
-    base = dict(dataset=dataset, out=out, preset="fast", steps=600, sh_degree=1, sh_every=300, refine_start=150,
-                refine_every=100, reset_every=100_000, checkpoint_every=300, quiet=True, eval_frames=0)
+def fit_cfg(dataset: Path, out: Path, refine_start: int = 150, refine_every: int = 100, **kw) -> FitConfig:
+    base = dict(dataset=dataset, out=out, preset="fast", steps=600, sh_degree=1, sh_every=300, checkpoint_every=300,
+                quiet=True, eval_frames=0,
+                strategy=BindingStrategyConfig(refine_start_iter=refine_start, refine_every=refine_every,
+                                               reset_every=100_000))
     base.update(kw)
     return FitConfig(**base)
 
@@ -79,7 +82,8 @@ def test_kill_and_resume(synthetic, tmp_path):
     """A fit killed after a checkpoint resumes at the saved step and ends like an uninterrupted run."""
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "talksplat.cli", "fit", str(synthetic), "--out", str(out), "--preset", "fast",
-            "--steps", "240", "--checkpoint-every", "60", "--refine-start", "50", "--refine-every", "50",
+            "--steps", "240", "--checkpoint-every", "60", "--strategy.refine-start-iter", "50",
+            "--strategy.refine-every", "50",
             "--sh-degree", "1", "--sh-every", "100", "--quiet"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = out / CHECKPOINT

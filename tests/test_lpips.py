@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from talksplat.fitting.config import FitConfig
+from talksplat.fitting.config import FitConfig, LossConfig
+from talksplat.fitting.strategy import BindingStrategyConfig
 from talksplat.fitting.lpips import LPIPS, LPIPSWeightsError, load_lpips
 
 # torchvision's `features` layouts, written out independently of fitting/lpips.py:
@@ -304,14 +305,15 @@ def test_fit_with_lpips(small_dataset, weights, tmp_path):
 
     t0 = time.perf_counter()
     cfg = FitConfig(dataset=small_dataset, out=tmp_path / "fit", preset="fast", steps=4, sh_degree=0,
-                    refine_start=1000, checkpoint_every=1000, quiet=True, eval_frames=0,
+                    strategy=BindingStrategyConfig(refine_start_iter=1000), checkpoint_every=1000, quiet=True,
+                    eval_frames=0,
                     lpips_weights=weights["alex"]["dir"])
     m = run_fit(cfg)
     held = json.loads((tmp_path / "fit" / "metrics.json").read_text())["heldout"]
     assert held["lpips"] == m["heldout"]["lpips"] and math.isfinite(held["lpips"]) and held["lpips"] > 0
     # The LPIPS term is part of the training loss (and reported) at image sizes it can see.
     tr = Trainer(FitConfig(dataset=small_dataset, out=tmp_path / "fit2", preset="fast", steps=1, sh_degree=0,
-                           quiet=True, lpips_weights=weights["alex"]["file"], lambda_lpips=0.5))
+                           quiet=True, lpips_weights=weights["alex"]["file"], loss=LossConfig(lambda_lpips=0.5)))
     tr.train(progress=lambda *a: None, checkpoints=False)
     assert tr.last_parts["lpips"] > 0
     sample = tr.sampler.sample()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from talksplat.avatar import init_avatar
+from talksplat.avatar.gaussians import PARAM_NAMES
 from talksplat.avatar.render import render_avatar
-from talksplat.fitting.strategy import PARAM_NAMES, BindingStrategy, keep_one_per_face, remove
+from talksplat.fitting.strategy import BindingStrategy, keep_one_per_face, remove
 from talksplat.render import intrinsics, orbit_cameras
 from talksplat.render.cpu import quat_to_rotmat
 
@@ -320,3 +322,141 @@ def test_check_sanity(sphere_rig):
     # a frozen parameter needs no optimizer
     avatar.sh_rest.requires_grad_(False)
     strategy.check_sanity(avatar, {k: v for k, v in optimizers.items() if k != "sh_rest"})
+
+
+# ------------------------------------------------------------------------ config, CLI and the trainer
+def _spread_opacities(avatar, seed: int = 1) -> None:
+    """Opacities evenly spread over (0.01, 0.99), in random order."""
+    g = torch.Generator().manual_seed(seed)
+    o = torch.linspace(0.01, 0.99, avatar.num_gaussians)[torch.randperm(avatar.num_gaussians, generator=g)]
+    with torch.no_grad():
+        avatar.opacity_logits.copy_(torch.logit(o))
+
+
+def test_a_threshold_set_on_the_command_line_reaches_the_strategy_and_changes_pruning(sphere_rig, capsys):
+    import tyro
+
+    from talksplat.cli import Command, main
+    from talksplat.fit_command import FitCommandConfig
+
+    cfg = tyro.cli(Command, args=["fit", "ds", "--strategy.prune-opa", "0.3", "--strategy.refine-every", "7"])
+    assert isinstance(cfg, FitCommandConfig)
+    assert cfg.strategy.prune_opa == 0.3 and cfg.strategy.refine_every == 7
+    assert cfg.strategy.grow_grad2d == 0.0002  # the others keep the strategy's own defaults
+    strategy = cfg.strategy.build(steps=1000, budget=10 ** 6)
+    assert isinstance(strategy, BindingStrategy)
+    assert (strategy.prune_opa, strategy.refine_every, strategy.refine_stop_iter) == (0.3, 7, 750)
+    default = FitCommandConfig(dataset="ds").strategy.build(steps=1000, budget=10 ** 6)
+    assert default.prune_opa == BindingStrategy().prune_opa == 0.005
+
+    counts = {}
+    for name, strat in (("default", default), ("cli", strategy)):
+        avatar, optimizers = _setup(sphere_rig)
+        _spread_opacities(avatar)
+        faces_before = set(avatar.binding.tolist())
+        state = strat.initialize_state()
+        _backward_and_step(avatar, sphere_rig, optimizers, strat, state, 599)  # Adam state to carry along
+        counts[name] = strat.refine(avatar, optimizers, state, step=600)
+        assert set(avatar.binding.tolist()) == faces_before  # no face left empty
+        _assert_in_sync(avatar, optimizers, state)
+        if name == "cli":
+            low = torch.sigmoid(avatar.opacity_logits.detach()) < 0.3
+            assert int(low.sum()) == counts[name]["rescued"]  # only the rescued ones stay below it
+    assert counts["default"]["pruned"] == 0  # every opacity is above 0.005
+    assert counts["cli"]["pruned"] > 0.2 * counts["cli"]["n"]
+
+    # out of range: one line, before any work
+    assert main(["fit", "ds", "--strategy.prune-opa", "0.7"]) == 1
+    assert "--strategy.prune-opa 0.7: out of range (above 0, up to 0.5)" in capsys.readouterr().err
+
+
+def test_prune_opa_at_its_maximum_resets_without_clamping(sphere_rig):
+    """prune_opa 0.5 (the top of its range): the reset value 2 * 0.5 = 1 clamps nothing (no log(1/0))."""
+    avatar, optimizers = _setup(sphere_rig)
+    before = avatar.opacity_logits.detach().clone()
+    strategy = BindingStrategy(prune_opa=0.5, refine_start_iter=10 ** 6, reset_every=10)
+    state = strategy.initialize_state()
+    info = _backward_and_step(avatar, sphere_rig, optimizers, strategy, state, 10)
+    strategy.step_post_backward(avatar, optimizers, state, 10, info)
+    assert state["last_reset"] == 10
+    assert torch.isfinite(avatar.opacity_logits).all() and avatar.opacity_logits.shape == before.shape
+
+
+class _Recorder:
+    """A densification strategy of our own: records the hooks and removes the first Gaussian at step 1."""
+
+    def __init__(self):
+        self.calls = []
+
+    def initialize_state(self):
+        return {"posts": 0}
+
+    def check_sanity(self, avatar, optimizers):
+        self.calls.append(("sanity", tuple(sorted(optimizers))))
+
+    def step_pre_backward(self, avatar, optimizers, state, step, info):
+        self.calls.append(("pre", step))
+        info["means2d"].retain_grad()
+
+    def step_post_backward(self, avatar, optimizers, state, step, info):
+        self.calls.append(("post", step))
+        state["posts"] += 1
+        if step == 1:
+            mask = torch.zeros(avatar.num_gaussians, dtype=torch.bool, device=avatar.binding.device)
+            mask[0] = True
+            remove(avatar, optimizers, state, mask)
+
+
+@dataclass
+class _RecorderConfig:
+    """A strategy config of our own: what FitConfig.strategy may hold besides BindingStrategyConfig."""
+
+    def build(self, steps: int, budget: int):
+        return _Recorder()
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    from talksplat.benchmarks.synthetic_dataset import write_synthetic_dataset
+    from talksplat.rigs import load_rig
+
+    root = tmp_path_factory.mktemp("strategy_fit") / "ds"
+    write_synthetic_dataset(root, load_rig("open"), T=5, size=32, cameras=(0.0,))
+    return root
+
+
+def test_the_trainer_takes_any_object_with_the_strategy_hooks(tiny_dataset, tmp_path):
+    from dataclasses import replace
+
+    from talksplat.avatar.gaussians import PARAM_NAMES as NAMES
+    from talksplat.fitting.config import PRESETS, FitConfig
+    from talksplat.fitting.strategy import Strategy, StrategyConfig
+    from talksplat.fitting.trainer import Trainer
+
+    cfg = FitConfig(dataset=tiny_dataset, out=tmp_path / "fit", preset="fast", steps=3, sh_degree=0, quiet=True,
+                    eval_frames=0)
+    # the default: built from cfg.strategy with the run's step count and the preset's budget
+    default = Trainer(cfg).strategy
+    assert isinstance(default, BindingStrategy)
+    assert (default.refine_stop_iter, default.budget) == (int(0.75 * 3), PRESETS["fast"][1])
+
+    rec = _Recorder()
+    assert isinstance(rec, Strategy) and isinstance(_RecorderConfig(), StrategyConfig)
+    tr = Trainer(replace(cfg, out=tmp_path / "own", overwrite=True), strategy=rec)
+    n0 = tr.avatar.num_gaussians
+    tr.train(checkpoints=False)
+    assert rec.calls == [("sanity", tuple(sorted(NAMES))), ("pre", 0), ("post", 0), ("pre", 1), ("post", 1),
+                         ("pre", 2), ("post", 2)]
+    assert tr.avatar.num_gaussians == n0 - 1 and tr.strategy_state == {"posts": 3}
+    # its state goes into the checkpoint and comes back on --resume
+    tr.save_checkpoint()
+    resumed = Trainer(replace(cfg, out=tmp_path / "own", resume=True), strategy=_Recorder())
+    assert resumed.strategy_state == {"posts": 3} and resumed.avatar.num_gaussians == n0 - 1
+
+    # a strategy config of another type: the trainer builds whatever it is given
+    built = Trainer(replace(cfg, out=tmp_path / "cfg", strategy=_RecorderConfig()))
+    assert isinstance(built.strategy, _Recorder) and built.strategy.calls[0][0] == "sanity"
+
+    with pytest.raises(TypeError, match="not a densification strategy"):
+        Trainer(replace(cfg, out=tmp_path / "bad"), strategy=object())
+    assert not (tmp_path / "bad").exists()  # refused before the output folder is touched

@@ -70,7 +70,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Do the work of `talksplat demo`; returns what it writes to OUT/metrics.json."""
     from talksplat.driving.audio import load_audio
     from talksplat.fit_command import heldout_text
-    from talksplat.fitting.config import DriverConfig
+    from talksplat.driving.config import DriverConfig
     from talksplat.core.files import atomic_write
     from talksplat.render.video import read_video
     from talksplat.rigs import load_rig

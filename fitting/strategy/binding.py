@@ -1,21 +1,17 @@
 """Adaptive density control for Gaussians bound to rig triangles (GaussianAvatars-style).
 
-:class:`BindingStrategy` has the hook points of gsplat 1.5.3's strategies
-(``gsplat/strategy/default.py``) but works on a :class:`~talksplat.avatar.GaussianAvatar`
-instead of a dict of parameters: sizes are judged in *face units* (the avatar's
-``exp(log_scales)``, relative to the parent face's size), new Gaussians inherit their parent's
-``binding`` face, split children are sampled in the parent face's frame, and pruning never
-leaves a face that had Gaussians without one.
-
-The parameter surgery (:func:`duplicate`, :func:`split`, :func:`remove`, :func:`reset_opa`) is
-modelled on ``gsplat/strategy/ops.py``: each replaces the avatar's ``nn.Parameter`` (``setattr``),
-re-keys the optimizer state onto the new parameter (rows of ``exp_avg`` / ``exp_avg_sq`` are
-copied for surviving Gaussians and zero for new ones; ``step`` is kept), updates
-``avatar.binding`` and the strategy's per-Gaussian running state tensors.
+:class:`BindingStrategy` implements the hooks of :class:`~talksplat.fitting.strategy.base.Strategy`
+(gsplat 1.5.3's, ``gsplat/strategy/default.py``) on a :class:`~talksplat.avatar.GaussianAvatar`
+instead of a dict of parameters: sizes are judged in *face units* (the avatar's ``exp(log_scales)``,
+relative to the parent face's size), new Gaussians inherit their parent's ``binding`` face, split
+children are sampled in the parent face's frame (:mod:`.ops`), and pruning never leaves a face that had
+Gaussians without one.  Its thresholds are the fields of
+:class:`~talksplat.fitting.strategy.config.BindingStrategyConfig` (``talksplat fit --strategy.*``),
+which it extends with what depends on the fit (``refine_stop_iter``, ``budget``).
 
 Typical use (one rendered frame per step; the trainer owns the optimizers)::
 
-    strategy = BindingStrategy()
+    strategy = BindingStrategyConfig().build(steps=n_steps, budget=100_000)   # or BindingStrategy(...)
     optimizers = {name: torch.optim.Adam([getattr(avatar, name)], lr=...) for name in PARAM_NAMES}
     strategy.check_sanity(avatar, optimizers)
     state = strategy.initialize_state()
@@ -30,179 +26,24 @@ Typical use (one rendered frame per step; the trainer owns the optimizers)::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from talksplat.avatar.gaussians import GaussianAvatar
-from talksplat.render import quat_to_rotmat
+from talksplat.avatar.gaussians import PARAM_NAMES, GaussianAvatar
 
-__all__ = ["BindingStrategy", "PARAM_NAMES", "SPLIT_SCALE_DIVISOR", "duplicate", "split", "remove", "reset_opa",
-           "keep_one_per_face"]
+from .config import BindingStrategyConfig
+from .ops import duplicate, remove, reset_opa, split
 
-#: The avatar's trainable parameters, one optimizer each (as gsplat: one param group, one tensor).
-PARAM_NAMES: Tuple[str, ...] = ("local_means", "local_quats", "log_scales", "sh_dc", "sh_rest", "opacity_logits")
-#: Split children get scales divided by this (3DGS / gsplat: 1.6).
-SPLIT_SCALE_DIVISOR = 1.6
+__all__ = ["BindingStrategy", "keep_one_per_face"]
 
 Info = Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]
 
 
-# --------------------------------------------------------------------------------------------
-# Parameter surgery (modelled on gsplat/strategy/ops.py)
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _update_param_with_optimizer(
-    param_fn: Callable[[str, Tensor], Tensor],
-    optimizer_fn: Callable[[str, Tensor], Tensor],
-    avatar: GaussianAvatar,
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    names: Optional[Iterable[str]] = None,
-) -> None:
-    """Replace avatar parameters and move their optimizer state onto the replacements.
-
-    Args:
-        param_fn: (name, old [N, ...]) -> new tensor [N', ...]; wrapped in a fresh ``nn.Parameter``
-            with the old ``requires_grad`` and set on the avatar.
-        optimizer_fn: (state key, old state tensor [N, ...]) -> new state tensor [N', ...]; applied
-            to every per-row state tensor (``exp_avg``, ``exp_avg_sq``, ...). ``step`` (and any other
-            0-dim / non-tensor entry) is kept as is.
-        avatar: the avatar whose parameters are replaced in place.
-        optimizers: name -> optimizer holding exactly that parameter (one param group).
-        names: parameter names to update; default all of :data:`PARAM_NAMES`.
-    """
-    for name in (PARAM_NAMES if names is None else names):
-        param = getattr(avatar, name)
-        new_param = nn.Parameter(param_fn(name, param.detach()).contiguous(), requires_grad=param.requires_grad)
-        setattr(avatar, name, new_param)
-        if name not in optimizers:
-            if param.requires_grad:
-                raise ValueError(f"no optimizer for trainable avatar parameter '{name}'")
-            continue
-        optimizer = optimizers[name]
-        param_state = optimizer.state.pop(param, None)
-        if param_state is not None:
-            for key, v in list(param_state.items()):
-                if key != "step" and isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == param.shape[0]:
-                    param_state[key] = optimizer_fn(key, v)
-        for group in optimizer.param_groups:
-            group["params"] = [new_param if p is param else p for p in group["params"]]
-        if param_state is not None:
-            optimizer.state[new_param] = param_state
-
-
-def _sync_state(state: Optional[Dict[str, Any]], n_old: int, fn: Callable[[Tensor], Tensor]) -> None:
-    """Apply a row operation to every per-Gaussian tensor ([n_old, ...]) in the strategy state."""
-    if not state:
-        return
-    for k, v in list(state.items()):
-        if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n_old:
-            state[k] = fn(v)
-
-
-@torch.no_grad()
-def duplicate(avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
-              state: Optional[Dict[str, Any]], mask: Tensor) -> None:
-    """Clone the Gaussians selected by ``mask`` [N] bool; clones are appended at the end.
-
-    Clones copy every parameter and the parent's ``binding`` face; their optimizer state rows are
-    zero; running-state rows are copied.  N -> N + mask.sum().
-    """
-    n = avatar.num_gaussians
-    sel = torch.where(mask)[0]
-
-    def param_fn(name: str, p: Tensor) -> Tensor:
-        return torch.cat([p, p[sel]])
-
-    def optimizer_fn(key: str, v: Tensor) -> Tensor:
-        return torch.cat([v, v.new_zeros((len(sel), *v.shape[1:]))])
-
-    _update_param_with_optimizer(param_fn, optimizer_fn, avatar, optimizers)
-    avatar.binding = torch.cat([avatar.binding, avatar.binding[sel]])
-    _sync_state(state, n, lambda v: torch.cat([v, v[sel]]))
-
-
-@torch.no_grad()
-def split(avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
-          state: Optional[Dict[str, Any]], mask: Tensor, generator: Optional[torch.Generator] = None) -> None:
-    """Split each Gaussian selected by ``mask`` [N] bool into two children.
-
-    The parents are removed; the 2 * S children are appended at the end (all first children,
-    then all second children, as gsplat).  Children keep the parent's ``binding`` face and all
-    other attributes, except:
-
-    * ``local_means`` [.., 3] face units: sampled from the parent's own distribution in the face
-      frame, ``mu + R(q) @ (exp(log_scales) * randn(3))``;
-    * ``log_scales`` [.., 3] log face units: ``parent - log(1.6)``.
-
-    Optimizer state rows of children are zero; running-state rows are copied from the parent.
-    N -> N + mask.sum().
-    """
-    n = avatar.num_gaussians
-    sel = torch.where(mask)[0]
-    rest = torch.where(~mask)[0]
-    scales = torch.exp(avatar.log_scales.detach()[sel])  # [S, 3] face units
-    rotmats = quat_to_rotmat(avatar.local_quats.detach()[sel])  # [S, 3, 3] face frame
-    noise = torch.randn(2, len(sel), 3, device=scales.device, dtype=scales.dtype, generator=generator)
-    samples = torch.einsum("nij,nj,bnj->bni", rotmats, scales, noise)  # [2, S, 3] face units
-
-    def param_fn(name: str, p: Tensor) -> Tensor:
-        repeats = [2] + [1] * (p.dim() - 1)
-        if name == "local_means":
-            children = (p[sel][None] + samples).reshape(-1, 3)
-        elif name == "log_scales":
-            children = (p[sel] - math.log(SPLIT_SCALE_DIVISOR)).repeat(repeats)
-        else:
-            children = p[sel].repeat(repeats)
-        return torch.cat([p[rest], children])
-
-    def optimizer_fn(key: str, v: Tensor) -> Tensor:
-        return torch.cat([v[rest], v.new_zeros((2 * len(sel), *v.shape[1:]))])
-
-    _update_param_with_optimizer(param_fn, optimizer_fn, avatar, optimizers)
-    avatar.binding = torch.cat([avatar.binding[rest], avatar.binding[sel].repeat(2)])
-    _sync_state(state, n, lambda v: torch.cat([v[rest], v[sel].repeat([2] + [1] * (v.dim() - 1))]))
-
-
-@torch.no_grad()
-def remove(avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
-           state: Optional[Dict[str, Any]], mask: Tensor) -> None:
-    """Remove the Gaussians selected by ``mask`` [N] bool (parameters, optimizer rows, binding,
-    running state).  Does not protect faces: :class:`BindingStrategy` does that before calling."""
-    n = avatar.num_gaussians
-    keep = torch.where(~mask)[0]
-
-    _update_param_with_optimizer(lambda name, p: p[keep], lambda key, v: v[keep], avatar, optimizers)
-    avatar.binding = avatar.binding[keep]
-    _sync_state(state, n, lambda v: v[keep])
-
-
-@torch.no_grad()
-def reset_opa(avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer],
-              state: Optional[Dict[str, Any]], value: float) -> None:
-    """Clamp opacities to at most ``value`` (in (0, 1), post-sigmoid) and zero the opacity
-    optimizer's moment estimates (``step`` is kept), as gsplat's ``reset_opa``."""
-    max_logit = math.log(value / (1.0 - value))
-
-    def param_fn(name: str, p: Tensor) -> Tensor:
-        return torch.clamp(p, max=max_logit)
-
-    _update_param_with_optimizer(param_fn, lambda key, v: torch.zeros_like(v), avatar, optimizers,
-                                 names=["opacity_logits"])
-
-
-# --------------------------------------------------------------------------------------------
-# The strategy
-# --------------------------------------------------------------------------------------------
-
-
 @dataclass
-class BindingStrategy:
+class BindingStrategy(BindingStrategyConfig):
     """Clone / split / prune / opacity-reset for triangle-bound Gaussians.
 
     Statistics: after each backward, for every Gaussian visible in a camera (all radii > 0) the
@@ -223,18 +64,17 @@ class BindingStrategy:
     Every ``reset_every`` steps (``0 < step < refine_stop_iter``): opacities are clamped to
     ``2 * prune_opa`` and the opacity optimizer's moments are zeroed.
 
-    Args:
-        prune_opa: opacity (0..1) below which Gaussians are pruned.
-        grow_grad2d: mean normalised 2D gradient above which Gaussians are grown. With
-            ``absgrad`` use a larger value (gsplat suggests ~0.0008).
-        grow_scale_face: face units; largest scale at or below it -> clone, above -> split.
-            A Gaussian covering its whole face is ~0.5-1 face units (``init_avatar`` with
-            ``per_face=2`` gives ~0.45, ``per_face=1`` ~0.65).
-        prune_scale_face: face units; larger Gaussians are pruned (after ``reset_every`` steps).
-        refine_start_iter, refine_stop_iter: refinement runs for steps strictly between them.
-        reset_every: steps between opacity resets.
-        refine_every: steps between refinements.
-        pause_refine_after_reset: skip refinements for this many steps after a reset (gsplat).
+    The thresholds and periods (``prune_opa``, ``grow_grad2d``, ``grow_scale_face``,
+    ``prune_scale_face``, ``refine_start_iter``, ``refine_every``, ``reset_every``,
+    ``pause_refine_after_reset``) are the fields of :class:`BindingStrategyConfig`, documented there
+    and defaulted there only; ``refine_stop_fraction`` is what ``BindingStrategyConfig.build`` turns into
+    ``refine_stop_iter`` (the hooks read ``refine_stop_iter``).  ``grow_scale_face``: a Gaussian covering
+    its whole face is ~0.5-1 face units (``init_avatar`` with ``per_face=2`` gives ~0.45, ``per_face=1``
+    ~0.65).  With ``absgrad`` use a larger ``grow_grad2d`` (gsplat suggests ~0.0008).
+
+    Args (besides the config's):
+        refine_stop_iter: refinement runs for steps strictly between ``refine_start_iter`` and it;
+            opacity resets stop there too.
         budget: maximum number of Gaussians growth may reach (pruning happens after growth).
         absgrad: accumulate ``info["means2d"].absgrad`` instead of ``.grad`` (render with
             ``absgrad=True``).
@@ -244,15 +84,7 @@ class BindingStrategy:
     face units are already relative to the mesh).
     """
 
-    prune_opa: float = 0.005
-    grow_grad2d: float = 0.0002
-    grow_scale_face: float = 0.5
-    prune_scale_face: float = 3.0
-    refine_start_iter: int = 500
     refine_stop_iter: int = 15_000
-    reset_every: int = 3000
-    refine_every: int = 100
-    pause_refine_after_reset: int = 0
     budget: int = 100_000
     absgrad: bool = False
     verbose: bool = False
