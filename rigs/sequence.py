@@ -60,7 +60,8 @@ class RigSequence:
 
     def __post_init__(self):
         self.shape = np.asarray(self.shape, np.float32)
-        self.frames = {k: np.asarray(v, np.float32) for k, v in self.frames.items()}
+        order = [k for k in FRAME_FIELDS if k in self.frames] + [k for k in self.frames if k not in FRAME_FIELDS]
+        self.frames = {k: np.asarray(self.frames[k], np.float32) for k in order}
 
     # ------------------------------------------------------------------ access
     def __getattr__(self, name: str) -> np.ndarray:
