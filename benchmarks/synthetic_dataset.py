@@ -17,6 +17,7 @@ from talksplat.render.camera import look_at
 from talksplat.render.sh import rgb_to_sh
 from talksplat.render.video import to_uint8
 from talksplat.rigs.base import HeadRig
+from talksplat.rigs.sequence import RigSequence
 
 
 def textured_avatar(rig: HeadRig, per_face: int = 2):
@@ -62,10 +63,11 @@ def write_synthetic_dataset(out: Path, rig: HeadRig, T: int = 30, size: int = 96
         with torch.no_grad():
             lm3d = emb.points(rig, rig(p).vertices)
             uv = project(lm3d, vms, K[None].expand(len(cams), 3, 3)).numpy()  # [C, T, L, 2]
+        seq = RigSequence.from_params(p, source="synthetic")
         for c, vm in enumerate(vms):
             cam = f"cam{c}"
             for i in range(T):
-                pi = type(p)(**{k: v[i:i + 1] for k, v in p.__dict__.items()})
+                pi = seq[i].to_params()
                 with torch.no_grad():
                     col, alpha, _ = render_avatar(avatar, rig, pi, vm[None], K[None], size, size,
                                                   backgrounds=torch.zeros(1, 3), backend="cpu")
@@ -76,8 +78,7 @@ def write_synthetic_dataset(out: Path, rig: HeadRig, T: int = 30, size: int = 96
                 c2w = torch.linalg.inv(vm).numpy()
                 w.add_frame(Frame(image=image_name(cam, i), mask=image_name(cam, i, "masks"), K=K.numpy(), c2w=c2w,
                                   timestep=i, camera=cam, width=size, height=size))
-        w.write_rig_params(p.shape[0].numpy(), {k: getattr(p, k).numpy() for k in
-                                                ("expression", "global_rot", "neck", "jaw", "eyes", "translation")})
+        w.write_rig_params(seq)
         w.write_landmarks([f"cam{c}" for c in range(len(cams))], uv, np.ones((len(cams), T)), np.zeros((len(cams), T)))
         w.commit({"fps": 25.0, "num_timesteps": T, "cameras": [f"cam{c}" for c in range(len(cams))],
                   "monocular": False, "rig": {"name": rig.name, "checksum": rig.checksum, "spec": "open"},

@@ -8,8 +8,9 @@ Layout (documented for users in docs/formats.md)::
                          timestep, camera id, width, height
       images/<cam>/<t>.png   RGB uint8
       masks/<cam>/<t>.png    foreground, uint8 0..255
-      rig_params.npz     shape [S] (shared), expression [T, E], global_rot / neck / jaw [T, 3],
-                         eyes [T, 2, 3], translation [T, 3] (axis-angle radians, metres, world frame)
+      rig_params.npz     the tracked rig parameters: a RigSequence file (talksplat.rigs.sequence;
+                         shape [S], expression [T, E], global_rot / neck / jaw [T, 3], eyes [T, 2, 3],
+                         translation [T, 3]; axis-angle radians, metres, world frame)
       landmarks.npz      cameras [C] str, points [C, T, 478, 2] px in the dataset images,
                          confidence [C, T] in [0, 1] (0 = no detection), interpolated [C, T] bool
       audio.wav          16 kHz mono PCM (absent when the video had no audio)
@@ -32,13 +33,11 @@ from talksplat.core import outputs
 from talksplat.core.checks import check_array
 from talksplat.core.errors import InputError
 from talksplat.core.files import commit_dir, json_text, make_partial_dir
+from talksplat.rigs.sequence import RigSequence
 
 FORMAT_NAME = "talksplat-dataset"
 FORMAT_VERSION = 1
 CAMERA_CONVENTION = "OpenCV camera-to-world: camera x right, y down, z forward; world metres, right-handed"
-RIG_PARAM_KEYS = ("expression", "global_rot", "neck", "jaw", "eyes", "translation")
-#: Shapes of the per-frame parameters after the time axis (expression: [E], any E).
-RIG_PARAM_TAIL = {"global_rot": (3,), "neck": (3,), "jaw": (3,), "eyes": (2, 3), "translation": (3,)}
 
 
 class DatasetError(InputError):
@@ -137,17 +136,18 @@ class DatasetWriter:
     def add_frame(self, frame: Frame) -> None:
         self.frames.append(frame)
 
-    def write_rig_params(self, shape: np.ndarray, params: dict[str, np.ndarray]) -> None:
-        """shape [S]; params: the RIG_PARAM_KEYS arrays, leading dimension T."""
-        missing = [k for k in RIG_PARAM_KEYS if k not in params]
-        if missing:
-            raise DatasetError(f"rig parameters lack {missing}")
-        arrays = {k: np.asarray(params[k], np.float32) for k in RIG_PARAM_KEYS}
-        bad = [k for k, v in (("shape", np.asarray(shape, np.float32)), *arrays.items()) if not np.all(np.isfinite(v))]
+    def write_rig_params(self, params: RigSequence) -> None:
+        """The tracked parameters as rig_params.npz (checked: every field, one T, all finite)."""
+        bad = [k for k, v in (("shape", params.shape), *params.frames.items()) if not np.all(np.isfinite(v))]
         if bad:
             raise DatasetError(f"{self.out}: the tracked rig parameters {bad} hold non-finite values (tracking "
                                "diverged); nothing was written")
-        np.savez(self.root / "rig_params.npz", shape=np.asarray(shape, np.float32), **arrays)
+        try:
+            params.validate()
+        except InputError as e:
+            raise DatasetError(f"{self.out}: the tracked rig parameters are unusable ({e}); nothing was written") \
+                from None
+        params.save(self.root / "rig_params.npz")
 
     def write_landmarks(self, cameras: list[str], points: np.ndarray, confidence: np.ndarray,
                         interpolated: np.ndarray) -> None:
@@ -172,18 +172,28 @@ class DatasetWriter:
 
 @dataclass
 class Dataset:
-    """A dataset read back from disk (images are loaded on demand)."""
+    """A dataset read back from disk (images are loaded on demand).
+
+    ``rig_params``: the tracked parameters (rig_params.npz), T time steps; ``shape`` [S] and ``params``
+    (frame field -> [T, ...]) are views of it."""
 
     root: Path
     meta: dict
     frames: list[Frame]
-    shape: np.ndarray
-    params: dict[str, np.ndarray]
+    rig_params: RigSequence
     landmarks: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
+    def shape(self) -> np.ndarray:
+        return self.rig_params.shape
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return self.rig_params.frames
+
+    @property
     def num_timesteps(self) -> int:
-        return int(self.params["expression"].shape[0])
+        return len(self.rig_params)
 
     @property
     def split(self) -> dict[str, list[int]]:
@@ -289,28 +299,14 @@ def first_training_frame(meta: dict, frames: list[Frame]) -> Frame:
     return next((f for f in frames if not train or f.timestep in train), frames[0])
 
 
-def _rig_params(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """rig_params.npz, checked: every key present, shapes ``[T, ...]`` with one T, all finite."""
+def _rig_params(path: Path) -> RigSequence:
+    """rig_params.npz, checked: every field present, shapes ``[T, ...]`` with one T, all finite."""
+    if not path.is_file():
+        raise DatasetError(f"{path.parent}: incomplete dataset (no {path.name}, the tracked rig parameters)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DatasetError(f"{path.parent}: incomplete dataset (no {path.name}, the tracked rig parameters)") from None
-    except Exception as e:  # noqa: BLE001 - a damaged zip fails in many ways (BadZipFile, EOFError, ...)
-        raise DatasetError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
-    missing = [k for k in ("shape",) + RIG_PARAM_KEYS if k not in data]
-    if missing:
-        raise DatasetError(f"{path}: lacks {missing}")
-    try:
-        shape = check_array(data["shape"], str(path), "shape", (None,))
-        T = check_array(data["expression"], str(path), "expression", (None, None)).shape[0]
-        params = {k: check_array(data[k], str(path), k, (T,) + RIG_PARAM_TAIL.get(k, (None,)))
-                  for k in RIG_PARAM_KEYS}
+        return RigSequence.load(path)
     except InputError as e:
         raise DatasetError(str(e)) from None
-    if T < 1:
-        raise DatasetError(f"{path}: no time steps")
-    return shape.astype(np.float32), {k: v.astype(np.float32) for k, v in params.items()}
 
 
 def load_dataset(root: str | os.PathLike) -> Dataset:
@@ -318,8 +314,8 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
     camera, the parameters' shapes and finiteness, and that frames and split name existing time steps."""
     root = Path(root)
     meta, frames = load_metadata(root)
-    shape, params = _rig_params(root / "rig_params.npz")
-    T = params["expression"].shape[0]
+    rig_params = _rig_params(root / "rig_params.npz")
+    T = len(rig_params)
     for i, f in enumerate(frames):
         if not 0 <= f.timestep < T:
             raise DatasetError(f"{root}/transforms.json: frame {i} has timestep {f.timestep}, but "
@@ -342,7 +338,7 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
             raise DatasetError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - damaged zip, missing keys
             raise DatasetError(f"{path}: not a readable landmarks file ({type(e).__name__})") from None
-    return Dataset(root=root, meta=meta, frames=frames, shape=shape, params=params, landmarks=landmarks)
+    return Dataset(root=root, meta=meta, frames=frames, rig_params=rig_params, landmarks=landmarks)
 
 
 def check_files(ds: Dataset) -> None:

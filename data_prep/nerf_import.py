@@ -75,6 +75,7 @@ from talksplat.core.checks import check_array
 from talksplat.core.errors import InputError
 from talksplat.core.files import commit_dir, make_partial_dir
 from talksplat.core.outputs import write_marker
+from talksplat.rigs.sequence import RigSequence
 
 from .dataset import DatasetWriter, Frame, check_output_dir, image_name, load_dataset
 
@@ -632,7 +633,7 @@ def import_nerf_dataset(src_dir: str | os.PathLike, out_dir: str | os.PathLike, 
                 w.write_image(mask, alpha)
             w.add_frame(Frame(image=rel, mask=mask, K=K, c2w=f.c2w_gl @ GL_TO_CV, timestep=t, camera=cam,
                               width=W, height=H))
-        w.write_rig_params(shape, params)
+        w.write_rig_params(RigSequence(shape, params, source=str(src)))
         w.write_landmarks(cameras, np.zeros((C, T, NUM_LANDMARKS, 2), np.float32), np.zeros((C, T), np.float32),
                           np.zeros((C, T), bool))
         meta = {"source": str(src.resolve()), "imported_from": "nerf", "fps": fps, "rig_name": rig.name,

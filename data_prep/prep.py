@@ -362,7 +362,7 @@ def _prep_videos(cfg: PrepConfig, videos: list[Path], inputs: list, timings: dic
         # ---------------------------------------------------------------- metadata
         conf = keep.astype(np.float32) * np.where(interpolated, 0.5, 1.0)
         writer.write_landmarks(cam_ids, out_points, conf, interpolated)
-        writer.write_rig_params(result.shape, result.params)
+        writer.write_rig_params(result.sequence())
         err = result.error[keep & ~interpolated]
         err_px = result.error_px[keep & ~interpolated]
         tracking_error = {"mean_iod": float(np.mean(err)), "median_iod": float(np.median(err)),

@@ -23,6 +23,7 @@ import torch
 from talksplat.core.checks import Range
 from talksplat.core.errors import TalksplatError
 from talksplat.rigs.base import HeadRig, RigParams
+from talksplat.rigs.sequence import RigSequence
 
 from .embedding import LandmarkEmbedding
 from .landmarks import FACE_OVAL, NUM_LANDMARKS, OUTER_EYE_CORNERS
@@ -90,11 +91,12 @@ class TrackingResult:
     error_px: np.ndarray
     history: list[float] = field(default_factory=list)
 
+    def sequence(self) -> RigSequence:
+        """The tracked parameters as a :class:`RigSequence` (T frames)."""
+        return RigSequence(self.shape, self.params, source="tracking")
+
     def rig_params(self, device=None) -> RigParams:
-        t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
-        T = self.params["expression"].shape[0]
-        return RigParams(shape=t(self.shape)[None].expand(T, -1).contiguous(),
-                         **{k: t(v) for k, v in self.params.items()})
+        return self.sequence().to_params(device)
 
 
 class Adam:
@@ -354,9 +356,8 @@ def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, val
         err_px = (d * iod[..., None]).mean(-1).cpu().numpy()
     err[~valid] = np.nan
     err_px[~valid] = np.nan
-    out = {"expression": expr, "global_rot": rot, "neck": neck, "jaw": jaw, "eyes": eyes, "translation": trans}
-    full_shape = torch.nn.functional.pad(shape.detach(), (0, rig.num_shape - S))
-    return TrackingResult(shape=full_shape.cpu().numpy(), params={k: v.detach().cpu().numpy() for k, v in out.items()},
+    seq = RigSequence.from_params(params())
+    return TrackingResult(shape=seq.shape, params=seq.frames,
                           focal=float(log_f.detach().exp()) if fit_focal else None, error=err, error_px=err_px,
                           history=history)
 

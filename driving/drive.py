@@ -28,6 +28,7 @@ from talksplat.core.errors import InputError, OptionError
 
 if TYPE_CHECKING:
     from talksplat.data_prep.dataset import Frame
+    from talksplat.rigs.sequence import RigSequence
 
 
 @dataclass
@@ -114,7 +115,7 @@ def parse_camera(spec: str) -> tuple[float, float]:
     return yaw, pitch
 
 
-def drive_camera(rig, seq: dict, fit_camera: Frame | None, resolution: int, yaw: float,
+def drive_camera(rig, seq: RigSequence, fit_camera: Frame | None, resolution: int, yaw: float,
                  pitch: float) -> tuple[torch.Tensor, torch.Tensor]:
     """World-to-camera [4, 4] (OpenCV) and K [3, 3] (pixels) looking at the head's median position.
 
@@ -123,18 +124,16 @@ def drive_camera(rig, seq: dict, fit_camera: Frame | None, resolution: int, yaw:
     the training camera's field of view (a frontal 0.65 m / 24° view without a dataset).
     ``fit_camera``: a training :class:`talksplat.data_prep.dataset.Frame`, or None."""
     from talksplat.render.camera import look_at
-    from talksplat.rigs.base import RigParams
     from talksplat.rigs.geometry import axis_angle_to_matrix
+    from talksplat.rigs.sequence import RigSequence
 
-    med = {k: torch.from_numpy(np.median(seq[k], 0, keepdims=True)).float()
-           for k in ("global_rot", "neck", "jaw", "eyes", "translation")}
-    E = seq["expression"].shape[1]
-    p = RigParams(shape=torch.from_numpy(seq["shape"]).float()[None], expression=torch.zeros(1, E), **med)
+    median = RigSequence(seq.shape, {k: np.median(v, 0, keepdims=True) for k, v in seq.frames.items()})
+    p = median.with_frames(expression=np.zeros((1, seq.num_expression))).to_params()  # neutral face, median pose
     with torch.no_grad():
         v = rig.cpu()(p).vertices[0]
     face = v[rig.region("face").cpu()]
     center = face.mean(0).double()
-    R = axis_angle_to_matrix(med["global_rot"])[0].double()  # head frame -> world
+    R = axis_angle_to_matrix(p.global_rot)[0].double()  # head frame -> world
     if fit_camera is not None:
         offset = torch.from_numpy(fit_camera.c2w[:3, 3]) - center
         distance = float(offset.norm())
@@ -175,9 +174,11 @@ def _audio_for_mux(src: Path, tmp_dir: Path, seconds: float) -> Path:
 
 def is_own_npz(path: Path) -> bool:
     """Whether ``path`` is a parameters file talksplat drive wrote (the rig fields, ``fps`` and ``audio``)."""
+    from talksplat.rigs.sequence import FIELDS
+
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {"expression", "jaw", "fps", "audio"} <= set(z.files)
+            return {*FIELDS, "fps", "audio"} <= set(z.files)
     except Exception:  # noqa: BLE001 - anything unreadable is not ours
         return False
 
@@ -238,7 +239,6 @@ def _run_drive(cfg: DriveConfig) -> dict:
     from talksplat.render.device import pick_device
     from talksplat.render.video import VideoWriter
     from talksplat.rigs import load_rig
-    from talksplat.rigs.base import RigParams
 
     from .audio import load_audio, synthesize_speech
     from .predict import fit_files, fit_paths, fit_rig_spec, open_fit, predict_sequence
@@ -256,17 +256,14 @@ def _run_drive(cfg: DriveConfig) -> dict:
     check_rig(avatar_file, header, rig.checksum)  # the avatar is named when it is the one that does not match
     avatar = load_avatar(avatar_file, rig=rig)  # checked whole before the predictor is matched to it
     fit = open_fit(cfg.avatar, rig_checksum=rig.checksum)
-    E, S = fit.tracked["expression"].shape[1], fit.tracked["shape"].shape[0]
-    if (E, S) != (rig.num_expression, rig.num_shape):
-        raise InputError(f"{fit_dir / 'tuned_params.npz'}: {E} expression and {S} shape coefficients, but rig "
-                         f"'{rig.name}' has {rig.num_expression} and {rig.num_shape}")
+    fit.tracked.validate(rig)  # the identity and expression sizes are the rig's (InputError naming the file)
     video_out, npz, wav = output_paths(cfg.out)
     with scratch_dir("drive") as tmp:
         tmp = Path(tmp)
         src = cfg.audio if cfg.audio is not None else synthesize_speech(cfg.text, tmp / "tts.wav", voice=cfg.voice)
         wave = load_audio(src)
         seq = predict_sequence(fit, wave, fps=cfg.fps, pose=cfg.pose, blinks=cfg.blinks, seed=cfg.seed)
-        T = len(seq["expression"])
+        T = len(seq)
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
         mux = _audio_for_mux(Path(src), tmp, T / cfg.fps)
         t_predict = time.perf_counter() - t_start
@@ -298,12 +295,9 @@ def _run_drive(cfg: DriveConfig) -> dict:
                 progress = progress_bar(transient=True)
                 progress.start()
                 task = progress.add_task("drive", total=T)
-            shape = torch.from_numpy(seq["shape"]).float().to(device)
             for s in range(0, T, cfg.batch):
                 e = min(T, s + cfg.batch)
-                p = RigParams(shape=shape[None].expand(e - s, -1),
-                              **{k: torch.from_numpy(seq[k][s:e]).float().to(device)
-                                 for k in ("expression", "global_rot", "neck", "jaw", "eyes", "translation")})
+                p = seq[s:e].to_params(device)
                 with torch.no_grad():
                     colors, alphas, _ = render_avatar(avatar, rig, p, viewmat[None], K[None], cfg.resolution,
                                                       cfg.resolution)
@@ -329,8 +323,8 @@ def _run_drive(cfg: DriveConfig) -> dict:
             raise failure[0]
         with atomic_write(wav) as t:
             shutil.copyfile(mux, t)
-        with atomic_write(npz) as t:
-            np.savez(t, **seq, audio=np.asarray(wav.name))
+        seq.extras["audio"] = np.asarray(wav.name)  # beside fps: what `talksplat view --params` plays
+        seq.save(npz)
         t_total = time.perf_counter() - t_start
     duration = len(wave) / 16_000
     return {"video": video_out, "params": npz, "audio": wav, "frames": T, "audio_seconds": round(duration, 3),

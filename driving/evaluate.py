@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from talksplat.rigs.base import HeadRig, RigParams
+from talksplat.rigs.base import HeadRig
+from talksplat.rigs.sequence import FRAME_FIELDS, RigSequence
 
 
 class LipGeometry:
@@ -35,38 +36,33 @@ class LipGeometry:
             self.upper = tpl[:, 1].argmax().reshape(1)
             self.lower = tpl[:, 1].argmin().reshape(1)
 
-    def params(self, expression, jaw, global_rot=None, neck=None, eyes=None, translation=None) -> RigParams:
-        T = len(expression)
-        z3 = torch.zeros(T, 3)
+    def sequence(self, expression, jaw, pose: dict | None = None) -> RigSequence:
+        """This identity with ``expression`` [T, E] and ``jaw`` [T, 3] radians; the other frame fields from
+        ``pose`` (field -> [T, ...]; None values and absent fields are zero: head frame, eyes ahead)."""
+        expression = np.asarray(expression, np.float32)
+        frames = {k: v for k, v in (pose or {}).items() if k in FRAME_FIELDS and v is not None}
+        return RigSequence.zeros(len(expression), expression.shape[1], self.shape[0].numpy()).with_frames(
+            **{**frames, "expression": expression, "jaw": jaw})
 
-        def t(a, default):
-            return default if a is None else torch.as_tensor(np.asarray(a, np.float32))
-
-        return RigParams(shape=self.shape.expand(T, -1), expression=t(expression, None), jaw=t(jaw, None),
-                         global_rot=t(global_rot, z3), neck=t(neck, z3), eyes=t(eyes, torch.zeros(T, 2, 3)),
-                         translation=t(translation, z3))
-
-    def vertices(self, params: RigParams, chunk: int = 2048) -> torch.Tensor:
+    def vertices(self, seq: RigSequence, chunk: int = 2048) -> torch.Tensor:
         """[T, L, 3] metres: the posed lip vertices."""
         outs = []
         with torch.no_grad():
-            for s in range(0, params.batch_size, chunk):
-                p = RigParams(**{k: getattr(params, k)[s:s + chunk] for k in
-                                 ("shape", "expression", "global_rot", "neck", "jaw", "eyes", "translation")})
-                outs.append(self.lips(p).vertices)
+            for s in range(0, len(seq), chunk):
+                outs.append(self.lips(seq[s:s + chunk].to_params()).vertices)
         return torch.cat(outs) if outs else torch.zeros(0, len(self.upper), 3)
 
     def opening(self, expression, jaw) -> np.ndarray:
         """[T] metres: upper-lip midline height above the lower-lip midline, head frame."""
-        v = self.vertices(self.params(expression, jaw))
+        v = self.vertices(self.sequence(expression, jaw))
         return (v[:, self.upper, 1].mean(1) - v[:, self.lower, 1].mean(1)).numpy()
 
 
 def lip_vertex_error(geo: LipGeometry, pred: dict, tracked: dict) -> float:
     """Mean over frames of max over lip vertices of squared distance, mm² (tracked pose for both)."""
-    pose = {k: tracked.get(k) for k in ("global_rot", "neck", "eyes", "translation")}
-    a = geo.vertices(geo.params(pred["expression"], pred["jaw"], **pose))
-    b = geo.vertices(geo.params(tracked["expression"], tracked["jaw"], **pose))
+    pose = {k: v for k, v in tracked.items() if k not in ("expression", "jaw")}  # the tracked head pose and gaze
+    a = geo.vertices(geo.sequence(pred["expression"], pred["jaw"], pose))
+    b = geo.vertices(geo.sequence(tracked["expression"], tracked["jaw"], pose))
     return float(((a - b) * 1000.0).pow(2).sum(-1).max(-1).values.mean())
 
 

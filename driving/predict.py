@@ -2,8 +2,8 @@
 
     fit = open_fit("avatar/")                                  # avatar, driver, tuned parameters, camera
     seq = predict_sequence(fit, load_audio("speech.wav"), fps=25, pose="idle")
-    # seq: shape [S], expression [T, E], jaw [T, 3], global_rot [T, 3], neck [T, 3],
-    #      eyes [T, 2, 3], translation [T, 3] metres — the fields of RigParams — plus fps
+    # seq: a RigSequence (shape [S], expression [T, E], jaw / global_rot / neck [T, 3] radians,
+    #      eyes [T, 2, 3], translation [T, 3] metres) with the extra fps
 
 Expression and jaw come from the audio predictor (mouth closed in silences), head pose and gaze
 from :func:`talksplat.driving.motion.head_motion`, blinks at a natural rate on the rig's eyelid
@@ -19,16 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from talksplat.avatar.io import AvatarFileError, read_header
-from talksplat.core.checks import check_array
 from talksplat.core.errors import InputError
-from talksplat.data_prep.dataset import (RIG_PARAM_TAIL, DatasetError, Frame, first_training_frame, is_dataset,
-                                         load_metadata)
+from talksplat.data_prep.dataset import DatasetError, Frame, first_training_frame, is_dataset, load_metadata
+from talksplat.rigs.sequence import RigSequence
 
 from .audio import SAMPLE_RATE, load_audio
 from .motion import add_blinks, head_motion
 from .predictor import Driver, load_driver
-
-FRAME_KEYS = ("expression", "jaw", "global_rot", "neck", "eyes", "translation")
 
 
 @dataclass
@@ -39,8 +36,7 @@ class FitFolder:
         avatar_file: DIR/avatar.safetensors.
         header: the avatar's JSON header (rig name and checksum, the dataset it was fitted on).
         driver: the audio predictor (DIR/driver.safetensors).
-        tracked: per-frame training parameters (fit-tuned when present): FRAME_KEYS -> [T, ...] plus
-            ``shape`` [S].
+        tracked: the training time steps' parameters (DIR/tuned_params.npz: fit-tuned), T frames.
         fps: the training video's frame rate.
         camera: the dataset's first training frame (its ``c2w`` [4, 4] OpenCV metres, ``K`` [3, 3]
             pixels, ``width``, ``height``), or None when the dataset is not at its recorded path.
@@ -50,7 +46,7 @@ class FitFolder:
     avatar_file: Path
     header: dict
     driver: Driver
-    tracked: dict[str, np.ndarray]
+    tracked: RigSequence
     fps: float
     camera: Frame | None
     rig_spec: str | None
@@ -93,29 +89,17 @@ def fit_rig_spec(header: dict) -> str | None:
     return "open" if str(header.get("rig_name", "")).startswith("open") else None
 
 
-def _tracked(path: Path) -> dict[str, np.ndarray]:
-    """tuned_params.npz: ``shape`` [S] and the FRAME_KEYS [T, ...], checked (shapes agree, all finite)."""
+def _tracked(path: Path) -> RigSequence:
+    """tuned_params.npz, checked (every field, one T, all finite; the unused ``original_*`` are dropped)."""
     if not path.is_file():
         raise AvatarFileError(f"{path.parent}: no tuned_params.npz (the head motion to drive with); "
                               "is this a `talksplat fit` output folder?")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in ("shape",) + FRAME_KEYS if k in z.files}
-    except Exception as e:  # noqa: BLE001 - a damaged zip fails in many ways
-        raise AvatarFileError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
-    missing = [k for k in ("shape",) + FRAME_KEYS if k not in data]
-    if missing:
-        raise AvatarFileError(f"{path}: lacks {missing}")
-    try:
-        out = {"shape": check_array(data["shape"], str(path), "shape", (None,))}
-        T = check_array(data["expression"], str(path), "expression", (None, None)).shape[0]
-        for k in FRAME_KEYS:
-            out[k] = check_array(data[k], str(path), k, (T,) + RIG_PARAM_TAIL.get(k, (None,)))
+        seq = RigSequence.load(path)
     except InputError as e:
         raise AvatarFileError(str(e)) from None
-    if T < 1:
-        raise AvatarFileError(f"{path}: no time steps")
-    return {k: v.astype(np.float32) for k, v in out.items()}
+    seq.extras = {}
+    return seq
 
 
 def open_fit(path: str | os.PathLike, rig_checksum: str | None = None) -> FitFolder:
@@ -137,33 +121,33 @@ def open_fit(path: str | os.PathLike, rig_checksum: str | None = None) -> FitFol
         fps = float(meta.get("fps", fps))
         spec = meta.get("rig", {}).get("spec")
         train = set(meta.get("split", {}).get("train", []))
-        keep = [t for t in range(len(tracked["expression"]))
+        keep = [t for t in range(len(tracked))
                 if (not train or t in train) and t not in set(meta.get("dropped_timesteps", []))]
         if keep:
-            tracked = {k: (v if k == "shape" else v[keep]) for k, v in tracked.items()}
+            tracked = tracked[keep]
         camera = first_training_frame(meta, frames)
     return FitFolder(avatar_file, header, driver, tracked, fps, camera, spec)
 
 
 def predict_sequence(fit: FitFolder, wave: np.ndarray, fps: float = 25.0, pose: str = "replay",
-                     blinks: bool = True, seed: int = 0, num_frames: int | None = None) -> dict[str, np.ndarray]:
-    """[N] loudness-normalised 16 kHz speech -> per-frame rig parameters (see the module doc).
+                     blinks: bool = True, seed: int = 0, num_frames: int | None = None) -> RigSequence:
+    """[N] loudness-normalised 16 kHz speech -> per-frame rig parameters (see the module doc), with
+    the extra ``fps``.
 
     The sequence has ``round(duration * fps)`` frames unless ``num_frames`` is given."""
     if num_frames is None:
         num_frames = max(1, int(round(len(wave) / SAMPLE_RATE * fps)))
     mouth = fit.driver.predict(wave, fps, num_frames)
-    motion = head_motion(pose, fit.tracked, num_frames, fps, seed=seed)
+    motion = head_motion(pose, fit.tracked.frames, num_frames, fps, seed=seed)
     expr = mouth["expression"]
     ids = fit.driver.layout.blink_ids
     if blinks and ids:
-        amp = float(np.clip(np.percentile(fit.tracked["expression"][:, ids], 97), 0.6, 1.0))
+        amp = float(np.clip(np.percentile(fit.tracked.expression[:, ids], 97), 0.6, 1.0))
         expr = add_blinks(expr, ids, fps, amplitude=amp, seed=seed)
-    out = {"shape": fit.tracked["shape"].astype(np.float32), "expression": expr.astype(np.float32),
-           "jaw": mouth["jaw"].astype(np.float32), **motion, "fps": np.float32(fps)}
-    return out
+    return RigSequence(fit.tracked.shape, {"expression": expr, "jaw": mouth["jaw"], **motion},
+                       {"fps": np.float32(fps)}, source="predicted parameters")
 
 
-def predict_from_audio(avatar_path: Path, audio_path: Path, fps: float = 25.0, pose: str = "replay") -> dict[str, np.ndarray]:
+def predict_from_audio(avatar_path: Path, audio_path: Path, fps: float = 25.0, pose: str = "replay") -> RigSequence:
     """Convenience for the viewer: a fit folder (or its avatar file) + any audio file -> the sequence."""
     return predict_sequence(open_fit(avatar_path), load_audio(audio_path), fps=fps, pose=pose)

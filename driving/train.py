@@ -12,6 +12,7 @@ parameters, lip-vertex distance (cm², through the rig), and frame-to-frame velo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -20,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from talksplat.core.checks import check_array
 from talksplat.core.errors import InputError
 from talksplat.core.files import file_digest, write_json
-from talksplat.data_prep.dataset import RIG_PARAM_KEYS, Dataset
-from talksplat.rigs.base import HeadRig, RigParams
+from talksplat.data_prep.dataset import Dataset
+from talksplat.rigs.base import HeadRig
+from talksplat.rigs.sequence import RigSequence
 
 from .audio import SAMPLE_RATE, load_audio
 from .config import DriverConfig
@@ -132,9 +133,8 @@ def _lip_fn(geo: LipGeometry, layout: TargetLayout, mean: np.ndarray, std: np.nd
         N = raw.shape[0]
         expr = fill[None].expand(N, -1).clone()
         expr[:, ids] = raw[:, :ne]
-        z3 = torch.zeros(N, 3)
-        p = RigParams(shape=geo.shape.expand(N, -1), expression=expr, global_rot=z3, neck=z3, jaw=raw[:, ne:],
-                      eyes=torch.zeros(N, 2, 3), translation=z3)
+        p = dataclasses.replace(geo.rig.zero_params(N, device="cpu"), shape=geo.shape.expand(N, -1),
+                                expression=expr, jaw=raw[:, ne:])  # head frame: no pose, eyes ahead
         return geo.lips(p).vertices
 
     return fn
@@ -197,20 +197,19 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
 
 
 def _dataset_arrays(dataset, out_dir: Path | None, use_tuned: bool) -> tuple[dict, dict]:
-    """(training parameters, tracked parameters): fit-tuned ones from ``out_dir`` when asked and present."""
-    tracked = {k: np.asarray(v, np.float32) for k, v in dataset.params.items()}
-    train = dict(tracked)
+    """(training parameters, tracked parameters), each field -> [T, ...]: the fit-tuned ones from
+    ``out_dir``/tuned_params.npz when asked and present (and of the dataset's size), else the tracked ones."""
+    tracked = dataset.rig_params
+    train = tracked
     tuned = None if out_dir is None else Path(out_dir) / "tuned_params.npz"
     if use_tuned and tuned is not None and tuned.is_file():
         try:
-            with np.load(tuned, allow_pickle=False) as z:
-                stored = {k: z[k] for k in RIG_PARAM_KEYS if k in z.files}
-        except Exception as e:  # noqa: BLE001 - a damaged zip fails in many ways
-            raise DriverTrainingError(f"{tuned}: not a readable .npz file ({type(e).__name__})") from None
-        for k, v in stored.items():
-            if v.shape == tracked[k].shape:
-                train[k] = check_array(v, str(tuned), k).astype(np.float32)
-    return train, tracked
+            stored = RigSequence.load(tuned)
+        except InputError as e:
+            raise DriverTrainingError(str(e)) from None
+        if len(stored) == len(tracked) and stored.num_expression == tracked.num_expression:
+            train = stored
+    return dict(train.frames), dict(tracked.frames)
 
 
 def evaluate_driver(drv: Driver, geo: LipGeometry, wave: np.ndarray, fps: float, tracked: dict,

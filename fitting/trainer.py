@@ -25,12 +25,12 @@ from talksplat.core.outputs import check_output_dir, clear_output_dir, is_output
 from talksplat.data_prep.dataset import Dataset, DatasetError, check_files, load_dataset
 from talksplat.render.device import pick_device
 from talksplat.rigs.base import HeadRig, RigParams
+from talksplat.rigs.sequence import FRAME_FIELDS, RigSequence
 
 from .config import FitConfig
 from .data import FrameSampler, Sample
 from .strategy.base import Strategy
 
-FRAME_FIELDS = ("expression", "jaw", "neck", "eyes", "global_rot", "translation")
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -85,11 +85,10 @@ class FrameParams(nn.Module):
         B = timesteps.shape[0]
         return RigParams(shape=self.shape[None].expand(B, -1), **p)
 
-    def tuned_arrays(self) -> dict[str, np.ndarray]:
-        out = {"shape": self.shape.cpu().numpy()}
-        for k in FRAME_FIELDS:
-            out[k] = (getattr(self, f"tracked_{k}") + self.delta(k)).detach().cpu().numpy()
-        return out
+    def tuned_sequence(self, **extras) -> RigSequence:
+        """Tracked + offsets for every time step (``extras`` stored beside them)."""
+        frames = {k: (getattr(self, f"tracked_{k}") + self.delta(k)).detach().cpu().numpy() for k in FRAME_FIELDS}
+        return RigSequence(self.shape.cpu().numpy(), frames, extras, source="tuned parameters")
 
 
 def load_dataset_rig(ds, spec: str | None = None) -> HeadRig:
@@ -451,9 +450,9 @@ class Trainer:
         export_ply(self.avatar.cpu(), rig, self.out / "avatar.ply", vertices=neutral)
         self.avatar.to(self.device)
         self.rig.to(self.device)
-        with atomic_write(self.out / "tuned_params.npz") as tmp:
-            np.savez(tmp, **self.frames.tuned_arrays(), original_shape=self.ds.shape,
-                     **{f"original_{k}": v for k, v in self.ds.params.items()})
+        tracked = self.ds.rig_params  # kept beside the tuned values as original_shape, original_expression, ...
+        original = {f"original_{k}": v for k, v in {"shape": tracked.shape, **tracked.frames}.items()}
+        self.frames.tuned_sequence(**original).save(self.out / "tuned_params.npz")
         write_json(self.out / "metrics.json", metrics)
 
 

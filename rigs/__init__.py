@@ -10,8 +10,9 @@ from __future__ import annotations
 from talksplat.core.errors import OptionError
 
 from .base import REQUIRED_REGIONS, SEMANTIC_JOINTS, HeadRig, RigAssets, RigOutput, RigParams
+from .sequence import RigSequence
 
-__all__ = ["HeadRig", "RigAssets", "RigParams", "RigOutput", "SEMANTIC_JOINTS", "REQUIRED_REGIONS",
+__all__ = ["HeadRig", "RigAssets", "RigParams", "RigSequence", "RigOutput", "SEMANTIC_JOINTS", "REQUIRED_REGIONS",
            "load_rig", "load_rig_assets"]
 
 

@@ -150,7 +150,7 @@ def test_fit_folder_reader(small_inputs: Inputs, tmp_path):
 
     fit = tmp_path / "fit"
     shutil.copytree(small_inputs.fit, fit)
-    out = _check(lambda: list(open_fit(fit).tracked.values()), fit / "tuned_params.npz",
+    out = _check(lambda: list(open_fit(fit).tracked.arrays().values()), fit / "tuned_params.npz",
                  small_inputs.fit / "tuned_params.npz", tmp_path, seed=3)
     assert out["refused"] >= 2 * TRIALS  # a NaN in the unused original_* arrays is harmless
 

@@ -317,9 +317,11 @@ def test_view_is_a_subcommand():
 
 
 def test_sequence_frame_includes_shape(sphere_rig):
-    seq = Sequence("s", {"expression": np.ones((2, 3)), "global_rot": np.zeros((2, 3)), "neck": np.zeros((2, 3)),
-                         "jaw": np.zeros((2, 3)), "eyes": np.zeros((2, 2, 3)), "translation": np.zeros((2, 3))},
-                   np.ones(2), 25.0)
+    from talksplat.rigs import RigSequence
+
+    seq = Sequence("s", RigSequence(np.ones(2), {
+        "expression": np.ones((2, 3)), "global_rot": np.zeros((2, 3)), "neck": np.zeros((2, 3)),
+        "jaw": np.zeros((2, 3)), "eyes": np.zeros((2, 2, 3)), "translation": np.zeros((2, 3))}), 25.0)
     f = seq.frame(1)
     assert set(f) == {"shape", "expression", "global_rot", "neck", "jaw", "eyes", "translation"}
 

@@ -24,9 +24,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-#: Rig parameter fields of one frame, with their per-frame shapes ("shape" is [S]).
-FRAME_FIELDS = ("expression", "global_rot", "neck", "jaw", "eyes", "translation")
-
 MIN_RESOLUTION = 16
 MAX_RESOLUTION = 1024
 
@@ -97,11 +94,9 @@ class Frame:
 def frame_params(frame: dict[str, np.ndarray], device) -> "RigParams":  # noqa: F821
     """One frame of rig parameters (numpy: shape [S], expression [E], eyes [2, 3], others [3],
     rotations axis-angle radians, translation metres) -> :class:`RigParams` with batch 1 on ``device``."""
-    from talksplat.rigs import RigParams
+    from talksplat.rigs.sequence import FRAME_FIELDS, RigSequence
 
-    t = lambda k: torch.as_tensor(np.asarray(frame[k], dtype=np.float32), device=device)[None]  # noqa: E731
-    return RigParams(shape=t("shape"), expression=t("expression"), global_rot=t("global_rot"), neck=t("neck"),
-                     jaw=t("jaw"), eyes=t("eyes"), translation=t("translation"))
+    return RigSequence(frame["shape"], {k: np.asarray(frame[k])[None] for k in FRAME_FIELDS}).to_params(device)
 
 
 class AvatarRenderer:

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import tyro
@@ -32,9 +32,9 @@ from talksplat.core.checks import Range, check_options
 from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import InputError, OptionError
 
-#: Per-frame rig fields of a sequence and their shapes after the time axis ("E" = expressions).
-SEQUENCE_FIELDS = {"expression": ("E",), "global_rot": (3,), "neck": (3,), "jaw": (3,), "eyes": (2, 3),
-                   "translation": (3,)}
+if TYPE_CHECKING:
+    from talksplat.rigs.sequence import RigSequence
+
 #: Longest audio embedded in the page (a data: URI), bytes.
 MAX_AUDIO_BYTES = 24 * 1024 * 1024
 
@@ -82,82 +82,58 @@ class ViewConfig(ProcessOptions):
 class Sequence:
     """A sequence of rig parameters to scrub and play.
 
-    frames: per-frame arrays with a leading time axis T (expression [T, E], eyes [T, 2, 3], others
-    [T, 3]; radians, metres); shape: [S] identity; fps: frames per second; audio: WAV aligned with
-    frame 0, or None.
+    params: the frames (a :class:`RigSequence`, T frames, checked against the rig); fps: frames per
+    second; audio: WAV aligned with frame 0, or None.
     """
 
     name: str
-    frames: dict[str, np.ndarray]
-    shape: np.ndarray
+    params: RigSequence
     fps: float
     audio: Path | None = None
 
     @property
+    def frames(self) -> dict[str, np.ndarray]:
+        """Frame field -> [T, ...] (expression [T, E], eyes [T, 2, 3], others [T, 3]; radians, metres)."""
+        return self.params.frames
+
+    @property
+    def shape(self) -> np.ndarray:
+        """[S] identity."""
+        return self.params.shape
+
+    @property
     def length(self) -> int:
-        return int(self.frames["expression"].shape[0])
+        return len(self.params)
 
     def frame(self, t: int) -> dict[str, np.ndarray]:
         """One frame (no time axis) including "shape"; ``t`` is clamped to the sequence."""
-        t = min(max(int(t), 0), self.length - 1)
-        out = {k: np.array(v[t], dtype=np.float32) for k, v in self.frames.items()}
-        out["shape"] = np.array(self.shape, dtype=np.float32)
-        return out
+        return self.params.frame(min(max(int(t), 0), self.length - 1))
 
 
-def check_sequence(arrays: dict, rig, source: str, fps: float, name: str) -> Sequence:
-    """Validate rig-parameter arrays against ``rig``; raise :class:`InputError` naming ``source``."""
-    if "shape" not in arrays:
-        raise InputError(f"{source}: missing array 'shape'")
-    missing = [k for k in SEQUENCE_FIELDS if k not in arrays]
-    if missing:
-        raise InputError(f"{source}: missing arrays {missing} (expected shape, {', '.join(SEQUENCE_FIELDS)})")
-    sizes = {"E": rig.num_expression}
-    shape = np.asarray(arrays["shape"], dtype=np.float32).reshape(-1)
-    if shape.shape[0] != rig.num_shape:
-        raise InputError(f"{source}: 'shape' has {shape.shape[0]} components, rig '{rig.name}' has {rig.num_shape}")
-    frames, T = {}, None
-    for k, tail in SEQUENCE_FIELDS.items():
-        a = np.asarray(arrays[k])
-        want = tuple(sizes.get(d, d) for d in tail)
-        if a.ndim != 1 + len(want) or tuple(a.shape[1:]) != want:
-            raise InputError(f"{source}: '{k}' has shape {tuple(a.shape)}, expected [T, {', '.join(map(str, want))}]"
-                             + (f" (rig '{rig.name}' has {rig.num_expression} expressions)" if k == "expression" else ""))
-        if T is None:
-            T = a.shape[0]
-        elif a.shape[0] != T:
-            raise InputError(f"{source}: '{k}' has {a.shape[0]} frames, 'expression' has {T}")
-        if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
-            raise InputError(f"{source}: '{k}' holds non-numeric or non-finite values")
-        frames[k] = a.astype(np.float32)
-    if not T:
-        raise InputError(f"{source}: the sequence has no frames")
-    if not np.isfinite(shape).all():
-        raise InputError(f"{source}: 'shape' holds non-finite values")
+def check_sequence(params: RigSequence, rig, fps: float, name: str) -> Sequence:
+    """Validate a sequence against ``rig`` (:class:`InputError` naming its source) and its frame rate."""
+    params.validate(rig)
     if not (math.isfinite(fps) and fps > 0):
-        raise InputError(f"{source}: fps must be a positive number, not {fps}")
-    return Sequence(name, frames, shape, float(fps), None)
+        raise InputError(f"{params.source}: fps must be a positive number, not {fps}")
+    return Sequence(name, params, float(fps), None)
 
 
 def load_params_file(path: Path, rig, allow_external_paths: bool = False) -> Sequence:
     """A `talksplat drive` parameters file -> :class:`Sequence` (:class:`InputError` naming the file)."""
-    import zipfile
+    from talksplat.rigs.sequence import RigSequence
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: parameters file not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise InputError(f"{path}: not a readable .npz parameters file ({type(e).__name__}: {e})".replace("\n", " ")) from None
+    params = RigSequence.load(path, finite=False, what="parameters file")  # finiteness: check_sequence
+    arrays = params.extras
     if "fps" not in arrays:
         raise InputError(f"{path}: missing 'fps' (the frame rate of the sequence)")
     try:
         fps = float(np.asarray(arrays["fps"]).reshape(()))
     except (TypeError, ValueError):
         raise InputError(f"{path}: 'fps' must be one number") from None
-    seq = check_sequence(arrays, rig, str(path), fps, f"driven: {path.name}")
+    seq = check_sequence(params, rig, fps, f"driven: {path.name}")
     if "audio" in arrays:
         try:
             audio = Path(str(np.asarray(arrays["audio"]).reshape(())))
@@ -188,8 +164,9 @@ def predict_sequence(avatar_file: Path, audio: Path, fps: float, rig) -> Sequenc
     if not audio.is_file():
         raise InputError(f"{audio}: audio file not found")
     wave = load_audio(audio)
-    arrays = predict(open_fit(avatar_file), wave, fps=fps)
-    seq = check_sequence(arrays, rig, f"{audio} (predicted)", fps, f"driven: {audio.name}")
+    params = predict(open_fit(avatar_file), wave, fps=fps)
+    params.source = f"{audio} (predicted)"
+    seq = check_sequence(params, rig, fps, f"driven: {audio.name}")
     seq.audio = audio
     if audio.suffix.lower() != ".wav":
         fd, tmp = tempfile.mkstemp(prefix="talksplat-view-", suffix=".wav")
@@ -229,6 +206,7 @@ def load_training(fit_dir: Path | None, header: dict, rig) -> tuple[Sequence | N
     Anything missing (a bare avatar file, a moved dataset) gives None; a warning says what.
     """
     from talksplat.data_prep.dataset import DatasetError, first_training_frame, is_dataset, load_metadata
+    from talksplat.rigs.sequence import RigSequence
 
     seq, cam = None, None
     dataset = header.get("extra", {}).get("dataset")
@@ -251,9 +229,7 @@ def load_training(fit_dir: Path | None, header: dict, rig) -> tuple[Sequence | N
     if fit_dir is not None and (fit_dir / "tuned_params.npz").is_file():
         path = fit_dir / "tuned_params.npz"
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            seq = check_sequence(arrays, rig, str(path), fps, "training (tuned)")
+            seq = check_sequence(RigSequence.load(path, finite=False), rig, fps, "training (tuned)")
             seq.audio = audio
         except (OSError, ValueError) as e:
             print(f"talksplat view: warning: {path}: {e}; no training sequence", file=sys.stderr)
@@ -337,9 +313,9 @@ class Viewer:
 
     # ------------------------------------------------------------------ state
     def _neutral(self) -> dict[str, np.ndarray]:
-        z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
-        return {"shape": self.identity.copy(), "expression": z(self.rig.num_expression), "global_rot": z(3),
-                "neck": z(3), "jaw": z(3), "eyes": z(2, 3), "translation": z(3)}
+        from talksplat.rigs.sequence import RigSequence
+
+        return RigSequence.zeros(1, self.rig.num_expression, self.identity).frame(0)
 
     def _home_camera(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """(position, look_at, up, vertical fov in radians) of the training camera, else a frontal one."""

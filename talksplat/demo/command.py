@@ -73,7 +73,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from talksplat.driving.config import DriverConfig
     from talksplat.core.files import atomic_write
     from talksplat.render.video import read_video
-    from talksplat.rigs import load_rig
+    from talksplat.rigs import RigSequence, load_rig
     from talksplat.run_command import RunConfig, run_pipeline
 
     from .compose import rerender_training_clip, write_side_by_side
@@ -95,13 +95,10 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # What the subject would have done saying the new sentence, against what the avatar did.
     fps = 25.0
-    truth = subject_motion(load_audio(subject["drive_speech"]), fps, rig, seed=cfg.seed)
-    with np.load(out / "run" / "talk.npz", allow_pickle=False) as z:
-        pred = {k: z[k] for k in ("expression", "jaw", "shape")}
-    with np.load(subject["params"], allow_pickle=False) as z:
-        true_shape = z["shape"]
-    sync = mouth_sync_vs_truth(rig, {"expression": truth.expression.numpy(), "jaw": truth.jaw.numpy()},
-                               true_shape, pred, pred["shape"])
+    truth = RigSequence.from_params(subject_motion(load_audio(subject["drive_speech"]), fps, rig, seed=cfg.seed))
+    pred = RigSequence.load(out / "run" / "talk.npz")
+    true_shape = RigSequence.load(subject["params"]).shape
+    sync = mouth_sync_vs_truth(rig, truth.frames, true_shape, pred.frames, pred.shape)
 
     t1 = time.perf_counter()
     training = list(rerender_training_clip(out / "run" / "avatar", out / "run" / "dataset", cfg.drive_resolution,

@@ -22,26 +22,25 @@ def rerender_training_clip(fit_dir: Path, dataset_dir: Path, size: int,
 
     from talksplat.avatar.io import load_avatar
     from talksplat.avatar.render import render_avatar
-    from talksplat.data_prep.dataset import RIG_PARAM_KEYS, load_dataset
+    from talksplat.data_prep.dataset import load_dataset
     from talksplat.fitting.trainer import load_dataset_rig
     from talksplat.render.device import pick_device
     from talksplat.render.video import to_uint8
-    from talksplat.rigs.base import RigParams
+    from talksplat.rigs.sequence import RigSequence
 
     ds = load_dataset(dataset_dir)
     rig = load_dataset_rig(ds, None)
     avatar = load_avatar(Path(fit_dir) / "avatar.safetensors", rig=rig)
     dev = pick_device(device)
     rig, avatar = rig.to(dev), avatar.to(dev)
-    with np.load(Path(fit_dir) / "tuned_params.npz", allow_pickle=False) as z:
-        tuned = {k: torch.from_numpy(z[k].astype(np.float32)).to(dev) for k in ("shape",) + RIG_PARAM_KEYS}
+    tuned = RigSequence.load(Path(fit_dir) / "tuned_params.npz")
     cam = ds.meta["cameras"][0]
     held = set(ds.split.get("test", []))
     for f in sorted((f for f in ds.frames if f.camera == cam), key=lambda f: f.timestep):
         K = torch.as_tensor(np.asarray(f.K, np.float32)).clone()
         K[:2] *= size / max(f.width, f.height)
         vm = torch.linalg.inv(torch.as_tensor(np.asarray(f.c2w, np.float32)))
-        p = RigParams(shape=tuned["shape"][None], **{k: tuned[k][f.timestep][None] for k in RIG_PARAM_KEYS})
+        p = tuned[f.timestep].to_params(dev)
         with torch.no_grad():
             col, alpha, _ = render_avatar(avatar, rig, p, vm[None].to(dev), K[None].to(dev), size, size)
         render = to_uint8(col[0, 0] + (1 - alpha[0, 0]))  # white background

@@ -26,7 +26,6 @@ from typing import Literal
 import numpy as np
 import torch
 
-from talksplat.core.files import atomic_write
 from talksplat.driving.audio import SAMPLE_RATE, AudioError, espeak_exe, frame_rms, load_audio, write_wav
 
 #: What the subject says in the training clip (about 9 s with espeak-ng at 155 words per minute):
@@ -467,7 +466,7 @@ def render_subject_video(out_mp4: str | os.PathLike, wave: np.ndarray, params, r
     padded to T / fps seconds.  Written to a temporary file beside ``out_mp4`` and renamed when complete."""
     from talksplat.avatar.render import render_avatar
     from talksplat.render.video import VideoWriter
-    from talksplat.rigs.base import RigParams
+    from talksplat.rigs.sequence import RigSequence
 
     if size % 2:
         raise ValueError(f"size {size}: must be even (H.264)")
@@ -489,10 +488,11 @@ def render_subject_video(out_mp4: str | os.PathLike, wave: np.ndarray, params, r
     audio[:min(n, len(wave))] = wave[:n]
     with tempfile.TemporaryDirectory(prefix="talksplat-demo-") as d:
         wav = write_wav(Path(d) / "audio.wav", audio, sample_rate)
+        seq = RigSequence.from_params(params)
         with VideoWriter(out_mp4, size, size, fps=fps, audio_path=wav, shortest=False) as w, torch.no_grad():
             for s in range(0, T, batch):
                 e = min(T, s + batch)
-                p = RigParams(**{k: v[s:e].cpu() for k, v in params.__dict__.items()})
+                p = seq[s:e].to_params()
                 colors, alphas, _ = render_avatar(avatar, rig, p, viewmat[None], K[None], size, size,
                                                   backend="cpu")
                 for b in range(e - s):
@@ -507,32 +507,22 @@ def render_subject_video(out_mp4: str | os.PathLike, wave: np.ndarray, params, r
     return out_mp4
 
 
-def params_to_numpy(params) -> dict[str, np.ndarray]:
-    """RigParams [T] -> the fields as arrays (``shape`` [S] shared, the rest [T, ...]), as in
-    ``tuned_params.npz``."""
-    from talksplat.data_prep.dataset import RIG_PARAM_KEYS
-
-    out = {k: getattr(params, k).detach().cpu().numpy().astype(np.float32) for k in RIG_PARAM_KEYS}
-    out["shape"] = params.shape[0].detach().cpu().numpy().astype(np.float32)
-    return out
-
-
 def make_demo_subject(out_dir: str | os.PathLike, seconds: float | None = None, size: int = 320,
                       fps: float = 25.0, seed: int = 0, use_tts: bool = True) -> dict:
     """Generate the demo subject into ``out_dir``:
 
     * ``subject.mp4``: ``size`` x ``size`` H.264 at ``fps`` with the speech as AAC (about 9 s; ``seconds``
       cuts or pads the speech to that length);
-    * ``subject_params.npz``: the ground-truth rig parameters (``shape`` [S], ``expression`` [T, 52],
-      ``global_rot`` / ``neck`` / ``jaw`` / ``translation`` [T, 3], ``eyes`` [T, 2, 3]; radians, metres),
-      plus ``fps``, ``rig`` ("open") and ``expression_names``;
+    * ``subject_params.npz``: the ground-truth rig parameters, a rig parameter sequence file
+      (:class:`talksplat.rigs.RigSequence`, docs/formats.md; expression [T, 52]) with the extras ``fps``,
+      ``rig`` ("open") and ``expression_names``;
     * ``subject_speech.wav`` (the speech of the video) and ``drive_speech.wav`` (a different sentence,
       about 4 s, to drive the fitted avatar with).
 
     Returns {"video", "params", "speech", "drive_speech" (paths), "speech_source", "drive_source"
     ("espeak-ng" or "procedural"), "frames", "seconds", "size", "fps", "timings" (s per stage)}.
     """
-    from talksplat.rigs import load_rig
+    from talksplat.rigs import RigSequence, load_rig
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -558,11 +548,9 @@ def make_demo_subject(out_dir: str | os.PathLike, seconds: float | None = None, 
     video = render_subject_video(out_dir / "subject.mp4", wave, params, rig, avatar, size=size, fps=fps)
     timings["render"] = time.perf_counter() - t0
 
-    arrays = params_to_numpy(params)
-    with atomic_write(out_dir / "subject_params.npz") as tmp:
-        np.savez(tmp, **arrays, fps=np.float32(fps), rig=np.asarray("open"),
-                 expression_names=np.asarray(rig.expression_names))
-    T = arrays["expression"].shape[0]
+    truth = RigSequence.from_params(params, fps=np.float32(fps), rig="open", expression_names=rig.expression_names)
+    truth.save(out_dir / "subject_params.npz")
+    T = len(truth)
     return {"video": video, "params": out_dir / "subject_params.npz", "speech": out_dir / "subject_speech.wav",
             "drive_speech": out_dir / "drive_speech.wav", "speech_source": source, "drive_source": drive_source,
             "frames": T, "seconds": T / fps, "size": size, "fps": fps,
