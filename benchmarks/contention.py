@@ -53,10 +53,10 @@ def _child(gaussians: int, resolution: int, iters: int, warmup: int, threads: in
     from talksplat.avatar.render import render_avatar
     from talksplat.benchmarks.render import avatar_with_n_gaussians
     from talksplat.render_command import orbit_camera
-    from talksplat.rigs import load_rig
+    from talksplat.rigs import DEFAULT_RIG, load_rig
 
     torch.set_num_threads(threads)
-    rig = load_rig("open")
+    rig = load_rig(DEFAULT_RIG)
     avatar = avatar_with_n_gaussians(rig, gaussians)
     verts = rig(rig.zero_params(1)).vertices[0].detach()
     center = (verts.min(0).values + verts.max(0).values) / 2
@@ -64,7 +64,7 @@ def _child(gaussians: int, resolution: int, iters: int, warmup: int, threads: in
     f = 0.5 * resolution / math.tan(math.radians(10))
     K = torch.tensor([[f, 0, resolution / 2], [0, f, resolution / 2], [0, 0, 1]])[None]
     viewmat = orbit_camera(center, 1.1 * radius / math.tan(math.radians(10)), 20, 5)[None]
-    jaw = rig.expression_names.index("jawOpen") if "jawOpen" in rig.expression_names else 0
+    jaw = (rig.expression_group("jaw_open") or [0])[0]
     times = []
     for it in range(warmup + iters):
         p = rig.zero_params(1)

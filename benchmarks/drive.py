@@ -59,15 +59,15 @@ def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0
     from talksplat.driving.predictor import choose_layout
     from talksplat.driving.train import train_predictor
     from talksplat.fitting.config import DriverConfig
-    from talksplat.rigs import load_rig
+    from talksplat.rigs import DEFAULT_RIG, load_rig
 
-    rig = load_rig("open")
+    rig = load_rig(DEFAULT_RIG)
     out.mkdir(parents=True, exist_ok=True)
     save_avatar(init_avatar(rig, per_face=per_face), out / "avatar.safetensors", extra={})
     T = int(len(wave) / 16_000 * fps)
     t = np.arange(T) / fps
     expr = np.zeros((T, rig.num_expression), np.float32)
-    expr[:, rig.expression_index("jawOpen")] = 0.3 + 0.3 * np.sin(2 * np.pi * 2 * t)
+    expr[:, rig.expression_group("jaw_open")] = (0.3 + 0.3 * np.sin(2 * np.pi * 2 * t))[:, None]
     jaw = np.zeros((T, 3), np.float32)
     jaw[:, 0] = 0.1 + 0.1 * np.sin(2 * np.pi * 2 * t)
     rot = np.zeros((T, 3), np.float32)
@@ -75,7 +75,7 @@ def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0
     np.savez(out / "tuned_params.npz", shape=np.zeros(rig.num_shape, np.float32), expression=expr, jaw=jaw,
              global_rot=rot, neck=np.zeros((T, 3), np.float32), eyes=np.zeros((T, 2, 3), np.float32),
              translation=np.tile(np.float32([0, 0, 0]), (T, 1)))
-    layout = choose_layout(rig.expression_names, expr)
+    layout = choose_layout(rig, expr)
     drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout, DriverConfig(steps=10),
                           rig_checksum=rig.checksum)
     drv.save(out / "driver.safetensors")

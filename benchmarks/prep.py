@@ -18,6 +18,7 @@ from pathlib import Path
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import InputError
+from talksplat.rigs.spec import DEFAULT_RIG, RigSpec
 
 STAGES = ("decode", "landmarks", "tracking", "crop", "masks", "write")
 
@@ -36,8 +37,7 @@ class BenchPrepConfig(ProcessOptions):
     """Crop size in pixels (64 to 4096)."""
     repeat: Annotated[int, Range(1, 100)] = 2
     """Runs; the fastest is reported (1 to 100)."""
-    rig: str = "open"
-    """Head rig spec."""
+    rig: RigSpec = DEFAULT_RIG
 
 
 def bench_prep(cfg: BenchPrepConfig) -> list[dict]:

@@ -17,6 +17,7 @@ import torch
 
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
+from talksplat.rigs.spec import DEFAULT_RIG, RigSpec
 
 
 @dataclass
@@ -29,8 +30,7 @@ class BenchRenderConfig(ProcessOptions):
     """Square image sizes to time (16 to 8192)."""
     backend: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
     """Backends to time (cuda is skipped when no GPU is present)."""
-    rig: str = "open"
-    """Head rig spec (see `talksplat render --help`)."""
+    rig: RigSpec = DEFAULT_RIG
     iters: Annotated[int, Range(1)] = 5
     """Timed frames per configuration (at least 1)."""
     warmup: Annotated[int, Range(0)] = 2
@@ -65,7 +65,7 @@ def bench_render(cfg: BenchRenderConfig) -> list[dict]:
             continue
         device = torch.device(backend)
         rig = base_rig.to(device)
-        jaw_open = rig.expression_names.index("jawOpen") if "jawOpen" in rig.expression_names else 0
+        jaw_open = (rig.expression_group("jaw_open") or [0])[0]
         verts = rig(rig.zero_params(1, device=device)).vertices[0].detach()
         center = (verts.min(0).values + verts.max(0).values) / 2
         radius = float((verts.max(0).values - verts.min(0).values).norm() / 2)

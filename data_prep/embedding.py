@@ -56,7 +56,7 @@ class LandmarkEmbedding:
 
 
 def _cache_file(rig: HeadRig) -> Path:
-    from talksplat.rigs.open_head import cache_root
+    from talksplat.rigs import cache_root
 
     return cache_root() / f"landmark_embedding_v{EMBEDDING_VERSION}_{rig.checksum[:16]}.npz"
 

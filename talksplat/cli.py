@@ -33,6 +33,7 @@ from talksplat.demo.command import DemoConfig
 from talksplat.driving.drive import DriveConfig
 from talksplat.fitting.config import FitConfig
 from talksplat.render_command import RenderConfig
+from talksplat.rigs.spec import DEFAULT_RIG, RigSpec
 from talksplat.run_command import RunConfig
 from talksplat.viewer.server import ViewConfig
 
@@ -41,8 +42,7 @@ from talksplat.viewer.server import ViewConfig
 class BenchRigConfig(ProcessOptions):
     """Time rig evaluation alone (blendshapes + skinning) for a batch of frames."""
 
-    rig: str = "open"
-    """Head rig spec (see `talksplat render --help`)."""
+    rig: RigSpec = DEFAULT_RIG
     batch: Annotated[int, Range(1, 100000)] = 64
     """Frames posed per call (1 to 100000)."""
     iters: Annotated[int, Range(1)] = 10
