@@ -9,9 +9,10 @@ The subcommands are found by walking the ``Command`` union of :mod:`talksplat.cl
 new subcommands appear without touching this module.  Help texts are the attribute docstrings (the
 string literal right after a field in the class body), read here with :mod:`ast` rather than from
 tyro's internals, so the output does not depend on tyro's version; a ``tyro.conf.arg(help=...)`` in a
-field's type (the shared ``--rig`` help of :mod:`talksplat.rigs.spec`) wins over it, as in tyro.  Flags are spelled as tyro spells
-them: ``_`` -> ``-``, nested dataclasses flattened with a dot prefix (``--driver.steps``), booleans
-as ``--flag`` / ``--no-flag``; ``tests/test_docs.py`` checks every flag against the real ``--help``.
+field's type (the shared ``--rig`` help of :mod:`talksplat.rigs.spec`) wins over it, as in tyro.
+Flags are spelled as tyro spells them: ``_`` -> ``-``, nested dataclasses flattened with a dot prefix
+(``--driver.steps``), booleans as ``--flag`` / ``--no-flag``; ``tests/test_docs.py`` checks every flag
+against the real ``--help``.
 """
 
 from __future__ import annotations
