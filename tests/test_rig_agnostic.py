@@ -236,3 +236,16 @@ def test_every_rig_option_has_the_one_help_text():
                 assert a.help in (RIG_HELP, RECORDED_RIG_HELP, DATASET_RIG_HELP), (cmd.path, a.help)
                 assert RIG_CHOICES in a.help
     assert {"prep", "drive", "run", "render", "view", "bench render", "bench rig", "bench prep"} <= set(seen)
+
+
+def test_recorded_spec_loads_from_anywhere(tmp_path, monkeypatch):
+    """Datasets record a spec that finds the same rig later: a FLAME path made absolute, `flame`
+    resolved through $TALKSPLAT_FLAME at the time (not whatever it says when the dataset is read)."""
+    from talksplat.rigs import recorded_spec
+
+    (tmp_path / "generic_model.pkl").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert recorded_spec("flame:generic_model.pkl") == f"flame:{tmp_path.resolve() / 'generic_model.pkl'}"
+    monkeypatch.setenv("TALKSPLAT_FLAME", "generic_model.pkl")
+    assert recorded_spec("flame") == f"flame:{tmp_path.resolve() / 'generic_model.pkl'}"
+    assert recorded_spec("open") == "open" and recorded_spec("open_head") == "open"
