@@ -4,16 +4,20 @@ No real FLAME file may be used (nor committed or downloaded): the chain runs on 
 FLAME-layout model of ``tests/test_flame.py`` (5023 vertices, 9976 faces, 5 joints, 300 + 100
 components, chumpy-pickled ``shapedirs``), written as FLAME 2020's ``generic_model.pkl``; a copy pickled
 like FLAME 2023 (plain numpy, protocol 4, ``flame2023.pkl``) is named by ``$TALKSPLAT_FLAME`` for the
-bare ``--rig flame`` spec.  Everything else is real: a GRID recording decoded by ffmpeg, FaceMesh and
+bare ``--rig flame`` spec, which the viewer must refuse for the avatar made on the 2020 file (another
+rig: FLAME 2020 and 2023 are different rigs).  Prep names the model by a path relative to its working
+directory; fit, drive and view get no ``--rig`` and run elsewhere.  Everything else is real: a GRID recording decoded by ffmpeg, FaceMesh and
 selfie segmentation, the automatic landmark embedding (FaceMesh on renders of the synthetic head),
 tracking, fitting with our rasterizer, the audio predictor, `talksplat drive` writing an H.264 / AAC
-MP4, and the viewer's render function.
+MP4, and the viewer (its rig, sequences, sliders and render function).
 
 Assertions mirror the open head's end-to-end tests (``test_prep.py``, ``test_fit.py``,
 ``test_drive.py``, ``test_viewer.py``) where they apply; quality thresholds measured on the open head
 (tracking error, PSNR, lip-sync error) do not: the synthetic head is an ellipsoid with random
 blendshapes, so its bounds are looser and stated at each assertion.  Kept cheap (64 px, 30 fit steps,
-a tiny predictor, 1.6 s of driven speech): about a minute on two CPU cores.
+a tiny predictor, 1.6 s of driven speech): about 1 to 1.5 minutes on two otherwise idle CPU cores, most
+of it prep (with the landmark embedding of the synthetic head, cached after the first run) and the
+predictor; several times that beside other busy processes.
 """
 
 from __future__ import annotations
