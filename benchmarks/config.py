@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
+from talksplat.rigs.spec import DEFAULT_RIG, RigSpec
 
 
 @dataclass
@@ -24,8 +25,7 @@ class BenchRenderConfig(ProcessOptions):
     """Square image sizes to time (16 to 8192)."""
     backend: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
     """Backends to time (cuda is skipped when no GPU is present)."""
-    rig: str = "open"
-    """Head rig spec (see `talksplat render --help`)."""
+    rig: RigSpec = DEFAULT_RIG
     iters: Annotated[int, Range(1)] = 5
     """Timed frames per configuration (at least 1)."""
     warmup: Annotated[int, Range(0)] = 2
@@ -38,8 +38,7 @@ class BenchRenderConfig(ProcessOptions):
 class BenchRigConfig(ProcessOptions):
     """Time rig evaluation alone (blendshapes + skinning) for a batch of frames."""
 
-    rig: str = "open"
-    """Head rig spec (see `talksplat render --help`)."""
+    rig: RigSpec = DEFAULT_RIG
     batch: Annotated[int, Range(1, 100000)] = 64
     """Frames posed per call (1 to 100000)."""
     iters: Annotated[int, Range(1)] = 10
@@ -56,8 +55,7 @@ class BenchPrepConfig(ProcessOptions):
     """Crop size in pixels (64 to 4096)."""
     repeat: Annotated[int, Range(1, 100)] = 2
     """Runs; the fastest is reported (1 to 100)."""
-    rig: str = "open"
-    """Head rig spec."""
+    rig: RigSpec = DEFAULT_RIG
 
 
 @dataclass

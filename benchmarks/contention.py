@@ -36,14 +36,14 @@ def _child(gaussians: int, resolution: int, iters: int, warmup: int, threads: in
     from talksplat.avatar.render import render_avatar
     from talksplat.benchmarks.render import avatar_with_n_gaussians
     from talksplat.render.camera import framing_camera
-    from talksplat.rigs import load_rig
+    from talksplat.rigs import DEFAULT_RIG, load_rig
 
     torch.set_num_threads(threads)
-    rig = load_rig("open")
+    rig = load_rig(DEFAULT_RIG)
     avatar = avatar_with_n_gaussians(rig, gaussians)
     viewmat, K = framing_camera(rig(rig.zero_params(1)).vertices[0], resolution, resolution, yaw_deg=20, pitch_deg=5)
     viewmat, K = viewmat[None], K[None]
-    jaw = rig.expression_names.index("jawOpen") if "jawOpen" in rig.expression_names else 0
+    jaw = (rig.expression_group("jaw_open") or [0])[0]
     times = []
     for it in range(warmup + iters):
         p = rig.zero_params(1)

@@ -38,20 +38,20 @@ def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0
     from talksplat.driving.predictor import choose_layout
     from talksplat.driving.train import train_predictor
     from talksplat.driving.config import DriverConfig
-    from talksplat.rigs import RigSequence, load_rig
+    from talksplat.rigs import DEFAULT_RIG, RigSequence, load_rig
 
-    rig = load_rig("open")
+    rig = load_rig(DEFAULT_RIG)
     out.mkdir(parents=True, exist_ok=True)
     save_avatar(init_avatar(rig, per_face=per_face), out / "avatar.safetensors", extra={})
     T = int(len(wave) / SAMPLE_RATE * fps)
     t = np.arange(T) / fps
     seq = RigSequence.zeros(T, rig.num_expression, np.zeros(rig.num_shape))
     expr, jaw = seq.expression, seq.jaw
-    expr[:, rig.expression_index("jawOpen")] = 0.3 + 0.3 * np.sin(2 * np.pi * 2 * t)
+    expr[:, rig.expression_group("jaw_open")] = (0.3 + 0.3 * np.sin(2 * np.pi * 2 * t))[:, None]
     jaw[:, 0] = 0.1 + 0.1 * np.sin(2 * np.pi * 2 * t)
     seq.global_rot[:, 1] = 0.05 * np.sin(2 * np.pi * 0.2 * t)
     seq.save(out / "tuned_params.npz")
-    layout = choose_layout(rig.expression_names, expr)
+    layout = choose_layout(rig, expr)
     drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout, DriverConfig(steps=10),
                           rig_checksum=rig.checksum)
     drv.save(out / "driver.safetensors")

@@ -20,11 +20,11 @@ def bench_fit(cfg: BenchFitConfig) -> list[dict]:
     from talksplat.fitting.config import FitConfig
     from talksplat.fitting.strategy import BindingStrategyConfig
     from talksplat.fitting.trainer import Trainer
-    from talksplat.rigs import load_rig
+    from talksplat.rigs import DEFAULT_RIG, load_rig
 
     from .synthetic_dataset import write_synthetic_dataset
 
-    rig = load_rig("open")
+    rig = load_rig(DEFAULT_RIG)
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for res in cfg.resolution:

@@ -42,7 +42,7 @@ def bench_render(cfg: BenchRenderConfig) -> list[dict]:
             continue
         device = torch.device(backend)
         rig = base_rig.to(device)
-        jaw_open = rig.expression_names.index("jawOpen") if "jawOpen" in rig.expression_names else 0
+        jaw_open = (rig.expression_group("jaw_open") or [0])[0]
         verts = rig(rig.zero_params(1, device=device)).vertices[0].detach()
         for n in cfg.gaussians:
             avatar = avatar_with_n_gaussians(base_rig, n).to(device)

@@ -504,7 +504,7 @@ def _eye_order(rig) -> list[int]:
 
 def import_nerf_dataset(src_dir: str | os.PathLike, out_dir: str | os.PathLike, rig, overwrite: bool = False,
                         copy_images: bool = True, flame_params: str | os.PathLike | None = None,
-                        allow_external_paths: bool = False) -> Path:
+                        allow_external_paths: bool = False, rig_spec: str | None = None) -> Path:
     """A VHAP / GaussianAvatars NeRF-style folder -> a talksplat dataset at `out_dir`.
 
     rig: the FLAME :class:`~talksplat.rigs.HeadRig` the parameters belong to (shape and expression are
@@ -514,6 +514,8 @@ def import_nerf_dataset(src_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     no ``flame_param_path`` (default: ``SRC/flame_param.npz`` or ``SRC/tracked_flame_params*.npz``).
     allow_external_paths: accept ``file_path`` / ``fg_mask_path`` / ``flame_param_path`` entries that
     lead outside SRC (absolute, ``../``, or through a symlink); by default they are refused.
+    rig_spec: the spec that loads ``rig`` (:func:`talksplat.rigs.recorded_spec`), recorded in the dataset's
+    ``meta.json`` so `talksplat fit` / drive / view find the rig without ``--rig``.
 
     Cameras: ``c2w_cv = c2w_gl @ diag(1, -1, -1, 1)``; K from ``fl_x, fl_y, cx, cy`` (or the field of
     view).  Split: train = the time steps of transforms_train.json, heldout = those only in
@@ -638,7 +640,8 @@ def import_nerf_dataset(src_dir: str | os.PathLike, out_dir: str | os.PathLike, 
                           np.zeros((C, T), bool))
         meta = {"source": str(src.resolve()), "imported_from": "nerf", "fps": fps, "rig_name": rig.name,
                 "rig_checksum": rig.checksum, "num_timesteps": T, "cameras": cameras,
-                "split": {"train": train, "heldout": heldout}, "source_timesteps": src_steps}
+                "split": {"train": train, "heldout": heldout}, "source_timesteps": src_steps,
+                "rig": {"name": rig.name, "checksum": rig.checksum, "spec": rig_spec}}
         if missing:
             meta["flame_params_file"] = str(Path(seq_path).resolve())
         return w.commit(meta)

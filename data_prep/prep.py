@@ -22,6 +22,7 @@ from talksplat.core.errors import TalksplatError
 from talksplat.core.ffmpeg import SAMPLE_RATE
 from talksplat.core.outputs import output_lock
 from talksplat.render.device import pick_device
+from talksplat.rigs.spec import DEFAULT_RIG, RigSpec
 
 from .dataset import DatasetWriter, Frame, check_output_dir, default_split, image_name
 from .tracking import MONO_C2W, TrackingConfig
@@ -46,8 +47,7 @@ class PrepConfig(ProcessOptions):
     """Output dataset directory (refused if it already holds data, unless --overwrite)."""
     calibration: Path | None = None
     """Multi-view: cameras.json (see docs/formats.md)."""
-    rig: str = "open"
-    """Head rig: `open` (built in), `flame` ($TALKSPLAT_FLAME) or `flame:PATH`."""
+    rig: RigSpec = DEFAULT_RIG
     fps: Annotated[float, Range(1, 240)] = 25.0
     """Frames per second of the dataset (the video is resampled to it) (1 to 240)."""
     resolution: Annotated[int, Range(64, 4096)] = 512
@@ -174,7 +174,7 @@ def run_prep(cfg: PrepConfig) -> PrepReport:
 
 def _prep_videos(cfg: PrepConfig, videos: list[Path], inputs: list, timings: dict[str, float],
                  t_start: float) -> PrepReport:
-    from talksplat.rigs import load_rig
+    from talksplat.rigs import load_rig, recorded_spec
 
     from .decode import extract_audio, probe_video
     from .embedding import landmark_embedding
@@ -376,7 +376,7 @@ def _prep_videos(cfg: PrepConfig, videos: list[Path], inputs: list, timings: dic
             "source_info": [{"width": i.width, "height": i.height, "fps": i.fps, "duration": i.duration,
                              "rotation": i.rotation} for i in infos],
             "fps": fps, "num_timesteps": T, "cameras": cam_ids, "monocular": not multiview,
-            "rig": {"name": rig.name, "checksum": rig.checksum, "spec": cfg.rig},
+            "rig": {"name": rig.name, "checksum": rig.checksum, "spec": recorded_spec(cfg.rig)},
             "split": split, "dropped_timesteps": dropped,
             "interpolated_timesteps": [int(t) for t in np.flatnonzero(interpolated.any(0))],
             "audio": "audio.wav" if has_audio else None, "audio_sample_rate": SAMPLE_RATE if has_audio else None,
@@ -390,7 +390,7 @@ def _prep_videos(cfg: PrepConfig, videos: list[Path], inputs: list, timings: dic
 
 
 def _import_nerf(cfg: PrepConfig, src: Path) -> PrepReport:
-    from talksplat.rigs import load_rig
+    from talksplat.rigs import load_rig, recorded_spec
 
     from .dataset import load_dataset
     from .nerf_import import import_nerf_dataset
@@ -399,7 +399,7 @@ def _import_nerf(cfg: PrepConfig, src: Path) -> PrepReport:
         raise PrepError(f"{src}: a directory, but not a NeRF-style dataset (no transforms_train.json)")
     t0 = time.perf_counter()
     out = import_nerf_dataset(src, cfg.out, load_rig(cfg.rig), overwrite=cfg.overwrite,
-                              allow_external_paths=cfg.allow_external_paths)
+                              allow_external_paths=cfg.allow_external_paths, rig_spec=recorded_spec(cfg.rig))
     ds = load_dataset(out)
     return PrepReport(out=out, num_timesteps=ds.num_timesteps, num_images=len(ds.frames), dropped=[],
                       interpolated=[], tracking_error={}, timings={"total": time.perf_counter() - t0})

@@ -274,7 +274,7 @@ def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, val
     jaw = torch.zeros(T, 3, device=device, requires_grad=True)
     neck = torch.zeros(T, 3, device=device, requires_grad=True)
     eyes = torch.zeros(T, 2, 3, device=device, requires_grad=True)
-    lo, hi = rig.assets.meta.get("expression_range", (None, None))
+    lo, hi = rig.expression_range or (None, None)
     jaw_open_dir = torch.tensor([1.0, 0.0, 0.0], device=device)
 
     def params() -> RigParams:

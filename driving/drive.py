@@ -25,6 +25,7 @@ import tyro
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import InputError, OptionError
+from talksplat.rigs.spec import RecordedRigSpec
 
 if TYPE_CHECKING:
     from talksplat.data_prep.dataset import Frame
@@ -56,8 +57,7 @@ class DriveConfig(ProcessOptions):
     camera: str = "0,0"
     """Camera `yaw,pitch` in degrees around the head (0,0 = the training camera's direction; yaw -360 to
     360, pitch -89 to 89)."""
-    rig: str | None = None
-    """Rig spec (`open`, `flame:PATH`); default: the one the avatar's dataset was tracked with."""
+    rig: RecordedRigSpec = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto`: CUDA (gsplat) when available, else the CPU rasterizer."""
     batch: Annotated[int, Range(1, 1024)] = 8

@@ -40,7 +40,7 @@ class FitFolder:
         fps: the training video's frame rate.
         camera: the dataset's first training frame (its ``c2w`` [4, 4] OpenCV metres, ``K`` [3, 3]
             pixels, ``width``, ``height``), or None when the dataset is not at its recorded path.
-        rig_spec: the rig spec the dataset was tracked with (``open``, ``flame:PATH``) when known.
+        rig_spec: the rig spec the dataset was tracked with when known.
     """
 
     avatar_file: Path
@@ -80,13 +80,15 @@ def _dataset_meta(header: dict) -> tuple[dict | None, list[Frame]]:
 
 
 def fit_rig_spec(header: dict) -> str | None:
-    """The rig spec (``open``, ``flame:PATH``) of the avatar with this header, from its dataset; the
-    open head when the avatar says so; None when it cannot be told."""
+    """The rig spec of the avatar with this header, from its dataset; else the built-in rig it names
+    (:func:`talksplat.rigs.builtin_spec`); None when it cannot be told."""
     meta, _ = _dataset_meta(header)
     spec = meta.get("rig", {}).get("spec") if meta is not None and isinstance(meta.get("rig"), dict) else None
     if spec:
         return spec
-    return "open" if str(header.get("rig_name", "")).startswith("open") else None
+    from talksplat.rigs.spec import builtin_spec
+
+    return builtin_spec(header.get("rig_name"))
 
 
 def _tracked(path: Path) -> RigSequence:

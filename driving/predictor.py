@@ -112,12 +112,15 @@ class TargetLayout:
         return {"expression": expr, "jaw": y[:, len(self.expr_ids):].astype(np.float32)}
 
 
-def choose_layout(expression_names: list[str], expression: np.ndarray) -> TargetLayout:
-    """Predict every expression coefficient that moves in training except eye ones; fill with the median."""
+def choose_layout(rig, expression: np.ndarray) -> TargetLayout:
+    """Predict every expression coefficient that moves in training except the rig's eye units (its
+    ``eyes``, ``blink`` and ``gaze`` groups); fill with the median.  Blinks: the rig's ``blink`` group.
+
+    rig: the :class:`~talksplat.rigs.HeadRig` (its expression groups); expression: [T, E] training values."""
     std = expression.std(0)
-    eye = [i for i, n in enumerate(expression_names) if n.lower().startswith("eye")]
+    eye = set(rig.expression_group("eyes")) | set(rig.expression_group("blink")) | set(rig.expression_group("gaze"))
     ids = [i for i in range(expression.shape[1]) if i not in eye and std[i] > 1e-4]
-    blinks = [i for i, n in enumerate(expression_names) if n.lower().startswith("eyeblink")]
+    blinks = rig.expression_group("blink")
     return TargetLayout(ids, expression.shape[1], np.median(expression, 0).astype(np.float32), blinks)
 
 

@@ -246,7 +246,7 @@ def train_driver_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, cfg:
     dropped = set(ds.meta.get("dropped_timesteps", []))
     train_ids = np.array([t for t in ds.split["train"] if t not in dropped])
     eval_ids = np.array([t for t in ds.split["heldout"] if t not in dropped])
-    layout = choose_layout(rig.expression_names, train_p["expression"][train_ids])
+    layout = choose_layout(rig, train_p["expression"][train_ids])
     targets = layout.pack(train_p["expression"], train_p["jaw"])
     geo = LipGeometry(rig.cpu(), ds.shape)
     drv = train_predictor(wave, fps, targets, train_ids, layout, cfg, geo=geo, rig_checksum=rig.checksum,

@@ -94,10 +94,10 @@ class FrameParams(nn.Module):
 def load_dataset_rig(ds, spec: str | None = None) -> HeadRig:
     """The rig a dataset was tracked with (or ``spec``); FitError when its checksum differs or the
     dataset's parameters do not fit its sizes."""
-    from talksplat.rigs import load_rig
+    from talksplat.rigs import DEFAULT_RIG, builtin_spec, load_rig
 
     rig_meta = ds.meta.get("rig", {})
-    spec = spec or rig_meta.get("spec") or rig_meta.get("name", "open")
+    spec = spec or rig_meta.get("spec") or builtin_spec(rig_meta.get("name")) or rig_meta.get("name") or DEFAULT_RIG
     rig = load_rig(spec)
     if rig_meta.get("checksum") and rig_meta["checksum"] != rig.checksum:
         raise FitError(f"{ds.root}: dataset was tracked with rig '{rig_meta.get('name')}' "

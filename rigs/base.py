@@ -35,6 +35,17 @@ SEMANTIC_JOINTS = ("global", "neck", "jaw", "eye_left", "eye_right")
 #: Named vertex regions every rig provides (other names may be added by a rig).
 REQUIRED_REGIONS = ("face", "lips", "eyes", "teeth", "neck")
 
+#: Expression groups a rig may define (:attr:`RigAssets.expression_groups`): name -> meaning.  Callers
+#: use these instead of unit names; a group a rig does not define is empty (FLAME's expression
+#: components are PCA directions that each move the whole face, so it defines none).
+EXPRESSION_GROUPS = {
+    "blink": "eyelid closure, one unit per eye (left, right): what the blink generator drives",
+    "gaze": "units that turn the eyes",
+    "eyes": "every unit that moves the eyes or eyelids (blink, gaze, squint, widen): not predicted from speech",
+    "mouth": "units that move the mouth, lips, jaw or tongue",
+    "jaw_open": "units that open the jaw",
+}
+
 
 @dataclass
 class RigAssets:
@@ -56,7 +67,11 @@ class RigAssets:
         posedirs: optional [(J - 1) * 9, V * 3] pose-corrective blendshapes (FLAME).
         regions: named vertex index arrays, at least :data:`REQUIRED_REGIONS`.
         face_regions: optional named face index arrays (e.g. ``"mouth_interior"``).
-        meta: free-form JSON-serialisable provenance (source package, version, licence).
+        meta: free-form JSON-serialisable provenance (source package, version, licence) and
+            ``expression_range`` ``[lo, hi]`` when the expression units are bounded (open head: [0, 1]);
+            absent for unbounded components (FLAME).
+        expression_groups: :data:`EXPRESSION_GROUPS` name -> expression indices; set by the rig's
+            loader (not part of the checksum: it names units, it does not change the geometry).
     """
 
     name: str
@@ -75,6 +90,7 @@ class RigAssets:
     regions: dict[str, np.ndarray] = field(default_factory=dict)
     face_regions: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    expression_groups: dict[str, list[int]] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent array."""
@@ -97,6 +113,9 @@ class RigAssets:
              and all(0 <= j < J for j in self.semantic_joints.values())),
             ("posedirs", self.posedirs is None or self.posedirs.shape == ((J - 1) * 9, V * 3)),
             ("regions", all(r in self.regions for r in REQUIRED_REGIONS)),
+            ("expression_groups", set(self.expression_groups) <= set(EXPRESSION_GROUPS)
+             and all(0 <= int(i) < len(self.expression_names) for g in self.expression_groups.values() for i in g)),
+            ("meta", _valid_range(self.meta.get("expression_range"))),
         ]
         for name, ok in checks:
             if not ok:
@@ -115,6 +134,10 @@ class RigAssets:
         h.update(json.dumps([self.name, self.expression_names, self.shape_names, self.joint_names,
                              self.semantic_joints], sort_keys=True).encode())
         return h.hexdigest()
+
+
+def _valid_range(r) -> bool:
+    return r is None or (isinstance(r, (list, tuple)) and len(r) == 2 and float(r[0]) < float(r[1]))
 
 
 @dataclass
@@ -192,6 +215,11 @@ class HeadRig(nn.Module):
         self.expression_names = list(assets.expression_names)
         self.shape_names = list(assets.shape_names)
         self.semantic_joints = dict(assets.semantic_joints)
+        #: :data:`EXPRESSION_GROUPS` name -> expression indices (every name present; empty when not defined).
+        self.expression_groups = {g: [int(i) for i in assets.expression_groups.get(g, ())] for g in EXPRESSION_GROUPS}
+        r = assets.meta.get("expression_range")
+        #: (lo, hi) of every expression unit when they are bounded (open head: (0, 1)); None when not (FLAME).
+        self.expression_range = None if r is None else (float(r[0]), float(r[1]))
         for k, v in assets.regions.items():
             self.register_buffer(f"region_{k}", torch.as_tensor(np.asarray(v, dtype=np.int64)), persistent=False)
         self.region_names = sorted(assets.regions)
@@ -232,6 +260,12 @@ class HeadRig(nn.Module):
         if name not in self.face_region_names:
             raise KeyError(f"rig '{self.name}' has no face region '{name}'")
         return getattr(self, f"face_region_{name}")
+
+    def expression_group(self, name: str) -> list[int]:
+        """Expression indices of a group of :data:`EXPRESSION_GROUPS` (empty when the rig does not define it)."""
+        if name not in EXPRESSION_GROUPS:
+            raise KeyError(f"no expression group '{name}' (groups: {', '.join(EXPRESSION_GROUPS)})")
+        return list(self.expression_groups[name])
 
     def expression_index(self, name: str) -> int:
         try:

@@ -291,7 +291,7 @@ def build_flame_assets(a: dict, name: str = "flame", meta: dict | None = None) -
         posedirs=posedirs.astype(np.float32),
         regions={k: np.unique(np.asarray(r, np.int64)) for k, r in regions.items()},
         face_regions={k: np.unique(np.asarray(r, np.int64)) for k, r in face_regions.items()},
-        meta=meta)
+        meta=meta, expression_groups={})  # PCA components: each moves the whole face, no group is known
     assets.validate()
     return assets
 

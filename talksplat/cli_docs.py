@@ -8,9 +8,11 @@ The subcommands are found by walking the ``Command`` union of :mod:`talksplat.cl
 ``Annotated[Config, tyro.conf.subcommand("name")]``, nested unions for groups such as ``bench``), so
 new subcommands appear without touching this module.  Help texts are the attribute docstrings (the
 string literal right after a field in the class body), read here with :mod:`ast` rather than from
-tyro's internals, so the output does not depend on tyro's version.  Flags are spelled as tyro spells
-them: ``_`` -> ``-``, nested dataclasses flattened with a dot prefix (``--driver.steps``), booleans
-as ``--flag`` / ``--no-flag``; ``tests/test_docs.py`` checks every flag against the real ``--help``.
+tyro's internals, so the output does not depend on tyro's version; a ``tyro.conf.arg(help=...)`` in a
+field's type (the shared ``--rig`` help of :mod:`talksplat.rigs.spec`) wins over it, as in tyro.
+Flags are spelled as tyro spells them: ``_`` -> ``-``, nested dataclasses flattened with a dot prefix
+(``--driver.steps``), booleans as ``--flag`` / ``--no-flag``; ``tests/test_docs.py`` checks every flag
+against the real ``--help``.
 """
 
 from __future__ import annotations
@@ -197,6 +199,10 @@ def describe_config(cls: type, instance: Any = None, prefix: str = "") -> tuple[
         positional = any(e is marker for e in extras)
         rename = next((getattr(e, "name", None) for e in extras
                        if type(e).__name__ == "_ArgConfig" and getattr(e, "name", None)), None)
+        # A help text given with the type (tyro.conf.arg(help=...), e.g. talksplat.rigs.spec.RigSpec) wins,
+        # as in tyro.
+        arg_help = next((_one_line(e.help) for e in extras
+                         if type(e).__name__ == "_ArgConfig" and isinstance(getattr(e, "help", None), str)), None)
         name = rename or f.name
         if instance is not None:
             default: Any = getattr(instance, f.name)
@@ -223,7 +229,7 @@ def describe_config(cls: type, instance: Any = None, prefix: str = "") -> tuple[
             flags = [f"--{prefix}{_flag(name)}"]
         args.append(Argument(flags=flags, positional=positional, type=type_name(tp),
                              default=None if default is dataclasses.MISSING else format_default(default),
-                             help=docs.get(f.name, "")))
+                             help=arg_help if arg_help is not None else docs.get(f.name, "")))
     return args, groups
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import OptionError
+from talksplat.rigs.spec import DEFAULT_RIG, RigSpec
 
 if TYPE_CHECKING:  # torch and numpy load only when a command runs: `talksplat --help` stays light
     import numpy as np
@@ -28,8 +29,7 @@ class RenderConfig(ProcessOptions):
     """Replace existing output files (only files talksplat wrote)."""
     avatar: Path | None = None
     """A fitted avatar (`.safetensors`); its rig is loaded from `--rig` and must match."""
-    rig: str = "open"
-    """Head rig: `open` (built in), `flame` (path in $TALKSPLAT_FLAME) or `flame:PATH`."""
+    rig: RigSpec = DEFAULT_RIG
     resolution: Annotated[int, Range(16, 8192)] = 1024
     """Image width and height in pixels (16 to 8192)."""
     expr: tuple[str, ...] = ()

@@ -27,6 +27,7 @@ from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import InputError, OptionError, OutputError
 from talksplat.core.files import write_json
 from talksplat.driving.config import DriverConfig
+from talksplat.rigs.spec import DEFAULT_RIG, RigSpec
 
 #: run preset -> (prep crop side px, fit preset, drive output side px)
 RUN_PRESETS = {"fast": (256, "fast", 512), "default": (512, "default", 1024), "quality": (512, "quality", 1024)}
@@ -54,8 +55,7 @@ class RunConfig(ProcessOptions):
     """Size and length of the job: crop size, fit preset, output size (see above)."""
     calibration: Path | None = None
     """Multi-view: cameras.json (see docs/formats.md)."""
-    rig: str = "open"
-    """Head rig: `open` (built in), `flame` ($TALKSPLAT_FLAME) or `flame:PATH`."""
+    rig: RigSpec = DEFAULT_RIG
     fps: Annotated[float, Range(1, 240)] = 25.0
     """Frames per second of the dataset and the output video (1 to 240)."""
     resolution: Annotated[int | None, Range(64, 4096)] = None

@@ -209,7 +209,7 @@ def test_predictor_learns_mouth_opening_from_speech(shared_data, tmp_path, open_
         return expr, jaw
 
     expr, jaw = params(wave, T)
-    layout = choose_layout(rig.expression_names, expr)
+    layout = choose_layout(rig, expr)
     geo = LipGeometry(rig, np.zeros(rig.num_shape, np.float32))
     cfg = DriverConfig(steps=600, seed=0)
     drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout, cfg, geo=geo,
@@ -278,7 +278,7 @@ def test_predictor_on_a_flame_layout_rig(sphere_rig, tmp_path):
     expr[:, 0] = o
     jaw = np.zeros((T, 3), np.float32)
     jaw[:, 0] = 0.2 * o
-    layout = choose_layout(rig.expression_names, expr)
+    layout = choose_layout(rig, expr)
     assert layout.expr_ids == [0] and layout.blink_ids == []
     geo = LipGeometry(rig, np.zeros(rig.num_shape, np.float32))
     drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout,

@@ -31,6 +31,7 @@ import tyro
 from talksplat.core.checks import Range, check_options
 from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import InputError, OptionError
+from talksplat.rigs.spec import RecordedRigSpec
 
 if TYPE_CHECKING:
     from talksplat.rigs.sequence import RigSequence
@@ -55,8 +56,7 @@ class ViewConfig(ProcessOptions):
     translation, fps, optional audio) to play back."""
     allow_external_paths: bool = False
     """Let a --params file's `audio` name a file outside the parameters file's folder."""
-    rig: str = "open"
-    """Head rig: `open` (built in), `flame` (path in $TALKSPLAT_FLAME) or `flame:PATH`; must match the avatar."""
+    rig: RecordedRigSpec = None
     host: str = "127.0.0.1"
     """Address to listen on.  Anything but loopback lets anyone on the network view the avatar."""
     port: Annotated[int, Range(1, 65535)] = 8080
@@ -68,7 +68,7 @@ class ViewConfig(ProcessOptions):
     fps: Annotated[float, Range(1, 240)] = 25.0
     """Frame rate of the sequence predicted from `--audio` (1 to 240)."""
     expressions: Annotated[int, Range(0, 1000)] = 10
-    """Expression sliders shown for rigs without named units (FLAME: the first N components) (0 to 1000)."""
+    """Expression sliders shown for rigs whose expression components have no range (the first N; FLAME) (0 to 1000)."""
     background: Annotated[tuple[float, float, float], Range(0.0, 1.0)] = (1.0, 1.0, 1.0)
     """Background colour, RGB in [0, 1] (0 to 1)."""
     screenshot_dir: Path = Path(".")
@@ -265,6 +265,22 @@ class ExpressionControl:
     name: str
     lo: float
     hi: float
+
+
+#: Slider range of expression components without a range in the rig's metadata.
+UNBOUNDED_SLIDER_RANGE = (-3.0, 3.0)
+
+
+def expression_controls(rig, unbounded: int) -> list[ExpressionControl]:
+    """The expression sliders: every unit over the rig's ``expression_range`` when its units are bounded
+    (open head: 52 named units in [0, 1]); else the first ``unbounded`` components over
+    :data:`UNBOUNDED_SLIDER_RANGE` (FLAME's 100 PCA components)."""
+    names = rig.expression_names
+    if rig.expression_range is not None:
+        lo, hi = rig.expression_range
+        return [ExpressionControl(i, n, lo, hi) for i, n in enumerate(names)]
+    lo, hi = UNBOUNDED_SLIDER_RANGE
+    return [ExpressionControl(i, n, lo, hi) for i, n in enumerate(names[:unbounded])]
 
 
 class Viewer:
@@ -534,10 +550,7 @@ class Viewer:
 
                 s.on_update(update)
 
-        names = self.rig.expression_names
-        named = not all(n.startswith("expr_") for n in names)
-        self.expr_controls = ([ExpressionControl(i, n, 0.0, 1.0) for i, n in enumerate(names)] if named else
-                              [ExpressionControl(i, n, -3.0, 3.0) for i, n in enumerate(names[:self.cfg.expressions])])
+        self.expr_controls = expression_controls(self.rig, self.cfg.expressions)
         self.expr_sliders = []
         with gui.add_folder("Expression"):
             for ec in self.expr_controls:
@@ -717,6 +730,22 @@ class Viewer:
         self.server.stop()
 
 
+def view_rig(cfg: ViewConfig, avatar_file: Path):
+    """The rig to view ``avatar_file`` with: ``--rig``, else the one recorded for the avatar (its dataset's,
+    as `talksplat drive` reads it); checked against the avatar's rig checksum."""
+    from talksplat.avatar.io import check_rig, read_header
+    from talksplat.driving.predict import fit_rig_spec
+    from talksplat.rigs import load_rig
+
+    header = read_header(avatar_file)
+    spec = cfg.rig or fit_rig_spec(header)
+    if spec is None:
+        raise OptionError(f"{avatar_file}: cannot tell which rig the avatar uses ({header['rig_name']}); pass --rig")
+    rig = load_rig(spec)
+    check_rig(avatar_file, header, rig.checksum)
+    return rig
+
+
 def run_view(cfg: ViewConfig) -> None:
     """Do the work of `talksplat view`: load everything, serve until Ctrl-C / SIGTERM."""
     check_options(cfg)
@@ -726,12 +755,11 @@ def run_view(cfg: ViewConfig) -> None:
 
     from talksplat.avatar.io import load_avatar, read_header
     from talksplat.render.device import pick_device
-    from talksplat.rigs import load_rig
 
     from .render_fn import AvatarRenderer
 
     header = read_header(avatar_file)
-    rig = load_rig(cfg.rig)
+    rig = view_rig(cfg, avatar_file)
     avatar = load_avatar(avatar_file, rig=rig)
     sequences: list[Sequence] = []
     if cfg.params is not None:
