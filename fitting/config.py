@@ -15,6 +15,7 @@ import tyro
 
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
+from talksplat.rigs.spec import DatasetRigSpec
 
 from .strategy.config import BindingStrategyConfig
 
@@ -114,8 +115,7 @@ class FitConfig(ProcessOptions):
     """Continue from OUT/checkpoint.safetensors (same dataset) at its saved step."""
     overwrite: bool = False
     """Replace an existing fit in OUT."""
-    rig: str | None = None
-    """Rig spec (`open`, `flame:PATH`); default: the one the dataset was prepared with."""
+    rig: DatasetRigSpec = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto`: CUDA (gsplat kernels) when available, else our CPU rasterizer."""
     background: Literal["white", "black", "random"] = "white"

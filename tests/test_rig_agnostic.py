@@ -216,9 +216,8 @@ def test_viewer_takes_the_rig_from_the_avatar(open_rig, sphere_rig, tmp_path):
         view_rig(ViewConfig(avatar=g, rig="open"), g)
 
 
-#: Configs whose --rig help is still their own: fitting/config.py is restructured in parallel; it takes
-#: ``talksplat.rigs.spec.DatasetRigSpec`` when that lands.
-OWN_RIG_HELP = {"fit"}
+#: Configs whose --rig help is their own (none: every --rig takes its help from talksplat.rigs.spec).
+OWN_RIG_HELP: set[str] = set()
 
 
 def test_every_rig_option_has_the_one_help_text():
