@@ -61,7 +61,8 @@ def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0
 def bench_drive(cfg: BenchDriveConfig) -> list[dict]:
     from talksplat.avatar.io import read_header
     from talksplat.driving.audio import write_wav
-    from talksplat.driving.drive import DriveConfig, run_drive
+    from talksplat.driving.config import DriveConfig
+    from talksplat.driving.drive import run_drive
 
     rows = []
     with tempfile.TemporaryDirectory() as d:

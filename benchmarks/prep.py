@@ -24,7 +24,8 @@ def default_video() -> Path:
 
 
 def bench_prep(cfg: BenchPrepConfig) -> list[dict]:
-    from talksplat.data_prep.prep import PrepConfig, run_prep
+    from talksplat.data_prep.config import PrepConfig
+    from talksplat.data_prep.prep import run_prep
 
     video = cfg.video or default_video()
     if not video.is_file():

@@ -9,73 +9,23 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
-import tyro
 
-from talksplat.core.checks import Range
-from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import TalksplatError
 from talksplat.core.ffmpeg import SAMPLE_RATE
 from talksplat.core.outputs import output_lock
 from talksplat.render.device import pick_device
-from talksplat.rigs.spec import DEFAULT_RIG, RigSpec
 
+from .config import PrepConfig
 from .dataset import DatasetWriter, Frame, check_output_dir, default_split, image_name
-from .tracking import MONO_C2W, TrackingConfig
+from .tracking import MONO_C2W
 
 
 class PrepError(TalksplatError):
     """A problem with the input that stops prep (one line, names the file)."""
-
-
-@dataclass
-class PrepConfig(ProcessOptions):
-    """Turn video of a talking person into a tracked dataset for `talksplat fit`.
-
-    One video: monocular (square head crop, focal length estimated).  Several videos with
-    `--calibration cameras.json`: synchronized multi-view (camera id = video file stem).  A directory
-    holding `transforms_train.json`: import a VHAP / GaussianAvatars NeRF-style export.
-    """
-
-    videos: tyro.conf.Positional[tuple[Path, ...]]
-    """Input video file(s), or one NeRF-style dataset directory."""
-    out: Path = Path("dataset")
-    """Output dataset directory (refused if it already holds data, unless --overwrite)."""
-    calibration: Path | None = None
-    """Multi-view: cameras.json (see docs/formats.md)."""
-    rig: RigSpec = DEFAULT_RIG
-    fps: Annotated[float, Range(1, 240)] = 25.0
-    """Frames per second of the dataset (the video is resampled to it) (1 to 240)."""
-    resolution: Annotated[int, Range(64, 4096)] = 512
-    """Monocular: side of the square crop in pixels.  Multi-view: longest image side (never upscaled) (64 to 4096)."""
-    max_frames: Annotated[int | None, Range(1)] = None
-    """Use only the first N frames (at least 1)."""
-    overwrite: bool = False
-    """Replace an existing dataset at --out (only a talksplat dataset holding nothing else)."""
-    allow_damaged: bool = False
-    """Keep the readable part of a damaged or truncated video (with a warning) instead of refusing it."""
-    allow_external_paths: bool = False
-    """NeRF-style import: let file_path / fg_mask_path / flame_param_path point outside the source folder."""
-    landmark_embedding: Path | None = None
-    """Optional .npz (face_idx [478], bary [478, 3]) overriding the automatic landmark embedding."""
-    heldout: Annotated[float, Range(0.0, 0.9)] = 0.1
-    """Fraction of time steps (the last ones) held out for evaluation (0 to 0.9)."""
-    max_gap: Annotated[float, Range(0.0, 10.0)] = 0.4
-    """Longest face-detection gap (seconds) filled by interpolation; longer gaps are dropped (0 to 10)."""
-    min_face_fraction: Annotated[float, Range(0.0, 1.0)] = 0.5
-    """Fail when the face is found in less than this fraction of the frames (0 to 1)."""
-    crop_scale: Annotated[float, Range(1.0, 10.0)] = 2.2
-    """Monocular crop side as a multiple of the face height (1 to 10)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where tracking runs."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    """Head-tracking weights and schedule."""
-    quiet: bool = False
-    """No progress display."""
 
 
 @dataclass

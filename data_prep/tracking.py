@@ -12,19 +12,17 @@ landmarks touch, so a step over hundreds of frames costs milliseconds.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from talksplat.core.checks import Range
 from talksplat.core.errors import TalksplatError
 from talksplat.rigs.base import HeadRig, RigParams
 from talksplat.rigs.sequence import RigSequence
 
+from .config import TrackingConfig
 from .embedding import LandmarkEmbedding
 from .landmarks import FACE_OVAL, NUM_LANDMARKS, OUTER_EYE_CORNERS
 
@@ -35,48 +33,6 @@ MONO_C2W = np.diag([1.0, -1.0, -1.0, 1.0])
 
 class TrackingError(TalksplatError):
     """Tracking could not start (no usable frames, bad inputs)."""
-
-
-@dataclass
-class TrackingConfig:
-    """Weights and schedule of the landmark fit (defaults tuned on the GRID clips)."""
-
-    rigid_iters: Annotated[int, Range(0, 100000)] = 50
-    """Adam steps fitting head pose (and focal) only, neutral face (0 to 100000)."""
-    full_iters: Annotated[int, Range(1, 100000)] = 150
-    """Adam steps fitting everything (1 to 100000)."""
-    lr: Annotated[float, Range(0.0, 10.0, open_lo=True)] = 0.04
-    """Adam learning rate (pose, expression); shape and focal use half of it (above 0, up to 10)."""
-    num_shape: Annotated[int, Range(0, 10000)] = 100
-    """Identity components fitted (capped at the rig's) (0 to 10000)."""
-    w_shape: Annotated[float, Range(0.0, 1e6)] = 0.1
-    """Weight of the identity prior (squared shape coefficients) (0 to 1e+06)."""
-    w_expression: Annotated[float, Range(0.0, 1e6)] = 0.1
-    """Weight of the expression prior (squared coefficients) (0 to 1e+06)."""
-    w_expression_bounds: Annotated[float, Range(0.0, 1e6)] = 100.0
-    """Penalty outside the rig's expression range (open head: ARKit units in [0, 1]) (0 to 1e+06)."""
-    w_jaw: Annotated[float, Range(0.0, 1e6)] = 1.0
-    """Weight of the jaw-rotation prior (opening; sideways rotation and closing past rest cost more) (0 to 1e+06)."""
-    w_neck: Annotated[float, Range(0.0, 1e6)] = 100.0
-    """Weight of the neck-rotation prior (squared axis-angle) (0 to 1e+06)."""
-    w_eyes: Annotated[float, Range(0.0, 1e6)] = 0.1
-    """Weight of the eye-rotation prior (and of the two eyes looking different ways) (0 to 1e+06)."""
-    w_smooth_expression: Annotated[float, Range(0.0, 1e6)] = 2.0
-    """Temporal smoothness of expression, jaw and eyes (0 to 1e+06)."""
-    w_smooth_pose: Annotated[float, Range(0.0, 1e6)] = 100.0
-    """Second differences of head rotation and translation (per frame) (0 to 1e+06)."""
-    w_focal: Annotated[float, Range(0.0, 1e6)] = 1.0
-    """Pull of log focal length towards its initial value (monocular) (0 to 1e+06)."""
-    contour_weight: Annotated[float, Range(0.0, 1e6)] = 0.3
-    """Weight of the face-oval landmarks (silhouette points slide on real faces) (0 to 1e+06)."""
-    robust_scale: Annotated[float, Range(0.0, open_lo=True)] = 0.02
-    """Pseudo-Huber scale in inter-ocular units: residuals above it count linearly (above 0)."""
-    window: Annotated[int, Range(8)] = 300
-    """Clips longer than this many time steps are tracked in overlapping windows (identity fixed) (at least 8)."""
-    overlap: Annotated[int, Range(0)] = 30
-    """Time steps shared by consecutive windows (cross-faded) (at least 0)."""
-    keyframes: Annotated[int, Range(1)] = 150
-    """Frames used to fit the identity (and focal length) of a long clip (at least 1)."""
 
 
 @dataclass

@@ -1,14 +1,20 @@
-"""Options of the audio-to-rig predictor's training (`talksplat fit --driver.*`, `talksplat run --driver.*`).
+"""Options of `talksplat drive` (DriveConfig) and of the audio-to-rig predictor's training (DriverConfig:
+`talksplat fit --driver.*`, `talksplat run --driver.*`).
 
-Torch-free: the CLI's configs import it.
+Torch-free: the CLI reads these for `--help` without importing the code that runs them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
 
 from talksplat.core.checks import Range
+from talksplat.core.config import ProcessOptions
+from talksplat.rigs.spec import RecordedRigSpec
 
 
 @dataclass
@@ -40,3 +46,43 @@ class DriverConfig:
     """Train on the fit-tuned parameters (tuned_params.npz) when present, else the tracked ones."""
     seed: Annotated[int, Range(0)] = 0
     """Random seed (at least 0)."""
+
+
+@dataclass
+class DriveConfig(ProcessOptions):
+    """Drive a fitted avatar with speech: `talksplat drive AVATAR --audio speech.wav --out talk.mp4`."""
+
+    avatar: tyro.conf.Positional[Path]
+    """A `talksplat fit` output folder (avatar, audio predictor, tuned parameters)."""
+    audio: Path | None = None
+    """Speech: any file ffmpeg reads (wav, mp3, m4a, flac, or a video's audio track)."""
+    text: str | None = None
+    """Text to speak with the local TTS (espeak-ng) instead of --audio."""
+    out: Path = Path("drive.mp4")
+    """Output MP4; beside it OUT.npz (the predicted rig parameters) and OUT.wav (the audio as muxed)."""
+    overwrite: bool = False
+    """Replace OUT.mp4, OUT.npz and OUT.wav when they exist (only files talksplat wrote; never an input)."""
+    resolution: Annotated[int, Range(16, 8192)] = 1024
+    """Output width and height in pixels (even) (16 to 8192)."""
+    fps: Annotated[float, Range(1, 240)] = 25.0
+    """Output frame rate (1 to 240)."""
+    pose: Literal["still", "replay", "idle"] = "replay"
+    """Head motion: still, the subject's own tracked motion looped (replay), or a generated sway (idle)."""
+    background: str = "white"
+    """`white`, `black`, `#rrggbb`, or an image file (scaled to fill the frame)."""
+    camera: str = "0,0"
+    """Camera `yaw,pitch` in degrees around the head (0,0 = the training camera's direction; yaw -360 to
+    360, pitch -89 to 89)."""
+    rig: RecordedRigSpec = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: CUDA (gsplat) when available, else the CPU rasterizer."""
+    batch: Annotated[int, Range(1, 1024)] = 8
+    """Frames posed and rendered per batch (1 to 1024)."""
+    voice: str = "en-us"
+    """espeak-ng voice for --text."""
+    blinks: bool = True
+    """Add blinks at a natural rate."""
+    seed: Annotated[int, Range(0)] = 0
+    """Random seed (idle motion, blink times) (at least 0)."""
+    quiet: bool = False
+    """No progress display."""

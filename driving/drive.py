@@ -14,62 +14,19 @@ import shutil
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import tyro
 
-from talksplat.core.checks import Range
-from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import InputError, OptionError
-from talksplat.rigs.spec import RecordedRigSpec
+
+from .config import DriveConfig
 
 if TYPE_CHECKING:
     from talksplat.data_prep.dataset import Frame
     from talksplat.rigs.sequence import RigSequence
-
-
-@dataclass
-class DriveConfig(ProcessOptions):
-    """Drive a fitted avatar with speech: `talksplat drive AVATAR --audio speech.wav --out talk.mp4`."""
-
-    avatar: tyro.conf.Positional[Path]
-    """A `talksplat fit` output folder (avatar, audio predictor, tuned parameters)."""
-    audio: Path | None = None
-    """Speech: any file ffmpeg reads (wav, mp3, m4a, flac, or a video's audio track)."""
-    text: str | None = None
-    """Text to speak with the local TTS (espeak-ng) instead of --audio."""
-    out: Path = Path("drive.mp4")
-    """Output MP4; beside it OUT.npz (the predicted rig parameters) and OUT.wav (the audio as muxed)."""
-    overwrite: bool = False
-    """Replace OUT.mp4, OUT.npz and OUT.wav when they exist (only files talksplat wrote; never an input)."""
-    resolution: Annotated[int, Range(16, 8192)] = 1024
-    """Output width and height in pixels (even) (16 to 8192)."""
-    fps: Annotated[float, Range(1, 240)] = 25.0
-    """Output frame rate (1 to 240)."""
-    pose: Literal["still", "replay", "idle"] = "replay"
-    """Head motion: still, the subject's own tracked motion looped (replay), or a generated sway (idle)."""
-    background: str = "white"
-    """`white`, `black`, `#rrggbb`, or an image file (scaled to fill the frame)."""
-    camera: str = "0,0"
-    """Camera `yaw,pitch` in degrees around the head (0,0 = the training camera's direction; yaw -360 to
-    360, pitch -89 to 89)."""
-    rig: RecordedRigSpec = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """`auto`: CUDA (gsplat) when available, else the CPU rasterizer."""
-    batch: Annotated[int, Range(1, 1024)] = 8
-    """Frames posed and rendered per batch (1 to 1024)."""
-    voice: str = "en-us"
-    """espeak-ng voice for --text."""
-    blinks: bool = True
-    """Add blinks at a natural rate."""
-    seed: Annotated[int, Range(0)] = 0
-    """Random seed (idle motion, blink times) (at least 0)."""
-    quiet: bool = False
-    """No progress display."""
 
 
 _NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}

@@ -23,9 +23,9 @@ import tyro
 
 from talksplat.benchmarks.config import (BenchDriveConfig, BenchFitConfig, BenchLoadConfig, BenchPrepConfig,
                                          BenchRenderConfig, BenchRigConfig)
-from talksplat.data_prep.prep import PrepConfig
+from talksplat.data_prep.config import PrepConfig
 from talksplat.demo.command import DemoConfig
-from talksplat.driving.drive import DriveConfig
+from talksplat.driving.config import DriveConfig
 from talksplat.fit_command import FitCommandConfig
 from talksplat.render_command import RenderConfig
 from talksplat.run_command import RunConfig

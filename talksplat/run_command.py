@@ -91,8 +91,8 @@ class RunConfig(ProcessOptions):
 
 
 def _resolved(cfg: RunConfig):
-    from talksplat.data_prep.prep import PrepConfig
-    from talksplat.driving.drive import DriveConfig
+    from talksplat.data_prep.config import PrepConfig
+    from talksplat.driving.config import DriveConfig
     from talksplat.fit_command import FitCommandConfig
 
     crop, fit_preset, out_px = RUN_PRESETS[cfg.preset]

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.e2e  # whole commands on real media (docs/architecture.
 @pytest.fixture(scope="module")
 def grid_fit(shared_data, tmp_path_factory):
     """pwij3p prepared and fitted (a small avatar, the audio predictor); the same speaker's other clip prepared."""
-    from talksplat.data_prep.prep import PrepConfig, run_prep
+    from talksplat.data_prep.config import PrepConfig
+    from talksplat.data_prep.prep import run_prep
 
     root = tmp_path_factory.mktemp("drive")
     for clip in ("pwij3p", "id2_vcd_swwp2s"):
@@ -227,7 +228,8 @@ def test_viewer_plays_predicted_and_driven_sequences(grid_fit, shared_data, tmp_
 
 
 def test_bench_drive_runs():
-    from talksplat.benchmarks.drive import BenchDriveConfig, bench_drive
+    from talksplat.benchmarks.config import BenchDriveConfig
+    from talksplat.benchmarks.drive import bench_drive
 
     rows = bench_drive(BenchDriveConfig(seconds=1.0, resolution=(32,), device=("cpu", "cuda"), per_face=1))
     cpu = rows[0]

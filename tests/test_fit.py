@@ -193,7 +193,8 @@ GRID_MOUTH_PSNR = 28.0
 
 @pytest.mark.e2e
 def test_fit_grid_clip(shared_data, tmp_path):
-    from talksplat.data_prep.prep import PrepConfig, run_prep
+    from talksplat.data_prep.config import PrepConfig
+    from talksplat.data_prep.prep import run_prep
 
     ds = tmp_path / "grid"
     run_prep(PrepConfig(videos=(shared_data / "grid" / "bbaf2n.mpg",), out=ds, resolution=128, quiet=True))

@@ -17,7 +17,8 @@ from talksplat.data_prep.dataset import load_dataset
 from talksplat.data_prep.decode import ffmpeg_exe, read_wav
 from talksplat.data_prep.embedding import landmark_embedding
 from talksplat.data_prep.landmarks import OUTER_EYE_CORNERS
-from talksplat.data_prep.prep import PrepConfig, run_prep
+from talksplat.data_prep.config import PrepConfig
+from talksplat.data_prep.prep import run_prep
 from talksplat.data_prep.tracking import project
 from talksplat.rigs import load_rig
 

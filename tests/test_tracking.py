@@ -157,7 +157,8 @@ def test_surface_rig_matches_exact_landmarks(rig, embedding):
 
 def test_long_clip_in_windows_matches_joint_fit(rig, embedding):
     """A clip longer than the window: identity from key frames, then overlapping windows."""
-    from talksplat.data_prep.tracking import TrackingConfig, track_clip
+    from talksplat.data_prep.config import TrackingConfig
+    from talksplat.data_prep.tracking import track_clip
 
     T, W, H, f = 90, 512, 512, 900.0
     gt = ground_truth(rig, T, seed=7)
