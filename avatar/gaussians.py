@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from talksplat.render.sh import num_sh_bases
-from talksplat.rigs.geometry import matrix_to_quat, quat_multiply
+from talksplat.render.rotation import matrix_to_quat, quat_multiply
 
 from .binding import face_frames
 

@@ -13,7 +13,7 @@ from talksplat.avatar.render import render_avatar
 from talksplat.data_prep.dataset import DatasetWriter, Frame, default_split, image_name
 from talksplat.data_prep.embedding import landmark_embedding
 from talksplat.data_prep.tracking import project
-from talksplat.render.camera import look_at
+from talksplat.render.camera import intrinsics, orbit_cameras
 from talksplat.render.sh import rgb_to_sh
 from talksplat.render.video import to_uint8
 from talksplat.rigs.base import HeadRig
@@ -51,18 +51,14 @@ def write_synthetic_dataset(out: Path, rig: HeadRig, T: int = 30, size: int = 96
     p.global_rot[:, 1] = 0.3 * torch.sin(t) + 0.02 * torch.randn(T, generator=g)
     p.global_rot[:, 0] = 0.1 * torch.sin(2 * t)
     emb = landmark_embedding(rig)
-    f = 2.4 * size
-    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]])
+    K = intrinsics(focal=2.4 * size, width=size, height=size)
     with DatasetWriter(out) as w:
-        cams = []
-        for yaw in cameras:
-            y = math.radians(yaw)
-            eye = torch.tensor([0.75 * math.sin(y), 0.02, 0.75 * math.cos(y)])
-            cams.append(look_at(eye, torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])))
-        vms = torch.stack(cams)
+        # cameras 0.75 m from the head's axis, 2 cm above its origin, looking at the origin
+        vms = torch.cat([orbit_cameras(1, math.hypot(0.75, 0.02), elevation_deg=math.degrees(math.atan2(0.02, 0.75)),
+                                       start_azimuth_deg=yaw) for yaw in cameras])
         with torch.no_grad():
             lm3d = emb.points(rig, rig(p).vertices)
-            uv = project(lm3d, vms, K[None].expand(len(cams), 3, 3)).numpy()  # [C, T, L, 2]
+            uv = project(lm3d, vms, K[None].expand(len(vms), 3, 3)).numpy()  # [C, T, L, 2]
         seq = RigSequence.from_params(p, source="synthetic")
         for c, vm in enumerate(vms):
             cam = f"cam{c}"
@@ -79,8 +75,8 @@ def write_synthetic_dataset(out: Path, rig: HeadRig, T: int = 30, size: int = 96
                 w.add_frame(Frame(image=image_name(cam, i), mask=image_name(cam, i, "masks"), K=K.numpy(), c2w=c2w,
                                   timestep=i, camera=cam, width=size, height=size))
         w.write_rig_params(seq)
-        w.write_landmarks([f"cam{c}" for c in range(len(cams))], uv, np.ones((len(cams), T)), np.zeros((len(cams), T)))
-        w.commit({"fps": 25.0, "num_timesteps": T, "cameras": [f"cam{c}" for c in range(len(cams))],
+        w.write_landmarks([f"cam{c}" for c in range(len(vms))], uv, np.ones((len(vms), T)), np.zeros((len(vms), T)))
+        w.commit({"fps": 25.0, "num_timesteps": T, "cameras": [f"cam{c}" for c in range(len(vms))],
                   "monocular": False, "rig": {"name": rig.name, "checksum": rig.checksum, "spec": "open"},
                   "split": default_split(T), "audio": None, "source": ["synthetic"]})
     return {"avatar": avatar, "params": p}

@@ -34,7 +34,7 @@ from typing import IO, Iterator
 import numpy as np
 
 from talksplat.core.errors import InputError
-from talksplat.core.ffmpeg import SAMPLE_RATE, ffmpeg_exe  # noqa: F401 - also this module's API (tests, callers)
+from talksplat.core.ffmpeg import SAMPLE_RATE, ffmpeg_exe
 from talksplat.core.ffmpeg import last_error_line, log_lines
 from talksplat.core.process import child_kwargs
 

@@ -10,7 +10,6 @@ median of its hits over the views is kept.  The result is cached per rig checksu
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,20 +105,12 @@ def view_cameras(vertices: np.ndarray, views=VIEWS, size: int = 512, fov_deg: fl
 
     Returns viewmats [N, 4, 4] world-to-camera (OpenCV) and K [3, 3] pixels.
     """
-    from talksplat.render.camera import look_at
+    from talksplat.render.camera import framing_camera
 
-    lo, hi = vertices.min(0), vertices.max(0)
-    center = torch.tensor((lo + hi) / 2, dtype=torch.float32)
-    radius = float(np.linalg.norm(hi - lo) / 2)
-    dist = 1.05 * radius / math.tan(math.radians(fov_deg) / 2)
-    f = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
-    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]], dtype=torch.float32)
-    mats = []
-    for yaw, pitch in views:
-        y, p = math.radians(yaw), math.radians(pitch)
-        eye = center + dist * torch.tensor([math.sin(y) * math.cos(p), math.sin(p), math.cos(y) * math.cos(p)])
-        mats.append(look_at(eye, center, torch.tensor([0.0, 1.0, 0.0])))
-    return torch.stack(mats), K
+    points = torch.as_tensor(np.asarray(vertices), dtype=torch.float32)
+    cams = [framing_camera(points, size, size, fov_deg, yaw_deg=yaw, pitch_deg=pitch, margin=1.05)
+            for yaw, pitch in views]
+    return torch.stack([viewmat for viewmat, _ in cams]), cams[0][1]
 
 
 def ray_mesh_hits(origin: np.ndarray, dirs: np.ndarray, tris: np.ndarray):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from talksplat.core.errors import TalksplatError
 from talksplat.core.ffmpeg import SAMPLE_RATE
@@ -217,7 +218,9 @@ def _prep_videos(cfg: PrepConfig, videos: list[Path], inputs: list, timings: dic
         else:
             track_pts = points
             W, H = infos[0].width, infos[0].height
-            Ks = np.array([[[max(W, H), 0, W / 2], [0, max(W, H), H / 2], [0, 0, 1]]], np.float64)
+            from talksplat.render.camera import intrinsics
+
+            Ks = intrinsics(focal=max(W, H), width=W, height=H, dtype=torch.float64).numpy()[None]  # initial guess
             viewmats = np.linalg.inv(MONO_C2W)[None]
             sizes = [(W, H)]
         t0 = time.perf_counter()

@@ -2,17 +2,15 @@
 
 Audio -> predictor -> rig parameters (written to OUT.npz for other tools and `talksplat view
 --params`, with the audio as OUT.wav) -> rendered in batches ->
-encoded by ffmpeg in a second thread (rendering and encoding overlap; a bounded queue keeps memory
-flat, so hours of audio work) -> AAC audio muxed -> renamed into place when complete.
+encoded by ffmpeg in a second thread (`talksplat.render.video.write_frames`: rendering and encoding
+overlap; a bounded queue keeps memory flat, so hours of audio work) -> AAC audio muxed -> renamed into place when complete.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from talksplat.core.errors import InputError, OptionError
+from talksplat.core.ffmpeg import SAMPLE_RATE
 
 from .config import DriveConfig
 
@@ -80,8 +79,8 @@ def drive_camera(rig, seq: RigSequence, fit_camera: Frame | None, resolution: in
     about its left-right axis; yaw = pitch = 0 is the training camera's direction and distance, with
     the training camera's field of view (a frontal 0.65 m / 24° view without a dataset).
     ``fit_camera``: a training :class:`talksplat.data_prep.dataset.Frame`, or None."""
-    from talksplat.render.camera import look_at
-    from talksplat.rigs.geometry import axis_angle_to_matrix
+    from talksplat.render.camera import intrinsics, look_at
+    from talksplat.render.rotation import axis_angle_to_matrix
     from talksplat.rigs.sequence import RigSequence
 
     median = RigSequence(seq.shape, {k: np.median(v, 0, keepdims=True) for k, v in seq.frames.items()})
@@ -105,9 +104,8 @@ def drive_camera(rig, seq: RigSequence, fit_camera: Frame | None, resolution: in
                       dtype=torch.float64)
     eye = center + distance * (R @ (Ry @ Rx @ direction))
     w2c = look_at(eye, center, R @ torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
-    f = fy * resolution
-    K = torch.tensor([[f, 0, resolution / 2], [0, f, resolution / 2], [0, 0, 1]], dtype=torch.float64)
-    return w2c.float(), K.float()
+    K = intrinsics(focal=fy * resolution, width=resolution, height=resolution)
+    return w2c.float(), K
 
 
 def _audio_for_mux(src: Path, tmp_dir: Path, seconds: float) -> Path:
@@ -194,7 +192,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
     from talksplat.core.files import atomic_write, scratch_dir
     from talksplat.core.progress import progress_bar, show_progress
     from talksplat.render.device import pick_device
-    from talksplat.render.video import VideoWriter
+    from talksplat.render.video import VideoWriter, write_frames
     from talksplat.rigs import load_rig
 
     from .audio import load_audio, synthesize_speech
@@ -230,60 +228,34 @@ def _run_drive(cfg: DriveConfig) -> dict:
         rig, avatar = rig.to(device), avatar.to(device)
         viewmat, K, background = viewmat.to(device), K.to(device), background.to(device)
 
-        frames: queue.Queue = queue.Queue(maxsize=2 * cfg.batch)
-        failure: list[BaseException] = []
-        writer = VideoWriter(video_out, cfg.resolution, cfg.resolution, fps=cfg.fps, audio_path=mux, shortest=False)
-
-        def encode():
-            try:
-                while (item := frames.get()) is not None:
-                    writer.write(item)
-            except BaseException as e:  # reported by the main thread
-                failure.append(e)
-                while frames.get() is not None:
-                    pass
-
-        thread = threading.Thread(target=encode, name="talksplat-encode", daemon=True)
-        thread.start()
-        ok = False
-        progress = None
-        try:
-            if show_progress(cfg.quiet):
-                progress = progress_bar(transient=True)
-                progress.start()
-                task = progress.add_task("drive", total=T)
+        def rendered():
+            """[H, W, 3] uint8 frames, rendered in batches of ``cfg.batch`` on ``device``."""
             for s in range(0, T, cfg.batch):
                 e = min(T, s + cfg.batch)
-                p = seq[s:e].to_params(device)
                 with torch.no_grad():
-                    colors, alphas, _ = render_avatar(avatar, rig, p, viewmat[None], K[None], cfg.resolution,
-                                                      cfg.resolution)
+                    colors, alphas, _ = render_avatar(avatar, rig, seq[s:e].to_params(device), viewmat[None], K[None],
+                                                      cfg.resolution, cfg.resolution)
                     out = colors[:, 0] + (1 - alphas[:, 0]) * background[None]
-                    out = (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-                for img in out:
-                    if failure:
-                        raise failure[0]
-                    frames.put(img)
+                    yield from (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
                 if progress is not None:
                     progress.update(task, completed=e)
-            ok = True
+
+        progress = progress_bar(transient=True) if show_progress(cfg.quiet) else None
+        if progress is not None:
+            task = progress.add_task("drive", total=T)
+            progress.start()
+        try:
+            write_frames(VideoWriter(video_out, cfg.resolution, cfg.resolution, fps=cfg.fps, audio_path=mux,
+                                     shortest=False), rendered(), queue_size=2 * cfg.batch)
         finally:
-            if not ok:  # drop what is queued: the encoder must not wait on a full queue
-                while not frames.empty():
-                    frames.get_nowait()
-            frames.put(None)
-            thread.join()
             if progress is not None:
                 progress.stop()
-            writer.close(ok=ok and not failure)
-        if failure:
-            raise failure[0]
         with atomic_write(wav) as t:
             shutil.copyfile(mux, t)
         seq.extras["audio"] = np.asarray(wav.name)  # beside fps: what `talksplat view --params` plays
         seq.save(npz)
         t_total = time.perf_counter() - t_start
-    duration = len(wave) / 16_000
+    duration = len(wave) / SAMPLE_RATE
     return {"video": video_out, "params": npz, "audio": wav, "frames": T, "audio_seconds": round(duration, 3),
             "seconds": round(t_total, 2), "predict_seconds": round(t_predict, 2),
             "render_encode_seconds": round(t_total - t_predict, 2),

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from talksplat.core.errors import InputError
+from talksplat.core.ffmpeg import SAMPLE_RATE
 from talksplat.core.files import atomic_write, file_digest, json_text
 
 from .features import loudness_channel, make_encoder
@@ -124,7 +125,7 @@ def choose_layout(rig, expression: np.ndarray) -> TargetLayout:
     return TargetLayout(ids, expression.shape[1], np.median(expression, 0).astype(np.float32), blinks)
 
 
-def silence_gate(wave: np.ndarray, fps: float, num_frames: int, sample_rate: int = 16_000) -> np.ndarray:
+def silence_gate(wave: np.ndarray, fps: float, num_frames: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """[num_frames] in [0, 1]: 1 inside silences of at least MIN_SILENCE_S, ramping over 3 frames."""
     hop = int(round(sample_rate / fps))
     loud = loudness_channel(torch.from_numpy(np.asarray(wave, np.float32)), hop, num_frames).numpy()
@@ -174,7 +175,7 @@ class Driver:
         Long audio is processed in chunks of ``chunk_s`` seconds with ``context_s`` of context on each
         side, so memory stays bounded and chunk borders are seamless."""
         enc = self.encoder
-        sr = 16_000
+        sr = SAMPLE_RATE
         out = np.zeros((num_frames, self.layout.dim), np.float32)
         step = max(1, int(chunk_s * fps))
         for f0 in range(0, num_frames, step):
@@ -194,7 +195,7 @@ class Driver:
         ``num_frames`` defaults to round(duration * fps): the video lasts as long as the audio."""
         fps = fps or self.fps
         if num_frames is None:
-            num_frames = max(1, int(round(len(wave) / 16_000 * fps)))
+            num_frames = max(1, int(round(len(wave) / SAMPLE_RATE * fps)))
         y = self.predict_normalised(wave, fps, num_frames) * self.std + self.mean
         if close_in_silence:
             g = silence_gate(wave, fps, num_frames)[:, None]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .geometry import axis_angle_to_matrix
+from talksplat.render.rotation import axis_angle_to_matrix
 
 #: The semantic joints every rig exposes, in the order of :class:`RigParams` rotations.
 SEMANTIC_JOINTS = ("global", "neck", "jaw", "eye_left", "eye_right")

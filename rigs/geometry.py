@@ -1,13 +1,11 @@
 """Triangle-mesh geometry helpers (torch, batched, differentiable): face and vertex normals.
 
-Rotations live in :mod:`talksplat.render.rotation` (re-exported here for the rig code).
+Rotations live in :mod:`talksplat.render.rotation`.
 """
 
 from __future__ import annotations
 
 import torch
-
-from talksplat.render.rotation import axis_angle_to_matrix, matrix_to_quat, quat_multiply  # noqa: F401 - until callers move
 
 __all__ = ["face_normals", "vertex_normals"]
 

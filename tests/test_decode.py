@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from talksplat.data_prep.decode import (VideoError, count_frames, extract_audio, ffmpeg_exe, iter_frames,
-                                        probe_video, read_wav)
+from talksplat.core.ffmpeg import ffmpeg_exe
+from talksplat.data_prep.decode import VideoError, count_frames, extract_audio, iter_frames, probe_video, read_wav
 
 from conftest import SHARED_DATA
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from talksplat.cli import main
-from talksplat.data_prep.decode import ffmpeg_exe
+from talksplat.core.ffmpeg import ffmpeg_exe
 
 pytestmark = pytest.mark.e2e  # whole commands on real media (docs/architecture.md: tests)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from talksplat.data_prep.decode import ffmpeg_exe
+from talksplat.core.ffmpeg import ffmpeg_exe
 from talksplat.driving.audio import (SAMPLE_RATE, AudioError, decode_audio, espeak_exe, load_audio,
                                      speech_level_db, synthesize_speech, write_wav)
 from talksplat.driving.features import EncoderError, LogMelEncoder, make_encoder

@@ -21,7 +21,7 @@ import torch
 
 from talksplat.rigs import HeadRig, load_rig
 from talksplat.rigs.flame import FLAME_URL, FlameFormatError, boundary_loops, load_flame
-from talksplat.rigs.geometry import axis_angle_to_matrix
+from talksplat.render.rotation import axis_angle_to_matrix
 from talksplat.rigs.safe_pickle import ChumpyObjectError, ForbiddenGlobalError, safe_load
 
 # Synthetic head layout: L rings x N longitudes + a top pole, holes (ring row, first col, n cols).

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("platformdirs")
 
 from talksplat.rigs.base import HeadRig  # noqa: E402
-from talksplat.rigs.geometry import axis_angle_to_matrix  # noqa: E402
+from talksplat.render.rotation import axis_angle_to_matrix  # noqa: E402
 from talksplat.rigs.open_head import ARKIT_NAMES, build_open_head, cache_path  # noqa: E402
 
 if __import__("importlib").util.find_spec("anny") is None:  # pragma: no cover

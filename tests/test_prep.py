@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from talksplat.data_prep.dataset import load_dataset
-from talksplat.data_prep.decode import ffmpeg_exe, read_wav
+from talksplat.core.ffmpeg import ffmpeg_exe
+from talksplat.data_prep.decode import read_wav
 from talksplat.data_prep.embedding import landmark_embedding
 from talksplat.data_prep.landmarks import OUTER_EYE_CORNERS
 from talksplat.data_prep.config import PrepConfig

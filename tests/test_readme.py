@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from talksplat.data_prep.decode import ffmpeg_exe
+from talksplat.core.ffmpeg import ffmpeg_exe
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))

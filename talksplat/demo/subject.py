@@ -364,7 +364,7 @@ def subject_camera(rig, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     frame.  Focal length :data:`FOCAL` x size; the camera looks straight at the neutral head from the
     front, at the distance where the head (chin to crown) fills :data:`HEAD_FRACTION` of the frame height,
     its centre :data:`HEAD_CENTRE_Y` of the way down."""
-    from talksplat.render.camera import look_at
+    from talksplat.render.camera import intrinsics, look_at
 
     v = rig.template.cpu().double()
     face = v[rig.region("face").cpu()]
@@ -386,8 +386,7 @@ def subject_camera(rig, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     eye = torch.tensor([0.0, ey, ez], dtype=torch.float64)
     target = torch.tensor([0.0, ey, 0.0], dtype=torch.float64)
     viewmat = look_at(eye, target, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)).float()
-    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]], dtype=torch.float32)
-    return viewmat, K
+    return viewmat, intrinsics(focal=f, width=size, height=size)
 
 
 def subject_background(size: int, seed: int = 0) -> torch.Tensor:
