@@ -460,3 +460,16 @@ def test_the_trainer_takes_any_object_with_the_strategy_hooks(tiny_dataset, tmp_
     with pytest.raises(TypeError, match="not a densification strategy"):
         Trainer(replace(cfg, out=tmp_path / "bad"), strategy=object())
     assert not (tmp_path / "bad").exists()  # refused before the output folder is touched
+
+
+def test_the_configs_import_no_torch():
+    """The strategy's config lives apart from its torch implementation: the fit command's configs (and the
+    strategy package itself) load without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport talksplat.fit_command, talksplat.fitting.config, talksplat.driving.config\n"
+            "import talksplat.fitting.strategy as s\nassert s.BindingStrategyConfig and s.Strategy\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
