@@ -373,13 +373,14 @@ def test_a_threshold_set_on_the_command_line_reaches_the_strategy_and_changes_pr
 def test_prune_opa_at_its_maximum_resets_without_clamping(sphere_rig):
     """prune_opa 0.5 (the top of its range): the reset value 2 * 0.5 = 1 clamps nothing (no log(1/0))."""
     avatar, optimizers = _setup(sphere_rig)
-    before = avatar.opacity_logits.detach().clone()
     strategy = BindingStrategy(prune_opa=0.5, refine_start_iter=10 ** 6, reset_every=10)
     state = strategy.initialize_state()
     info = _backward_and_step(avatar, sphere_rig, optimizers, strategy, state, 10)
+    before = avatar.opacity_logits.detach().clone()
     strategy.step_post_backward(avatar, optimizers, state, 10, info)
     assert state["last_reset"] == 10
-    assert torch.isfinite(avatar.opacity_logits).all() and avatar.opacity_logits.shape == before.shape
+    assert torch.equal(avatar.opacity_logits.detach(), before)  # nothing clamped
+    assert not optimizers["opacity_logits"].state[avatar.opacity_logits]["exp_avg"].any()  # moments reset
 
 
 class _Recorder:
