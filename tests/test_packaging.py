@@ -25,7 +25,7 @@ def test_wheel_has_only_the_talksplat_namespace(tmp_path):
     for pkg in ("render", "rigs", "avatar", "fitting", "driving", "data_prep", "benchmarks", "viewer"):
         assert f"talksplat/{pkg}/__init__.py" in names
     for module in ("driving/drive.py", "driving/predictor.py", "fitting/lpips.py", "viewer/server.py",
-                   "fit_command.py"):
+                   "fit_command.py", "fitting/strategy/binding.py", "driving/config.py"):
         assert f"talksplat/{module}" in names, module
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert "talksplat = talksplat.cli:entry" in zipfile.ZipFile(wheel).read(entry[0]).decode()
