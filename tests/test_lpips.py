@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from talksplat.fitting.config import FitConfig, LossConfig
 from talksplat.fitting.strategy import BindingStrategyConfig
-from talksplat.fitting.lpips import LPIPS, LPIPSWeightsError, load_lpips
+from talksplat.fitting.lpips import LPIPSWeightsError, load_lpips
 
 # torchvision's `features` layouts, written out independently of fitting/lpips.py:
 # (kind, index, out channels, kernel, stride, padding) for convs; ("M", index, kernel, stride) for pools.
