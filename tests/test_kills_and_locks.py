@@ -115,15 +115,15 @@ def test_prep_interrupted_leaves_no_partial_dataset(small_inputs: Inputs, tmp_pa
     """Ctrl-C during prep's landmark pass: exit 130, one line, no `.ds.partial-*` folder, no dataset."""
     from talksplat.core.ffmpeg import ffmpeg_exe
 
-    video = tmp_path / "long.mp4"
+    video = tmp_path / "long.mp4"  # no face in it: FaceMesh finds none at about 1 ms a frame, so make it long
     subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-f", "lavfi",
-                    "-i", "sine", "-t", "60", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(video)],
-                   check=True)
+                    "-i", "sine", "-t", "600", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", str(video)], check=True)
     out = tmp_path / "work"
     out.mkdir()
     proc = _start(["prep", str(video), "--out", str(out / "ds"), "--quiet"], tmp_path)
     _wait_for(lambda: any(".ds.partial-" in n for n in _hidden(out)))
-    time.sleep(1.0)
+    time.sleep(0.5)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)

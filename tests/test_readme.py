@@ -67,7 +67,8 @@ def test_readme_own_video_commands(user_dir):
     assert frames.shape == (round(speech * 25), 512, 512, 3) and fps == pytest.approx(25)
     assert abs(_seconds(user_dir / "talk.mp4") - speech) <= 1 / 25
     m = json.loads((user_dir / "avatar" / "metrics.json").read_text())
-    assert m["heldout"]["psnr"] > 20.0 and "driver" in m  # measured 22.6 dB (the same settings through run)
+    # held out (the last 8 of 75 frames): measured 22.6 dB full frame, 34.5 dB mouth (the same settings through run)
+    assert m["heldout"]["psnr"] > 20.0 and m["heldout"]["mouth_psnr"] > 28.0 and "driver" in m
 
 
 def test_readme_more_commands(user_dir):
@@ -84,7 +85,7 @@ def test_readme_more_commands(user_dir):
     corner = hello[:, :16, :16].reshape(-1, 3).mean(0)
     assert abs(corner - [0x20, 0x30, 0x40]).max() < 12  # --background '#203040'
     turn, _ = read_video(user_dir / "fitted.mp4")
-    assert turn.shape == (96, 1024, 1024, 3)
+    assert turn.shape == (96, 512, 512, 3)
     assert (user_dir / "face.png").is_file()
 
 
