@@ -187,28 +187,22 @@ def run_drive(cfg: DriveConfig) -> dict:
 
 
 def _run_drive(cfg: DriveConfig) -> dict:
-    from talksplat.avatar.io import check_rig, load_avatar, read_header
+    from talksplat.avatar.io import load_avatar
     from talksplat.avatar.render import render_avatar
     from talksplat.core.files import atomic_write, scratch_dir
     from talksplat.core.progress import progress_bar, show_progress
     from talksplat.render.device import pick_device
     from talksplat.render.video import VideoWriter, write_frames
-    from talksplat.rigs import load_rig
 
     from .audio import load_audio, synthesize_speech
-    from .predict import fit_files, fit_paths, fit_rig_spec, open_fit, predict_sequence
+    from .predict import avatar_rig, fit_files, fit_paths, open_fit, predict_sequence
 
     yaw, pitch = parse_camera(cfg.camera)
     background = parse_background(cfg.background, cfg.resolution)
     t_start = time.perf_counter()
     fit_dir, avatar_file = fit_paths(cfg.avatar)
     check_drive_outputs(cfg, fit_files(fit_dir, avatar_file))
-    header = read_header(avatar_file)
-    spec = cfg.rig or fit_rig_spec(header)
-    if spec is None:
-        raise OptionError(f"{avatar_file}: cannot tell which rig the avatar uses ({header['rig_name']}); pass --rig")
-    rig = load_rig(spec)
-    check_rig(avatar_file, header, rig.checksum)  # the avatar is named when it is the one that does not match
+    rig = avatar_rig(avatar_file, cfg.rig)
     avatar = load_avatar(avatar_file, rig=rig)  # checked whole before the predictor is matched to it
     fit = open_fit(cfg.avatar, rig_checksum=rig.checksum)
     fit.tracked.validate(rig)  # the identity and expression sizes are the rig's (InputError naming the file)

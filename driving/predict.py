@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from talksplat.avatar.io import AvatarFileError, read_header
-from talksplat.core.errors import InputError
+from talksplat.core.errors import InputError, OptionError
 from talksplat.data_prep.dataset import DatasetError, Frame, first_training_frame, is_dataset, load_metadata
 from talksplat.rigs.sequence import RigSequence
 
@@ -89,6 +89,22 @@ def fit_rig_spec(header: dict) -> str | None:
     from talksplat.rigs.spec import builtin_spec
 
     return builtin_spec(header.get("rig_name"))
+
+
+def avatar_rig(avatar_file: Path, spec: str | None = None):
+    """The :class:`~talksplat.rigs.HeadRig` of an avatar file: ``spec`` (a ``--rig``), else the one recorded for
+    it (:func:`fit_rig_spec`); OptionError when neither tells, InputError naming the avatar when the rig's
+    checksum is not the one the avatar was fitted on."""
+    from talksplat.avatar.io import check_rig
+    from talksplat.rigs import load_rig
+
+    header = read_header(avatar_file)
+    spec = spec or fit_rig_spec(header)
+    if spec is None:
+        raise OptionError(f"{avatar_file}: cannot tell which rig the avatar uses ({header['rig_name']}); pass --rig")
+    rig = load_rig(spec)
+    check_rig(avatar_file, header, rig.checksum)  # the avatar is named when it is the one that does not match
+    return rig
 
 
 def _tracked(path: Path) -> RigSequence:

@@ -123,17 +123,14 @@ def _wrote_files(paths: list) -> str:
     return "\n".join(f"wrote {p}" for p in paths)
 
 
-def _rows(module: str):
-    """The ``print_rows`` of a benchmark module: its table of measurements."""
-    def show(rows: list[dict]) -> None:
-        importlib.import_module(module).print_rows(rows)
-    return show
+#: What a benchmark returns is printed by its own module's ``print_rows`` (a table).
+ROWS = "print_rows"
 
-
-#: Each command: its config type -> ("module:function" that runs it, what the CLI prints of what it returns).
-#: The function is imported only when its command runs, so `--help` reads the config modules alone.  Commands
-#: with several long stages (fit, run, demo, view) print a line as each stage ends and return None.
-COMMANDS: dict[type, tuple[str, Callable | None]] = {
+#: Each command: its config type -> ("module:function" that runs it, how its return value is printed: a
+#: function giving the text, :data:`ROWS`, or None).  The module is imported only when its command runs, so
+#: `--help` reads the config modules alone.  Commands with several long stages (fit, run, demo, view) print a
+#: line as each stage ends and return None.
+COMMANDS: dict[type, tuple[str, Callable | str | None]] = {
     PrepConfig: ("talksplat.data_prep.prep:run_prep", _wrote),
     FitCommandConfig: ("talksplat.fit_command:run_fit_command", None),
     DriveConfig: ("talksplat.driving.drive:run_drive", _wrote_drive),
@@ -141,25 +138,25 @@ COMMANDS: dict[type, tuple[str, Callable | None]] = {
     DemoConfig: ("talksplat.demo.command:run_demo", None),
     RenderConfig: ("talksplat.render_command:run_render", _wrote_files),
     ViewConfig: ("talksplat.viewer.server:run_view", None),
-    BenchRenderConfig: ("talksplat.benchmarks.render:bench_render", _rows("talksplat.benchmarks.render")),
-    BenchRigConfig: ("talksplat.benchmarks.rig:bench_rig", _rows("talksplat.benchmarks.rig")),
-    BenchPrepConfig: ("talksplat.benchmarks.prep:bench_prep", _rows("talksplat.benchmarks.prep")),
-    BenchFitConfig: ("talksplat.benchmarks.fit:bench_fit", _rows("talksplat.benchmarks.fit")),
-    BenchDriveConfig: ("talksplat.benchmarks.drive:bench_drive", _rows("talksplat.benchmarks.drive")),
-    BenchLoadConfig: ("talksplat.benchmarks.contention:bench_load", _rows("talksplat.benchmarks.contention")),
+    BenchRenderConfig: ("talksplat.benchmarks.render:bench_render", ROWS),
+    BenchRigConfig: ("talksplat.benchmarks.rig:bench_rig", ROWS),
+    BenchPrepConfig: ("talksplat.benchmarks.prep:bench_prep", ROWS),
+    BenchFitConfig: ("talksplat.benchmarks.fit:bench_fit", ROWS),
+    BenchDriveConfig: ("talksplat.benchmarks.drive:bench_drive", ROWS),
+    BenchLoadConfig: ("talksplat.benchmarks.contention:bench_load", ROWS),
 }
 
 
 def _run(cfg) -> None:
     """Run the command of a parsed config (:data:`COMMANDS`) and print its report."""
     target, show = COMMANDS[type(cfg)]
-    module, _, function = target.partition(":")
-    report = getattr(importlib.import_module(module), function)(cfg)
-    if show is None:
-        return
-    text = show(report)
-    if text is not None:
-        print(text)
+    module_name, _, function = target.partition(":")
+    module = importlib.import_module(module_name)
+    report = getattr(module, function)(cfg)
+    if show == ROWS:
+        module.print_rows(report)
+    elif show is not None:
+        print(show(report))
 
 
 if __name__ == "__main__":

@@ -733,17 +733,9 @@ class Viewer:
 def view_rig(cfg: ViewConfig, avatar_file: Path):
     """The rig to view ``avatar_file`` with: ``--rig``, else the one recorded for the avatar (its dataset's,
     as `talksplat drive` reads it); checked against the avatar's rig checksum."""
-    from talksplat.avatar.io import check_rig, read_header
-    from talksplat.driving.predict import fit_rig_spec
-    from talksplat.rigs import load_rig
+    from talksplat.driving.predict import avatar_rig
 
-    header = read_header(avatar_file)
-    spec = cfg.rig or fit_rig_spec(header)
-    if spec is None:
-        raise OptionError(f"{avatar_file}: cannot tell which rig the avatar uses ({header['rig_name']}); pass --rig")
-    rig = load_rig(spec)
-    check_rig(avatar_file, header, rig.checksum)
-    return rig
+    return avatar_rig(avatar_file, cfg.rig)
 
 
 def run_view(cfg: ViewConfig) -> None:
