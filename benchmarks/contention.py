@@ -85,9 +85,10 @@ def bench_load(cfg: BenchLoadConfig) -> list[dict]:
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    from rich.console import Console
+def rows_text(rows: list[dict]) -> str:
     from rich.table import Table
+
+    from .text import table_text
 
     r0 = rows[0]
     table = Table(title=f"talksplat bench load: {r0['gaussians']:,} Gaussians at {r0['resolution']} px on the CPU, "
@@ -96,7 +97,7 @@ def print_rows(rows: list[dict]) -> None:
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["variant"], f"{1e3 * r['idle_s']:.1f}", f"{1e3 * r['loaded_s']:.1f}", f"{r['slowdown']:.2f}x")
-    Console().print(table)
+    return table_text(table)
 
 
 if __name__ == "__main__":

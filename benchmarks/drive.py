@@ -89,9 +89,10 @@ def bench_drive(cfg: BenchDriveConfig) -> list[dict]:
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    from rich.console import Console
+def rows_text(rows: list[dict]) -> str:
     from rich.table import Table
+
+    from .text import table_text
 
     table = Table(title="talksplat bench drive (audio -> predictor -> render -> H.264 + AAC)")
     for col in ("device", "resolution", "gaussians", "audio s", "wall s", "predict s", "render+encode s",
@@ -104,10 +105,10 @@ def print_rows(rows: list[dict]) -> None:
             table.add_row(r["device"], str(r["resolution"]), f"{r['gaussians']:,}", f"{r['audio_seconds']:.1f}",
                           f"{r['seconds']:.1f}", f"{r['predict_seconds']:.2f}", f"{r['render_encode_seconds']:.1f}",
                           f"{r['realtime_factor']:.2f}", f"{1 / r['realtime_factor']:.2f}")
-    Console().print(table)
+    return table_text(table)
 
 
 if __name__ == "__main__":
     import tyro
 
-    print_rows(bench_drive(tyro.cli(BenchDriveConfig)))
+    print(rows_text(bench_drive(tyro.cli(BenchDriveConfig))))

@@ -54,16 +54,13 @@ def bench_fit(cfg: BenchFitConfig) -> list[dict]:
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    for r in rows:
-        if "skipped" in r:
-            print(f"{r['resolution']:>5} px  {r['device']:<4}  skipped: {r['skipped']}")
-        else:
-            print(f"{r['resolution']:>5} px  {r['device']:<4}  {r['gaussians']} Gaussians  "
-                  f"{r['steps_per_second']:6.2f} steps/s  ({r['ms_per_step']:.0f} ms/step)")
+def rows_text(rows: list[dict]) -> str:
+    return "\n".join(f"{r['resolution']:>5} px  {r['device']:<4}  skipped: {r['skipped']}" if "skipped" in r else
+                     f"{r['resolution']:>5} px  {r['device']:<4}  {r['gaussians']} Gaussians  "
+                     f"{r['steps_per_second']:6.2f} steps/s  ({r['ms_per_step']:.0f} ms/step)" for r in rows)
 
 
 if __name__ == "__main__":
     import tyro
 
-    print_rows(bench_fit(tyro.cli(BenchFitConfig)))
+    print(rows_text(bench_fit(tyro.cli(BenchFitConfig))))

@@ -42,20 +42,22 @@ def bench_prep(cfg: BenchPrepConfig) -> list[dict]:
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
+def rows_text(rows: list[dict]) -> str:
     best = min(rows, key=lambda r: r["wall_s"])
     n = best["frames"]
-    print(f"prep of {n} frames: {best['wall_s']:.2f} s wall, {n / best['wall_s']:.1f} frames/s end to end "
-          f"(fastest of {len(rows)}); tracking error {100 * best['error_iod']:.2f}% IOD")
+    lines = [f"prep of {n} frames: {best['wall_s']:.2f} s wall, {n / best['wall_s']:.1f} frames/s end to end "
+             f"(fastest of {len(rows)}); tracking error {100 * best['error_iod']:.2f}% IOD"]
     staged = sum(best[s] for s in STAGES)
     for s in STAGES:
-        print(f"  {s:<10} {best[s]:7.3f} s  {1e3 * best[s] / n:7.2f} ms/frame  {100 * best[s] / best['wall_s']:5.1f}%")
-    print(f"  {'other':<10} {best['wall_s'] - staged:7.3f} s  (probe, audio, rig and embedding load, commit)")
+        lines.append(f"  {s:<10} {best[s]:7.3f} s  {1e3 * best[s] / n:7.2f} ms/frame  "
+                     f"{100 * best[s] / best['wall_s']:5.1f}%")
+    lines.append(f"  {'other':<10} {best['wall_s'] - staged:7.3f} s  (probe, audio, rig and embedding load, commit)")
     if len(rows) > 1:
-        print(f"  first run: {rows[0]['wall_s']:.2f} s (embedding {rows[0]['embedding']:.2f} s)")
+        lines.append(f"  first run: {rows[0]['wall_s']:.2f} s (embedding {rows[0]['embedding']:.2f} s)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
     import tyro
 
-    print_rows(bench_prep(tyro.cli(BenchPrepConfig)))
+    print(rows_text(bench_prep(tyro.cli(BenchPrepConfig))))

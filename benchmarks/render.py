@@ -71,9 +71,10 @@ def bench_render(cfg: BenchRenderConfig) -> list[dict]:
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    from rich.console import Console
+def rows_text(rows: list[dict]) -> str:
     from rich.table import Table
+
+    from .text import table_text
 
     table = Table(title="talksplat bench render (rig + binding + rasterization, 1 camera)")
     for col in ("backend", "gaussians", "resolution", "median ms", "fps"):
@@ -84,4 +85,4 @@ def print_rows(rows: list[dict]) -> None:
         else:
             table.add_row(r["backend"], f"{r['gaussians']:,}", f"{r['resolution']}", f"{1e3 * r['median_s']:.1f}",
                           f"{r['fps']:.2f}")
-    Console().print(table)
+    return table_text(table)

@@ -30,7 +30,6 @@ def bench_rig(cfg: BenchRigConfig) -> list[dict]:
              "frames_per_s": cfg.batch / dt}]
 
 
-def print_rows(rows: list[dict]) -> None:
-    for r in rows:
-        print(f"rig {r['rig']}: {r['vertices']} vertices, batch {r['batch']}: {r['ms']:.1f} ms per call, "
-              f"{r['frames_per_s']:.0f} frames/s")
+def rows_text(rows: list[dict]) -> str:
+    return "\n".join(f"rig {r['rig']}: {r['vertices']} vertices, batch {r['batch']}: {r['ms']:.1f} ms per call, "
+                     f"{r['frames_per_s']:.0f} frames/s" for r in rows)

@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _say(text: str) -> None:
+    """The CLI's one way to show a line on stdout while a command runs (a long stage's result, a URL)."""
+    print(text, flush=True)
+
+
 def _wrote(report) -> str:
     return f"wrote {report.out}: {report.describe()}"
 
@@ -123,40 +128,59 @@ def _wrote_files(paths: list) -> str:
     return "\n".join(f"wrote {p}" for p in paths)
 
 
-#: What a benchmark returns is printed by its own module's ``print_rows`` (a table).
-ROWS = "print_rows"
+def _run_text(summary: dict) -> str:
+    from talksplat.run_command import summary_text
 
-#: Each command: its config type -> ("module:function" that runs it, how its return value is printed: a
-#: function giving the text, :data:`ROWS`, or None).  The module is imported only when its command runs, so
-#: `--help` reads the config modules alone.  Commands with several long stages (fit, run, demo, view) print a
-#: line as each stage ends and return None.
-COMMANDS: dict[type, tuple[str, Callable | str | None]] = {
-    PrepConfig: ("talksplat.data_prep.prep:run_prep", _wrote),
-    FitCommandConfig: ("talksplat.fit_command:run_fit_command", None),
-    DriveConfig: ("talksplat.driving.drive:run_drive", _wrote_drive),
-    RunConfig: ("talksplat.run_command:run_pipeline", None),
-    DemoConfig: ("talksplat.demo.command:run_demo", None),
-    RenderConfig: ("talksplat.render_command:run_render", _wrote_files),
-    ViewConfig: ("talksplat.viewer.server:run_view", None),
-    BenchRenderConfig: ("talksplat.benchmarks.render:bench_render", ROWS),
-    BenchRigConfig: ("talksplat.benchmarks.rig:bench_rig", ROWS),
-    BenchPrepConfig: ("talksplat.benchmarks.prep:bench_prep", ROWS),
-    BenchFitConfig: ("talksplat.benchmarks.fit:bench_fit", ROWS),
-    BenchDriveConfig: ("talksplat.benchmarks.drive:bench_drive", ROWS),
-    BenchLoadConfig: ("talksplat.benchmarks.contention:bench_load", ROWS),
+    return summary_text(summary)
+
+
+def _demo_text(metrics: dict) -> str:
+    from talksplat.demo.command import demo_text
+
+    return demo_text(metrics)
+
+
+def _view_text(report: dict) -> str:
+    return "talksplat view: stopped"
+
+
+#: A benchmark's rows are shown by its own module's ``rows_text`` (a table).
+ROWS = "rows_text"
+
+#: Each command: its config type -> ("module:function" that runs it, its report's text: a function of the
+#: returned report, the name of one in the command's module (:data:`ROWS`), or None, and whether it runs long
+#: stages).  The module is imported only when its command runs, so `--help` reads the config modules alone.
+#: Library code never prints to stdout (tests/test_output.py): a command returns its report and the CLI prints
+#: the report's text.  A command with long stages (fit, run, demo, view) is also given ``on_stage=``, which it
+#: calls with each stage's line as the stage ends (or the viewer's URL once serving), so they show at once.
+COMMANDS: dict[type, tuple[str, Callable | str | None, bool]] = {
+    PrepConfig: ("talksplat.data_prep.prep:run_prep", _wrote, False),
+    FitCommandConfig: ("talksplat.fit_command:run_fit_command", None, True),
+    DriveConfig: ("talksplat.driving.drive:run_drive", _wrote_drive, False),
+    RunConfig: ("talksplat.run_command:run_pipeline", _run_text, True),
+    DemoConfig: ("talksplat.demo.command:run_demo", _demo_text, True),
+    RenderConfig: ("talksplat.render_command:run_render", _wrote_files, False),
+    ViewConfig: ("talksplat.viewer.server:run_view", _view_text, True),
+    BenchRenderConfig: ("talksplat.benchmarks.render:bench_render", ROWS, False),
+    BenchRigConfig: ("talksplat.benchmarks.rig:bench_rig", ROWS, False),
+    BenchPrepConfig: ("talksplat.benchmarks.prep:bench_prep", ROWS, False),
+    BenchFitConfig: ("talksplat.benchmarks.fit:bench_fit", ROWS, False),
+    BenchDriveConfig: ("talksplat.benchmarks.drive:bench_drive", ROWS, False),
+    BenchLoadConfig: ("talksplat.benchmarks.contention:bench_load", ROWS, False),
 }
 
 
 def _run(cfg) -> None:
     """Run the command of a parsed config (:data:`COMMANDS`) and print its report."""
-    target, show = COMMANDS[type(cfg)]
+    target, text, staged = COMMANDS[type(cfg)]
     module_name, _, function = target.partition(":")
     module = importlib.import_module(module_name)
-    report = getattr(module, function)(cfg)
-    if show == ROWS:
-        module.print_rows(report)
-    elif show is not None:
-        print(show(report))
+    run = getattr(module, function)
+    report = run(cfg, on_stage=_say) if staged else run(cfg)
+    if isinstance(text, str):
+        text = getattr(module, text)
+    if text is not None:
+        _say(text(report))
 
 
 if __name__ == "__main__":

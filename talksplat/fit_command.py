@@ -2,13 +2,14 @@
 
 The two stages live in their own packages (driving may import fitting, not the reverse); this thin
 command holds their joint config (:class:`FitCommandConfig`: the avatar's :class:`FitConfig` plus the
-predictor's `--driver.*`), runs them in order and prints what each measured.
+predictor's `--driver.*`), runs them in order and says what each measured (``on_stage``, one line per stage).
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 from talksplat.driving.config import DriverConfig
 from talksplat.fitting.config import FitConfig
@@ -29,31 +30,39 @@ class FitCommandConfig(FitConfig):
     """Train only the audio predictor (beside an existing avatar in --out, or alone)."""
 
 
-def run_fit_command(cfg: FitCommandConfig) -> dict:
+def run_fit_command(cfg: FitCommandConfig, on_stage: Callable[[str], None] | None = None) -> dict:
     """Fit the avatar (unless ``--driver-only``), then the audio predictor (unless disabled).
 
-    Holds the lock of OUT throughout (talksplat.core.outputs).  Returns the metrics written to OUT/metrics.json."""
+    Holds the lock of OUT throughout (talksplat.core.outputs).  ``on_stage`` gets each stage's line
+    (:func:`avatar_line`, :func:`driver_line`) as the stage ends.  Returns the metrics written to OUT/metrics.json."""
     from talksplat.core.outputs import output_lock
 
     metrics: dict = {}
     with output_lock(cfg.out):
         if not cfg.driver_only:
-            metrics = fit_avatar(cfg)
+            metrics = fit_avatar(cfg, on_stage)
         if cfg.driver.enabled or cfg.driver_only:
-            m = fit_driver(cfg, require_audio=cfg.driver_only)
+            m = fit_driver(cfg, require_audio=cfg.driver_only, on_stage=on_stage)
             if m is not None:
                 metrics["driver"] = m
     return metrics
 
 
-def fit_avatar(cfg: FitConfig) -> dict:
-    """The avatar stage of `talksplat fit`; prints and returns its metrics (OUT/metrics.json)."""
+def fit_avatar(cfg: FitConfig, on_stage: Callable[[str], None] | None = None) -> dict:
+    """The avatar stage of `talksplat fit`: returns its metrics (OUT/metrics.json), and gives
+    ``on_stage`` their line (:func:`avatar_line`)."""
     from talksplat.fitting.trainer import run_fit
 
     metrics = run_fit(cfg)
-    print(f"wrote {cfg.out}: {metrics['num_gaussians']} Gaussians after {metrics['step']} steps "
-          f"({metrics['steps_per_second']:.2f} steps/s){heldout_text(metrics.get('heldout', {}))}")
+    if on_stage is not None:
+        on_stage(avatar_line(cfg.out, metrics))
     return metrics
+
+
+def avatar_line(out, metrics: dict) -> str:
+    """The avatar stage's line: "wrote OUT: N Gaussians after S steps (...); held-out PSNR ..."."""
+    return (f"wrote {out}: {metrics['num_gaussians']} Gaussians after {metrics['step']} steps "
+            f"({metrics['steps_per_second']:.2f} steps/s){heldout_text(metrics.get('heldout', {}))}")
 
 
 def heldout_text(h: dict) -> str:
@@ -71,11 +80,13 @@ def driver_text(m: dict) -> str:
             if h else "no held-out time steps to evaluate")
 
 
-def fit_driver(cfg: FitCommandConfig, require_audio: bool = True) -> dict | None:
+def fit_driver(cfg: FitCommandConfig, require_audio: bool = True,
+               on_stage: Callable[[str], None] | None = None) -> dict | None:
     """The audio-predictor stage of `talksplat fit`: trains OUT/driver.safetensors on the dataset's audio.
 
-    Returns the predictor's metrics, or None (with a warning) when the dataset has no audio and
-    ``require_audio`` is false; with ``require_audio`` the trainer's error names the dataset."""
+    Returns the predictor's metrics (``on_stage`` gets their line, :func:`driver_line`), or None (with a
+    warning) when the dataset has no audio and ``require_audio`` is false; with ``require_audio`` the
+    trainer's error names the dataset."""
     from talksplat.core.outputs import check_output_dir, output_lock, write_marker
     from talksplat.core.progress import warn
     from talksplat.driving.train import DriverTrainingError, train_driver_on_dataset
@@ -94,9 +105,14 @@ def fit_driver(cfg: FitCommandConfig, require_audio: bool = True) -> dict | None
         check_output_dir(cfg.out, "fit", overwrite=False, inputs=(cfg.dataset,), allow_existing=True)
         write_marker(cfg.out, "fit")
         _, m = train_driver_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
-    print(f"wrote {cfg.out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s; "
-          f"{driver_text(m)}")
+    if on_stage is not None:
+        on_stage(driver_line(cfg.out, m))
     return m
+
+
+def driver_line(out, m: dict) -> str:
+    """The audio-predictor stage's line: "wrote OUT/driver.safetensors: audio predictor, ..."."""
+    return f"wrote {out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s; {driver_text(m)}"
 
 
 def _progress(cfg: FitConfig):

@@ -15,10 +15,9 @@ A rerun repeats only the stages whose inputs or config changed (and those after 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Literal
 
 import tyro
 
@@ -162,17 +161,18 @@ def check_inputs(cfg: RunConfig) -> None:
                                   "replaces its inputs)")
 
 
-def build_stages(cfg: RunConfig):
-    """The four stages of a run, in order (see :mod:`talksplat.stages`)."""
+def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
+    """The four stages of a run, in order (see :mod:`talksplat.stages`); each gives ``on_stage`` its lines."""
     from talksplat.stages import Stage
 
     prep, fit, drive = _resolved(cfg)
+    say = on_stage or _silent
 
     def run_prep_stage() -> dict:
         from talksplat.data_prep.prep import run_prep
 
         rep = run_prep(prep)
-        print(f"prep: {rep.describe()}")
+        say(f"prep: {rep.describe()}")
         return {"timesteps": rep.num_timesteps, "images": rep.num_images, "dropped": len(rep.dropped),
                 "interpolated": len(rep.interpolated), "tracking_error": rep.tracking_error,
                 "timings": {k: round(v, 2) for k, v in rep.timings.items()}}
@@ -181,23 +181,23 @@ def build_stages(cfg: RunConfig):
         from talksplat.fit_command import fit_avatar
 
         if resume and (fit.out / "checkpoint.safetensors").is_file():
-            print(f"fit: continuing from {fit.out / 'checkpoint.safetensors'}")
-            m = fit_avatar(replace(fit, resume=True, overwrite=False))
+            say(f"fit: continuing from {fit.out / 'checkpoint.safetensors'}")
+            m = fit_avatar(replace(fit, resume=True, overwrite=False), say)
         else:
-            m = fit_avatar(fit)  # --overwrite: only a talksplat fit, its own files (talksplat.core.outputs)
+            m = fit_avatar(fit, say)  # --overwrite: only a talksplat fit, its own files (talksplat.core.outputs)
         return {k: m[k] for k in ("num_gaussians", "step", "steps_per_second", "seconds", "device", "heldout")
                 if k in m}
 
     def run_driver_stage() -> dict:
         from talksplat.fit_command import fit_driver
 
-        return fit_driver(fit, require_audio=True)
+        return fit_driver(fit, require_audio=True, on_stage=say)
 
     def run_drive_stage() -> dict:
         from talksplat.driving.drive import describe_drive, run_drive
 
         r = run_drive(drive)
-        print(f"drive: {describe_drive(r)}")
+        say(f"drive: {describe_drive(r)}")
         return r
 
     prep_cfg = _without(prep, "videos", "out", "overwrite", "quiet", "device", "calibration", "landmark_embedding")
@@ -220,22 +220,28 @@ def build_stages(cfg: RunConfig):
     ]
 
 
-def run_pipeline(cfg: RunConfig) -> dict:
-    """Do the work of `talksplat run`; returns the summary written to WORKDIR/metrics.json."""
+def _silent(text: str) -> None:
+    pass
+
+
+def run_pipeline(cfg: RunConfig, on_stage: Callable[[str], None] | None = None) -> dict:
+    """Do the work of `talksplat run`; returns the summary written to WORKDIR/metrics.json (its text:
+    :func:`summary_text`).  ``on_stage`` gets each stage decision (also in WORKDIR/run.log) and each stage's
+    result as it comes."""
     from talksplat.core.outputs import output_lock
 
     check_inputs(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
-        return _run_stages(cfg, out)
+        return _run_stages(cfg, out, on_stage or _silent)
 
 
-def _run_stages(cfg: RunConfig, out: Path) -> dict:
+def _run_stages(cfg: RunConfig, out: Path, say: Callable[[str], None]) -> dict:
     from talksplat.stages import StageRunner
 
-    runner = StageRunner(out, force=tuple(cfg.force))
-    for stage in build_stages(cfg):
+    runner = StageRunner(out, force=tuple(cfg.force), echo=say)
+    for stage in build_stages(cfg, say):
         runner.run(stage)
     summary = {"workdir": str(out),
                "outputs": {"dataset": str(out / "dataset"), "avatar": str(out / "avatar"),
@@ -245,12 +251,11 @@ def _run_stages(cfg: RunConfig, out: Path) -> dict:
                           for name in STAGE_NAMES},
                **{name: runner.records[name]["summary"] for name in STAGE_NAMES}}
     write_json(out / "metrics.json", summary)
-    print_summary(summary)
     return summary
 
 
-def print_summary(s: dict) -> None:
-    """Where everything is and the evaluation figures."""
+def summary_text(s: dict) -> str:
+    """A run's summary (WORKDIR/metrics.json) as text: where everything is and the evaluation figures."""
     from talksplat.fit_command import driver_text, heldout_text
 
     prep, fit, drv, drive = s["prep"], s["fit"], s["driver"], s["drive"]
@@ -268,4 +273,4 @@ def print_summary(s: dict) -> None:
     lines.append(f"  video    {s['outputs']['video']}: {drive['frames']} frames, {drive['audio_seconds']:.2f} s "
                  f"(+ {Path(s['outputs']['params']).name}, {Path(s['outputs']['audio']).name})")
     lines.append(f"  figures  {Path(s['workdir']) / 'metrics.json'}")
-    print("\n".join(lines), file=sys.stdout, flush=True)
+    return "\n".join(lines)

@@ -65,13 +65,13 @@ class Stage:
 
 
 class StageRunner:
-    """Runs stages in order, skipping the up-to-date ones; logs decisions to WORKDIR/run.log."""
+    """Runs stages in order, skipping the up-to-date ones; logs decisions to WORKDIR/run.log (and to ``echo``)."""
 
-    def __init__(self, workdir: Path, force: tuple[str, ...] = (), echo: Callable[[str], None] = print):
+    def __init__(self, workdir: Path, force: tuple[str, ...] = (), echo: Callable[[str], None] | None = None):
         self.workdir = Path(workdir)
         self.dir = self.workdir / "stages"
         self.force = set(force)
-        self.echo = echo
+        self.echo = echo or (lambda line: None)
         self.records: dict[str, dict] = {}
         self.status: dict[str, str] = {}
 

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Callable, Literal
 
 import numpy as np
 import tyro
@@ -287,13 +287,14 @@ class Viewer:
     """The viser server, its GUI and playback; one :class:`RenderLoop` per connected browser."""
 
     def __init__(self, cfg: ViewConfig, renderer, rig, sequences: list[Sequence], train_cam: TrainingCamera | None,
-                 identity: np.ndarray, title: str):
+                 identity: np.ndarray, title: str, on_stage: Callable[[str], None] | None = None):
         import viser
 
         from .render_fn import RenderLoop, RenderRequest, viser_camera
 
         self._RenderLoop, self._RenderRequest, self._viser_camera = RenderLoop, RenderRequest, viser_camera
         self.cfg = cfg
+        self.say = on_stage or (lambda text: None)  # a line for the user (a screenshot written)
         self.renderer = renderer
         self.rig = rig
         self.sequences = sequences
@@ -622,7 +623,7 @@ class Viewer:
         with atomic_write(path) as tmp:
             iio.imwrite(tmp, image, extension=".png")
         self.gui_shot.content = f"wrote `{path}`"
-        print(f"talksplat view: wrote {path}", flush=True)
+        self.say(f"talksplat view: wrote {path}")
         return path
 
     # ------------------------------------------------------------------ playback
@@ -738,8 +739,9 @@ def view_rig(cfg: ViewConfig, avatar_file: Path):
     return avatar_rig(avatar_file, cfg.rig)
 
 
-def run_view(cfg: ViewConfig) -> None:
-    """Do the work of `talksplat view`: load everything, serve until Ctrl-C / SIGTERM."""
+def run_view(cfg: ViewConfig, on_stage: Callable[[str], None] | None = None) -> dict:
+    """Do the work of `talksplat view`: load everything, serve until Ctrl-C / SIGTERM.  ``on_stage`` gets the
+    address once serving (and a line per screenshot); returns ``{"url": ...}`` when stopped."""
     check_options(cfg)
     if cfg.audio is not None and cfg.params is not None:
         raise OptionError("--audio and --params: give one of them")
@@ -766,15 +768,17 @@ def run_view(cfg: ViewConfig) -> None:
 
     device = pick_device(cfg.device)
     renderer = AvatarRenderer(avatar, rig, device, cfg.background)
-    viewer = Viewer(cfg, renderer, rig, sequences, train_cam, identity, title=f"talksplat: {cfg.avatar}")
+    say = on_stage or (lambda text: None)
+    viewer = Viewer(cfg, renderer, rig, sequences, train_cam, identity, title=f"talksplat: {cfg.avatar}",
+                    on_stage=say)
     if not is_loopback(cfg.host):  # the port viser bound (the next free one when --port was taken)
         print(f"talksplat view: warning: listening on {cfg.host}: anyone on the network who can reach port "
               f"{viewer.server.get_port()} can view the avatar", file=sys.stderr)
     stop = threading.Event()
     # Ctrl-C and SIGTERM both stop cleanly (SIGINT explicitly: a background job may have it ignored).
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    print(f"talksplat view: {viewer.url()} ({avatar.num_gaussians:,} Gaussians, {renderer.backend}); "
-          "Ctrl-C to stop", flush=True)
+    url = viewer.url()
+    say(f"talksplat view: {url} ({avatar.num_gaussians:,} Gaussians, {renderer.backend}); Ctrl-C to stop")
     try:
         while not stop.wait(0.5):
             pass
@@ -784,4 +788,4 @@ def run_view(cfg: ViewConfig) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         viewer.close()
-    print("talksplat view: stopped", flush=True)
+    return {"url": url}

@@ -26,6 +26,7 @@ Typical use (one rendered frame per step; the trainer owns the optimizers)::
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
@@ -78,7 +79,7 @@ class BindingStrategy(BindingStrategyConfig):
         budget: maximum number of Gaussians growth may reach (pruning happens after growth).
         absgrad: accumulate ``info["means2d"].absgrad`` instead of ``.grad`` (render with
             ``absgrad=True``).
-        verbose: print counts at each refinement / reset.
+        verbose: print counts at each refinement / reset (on stderr: diagnostics, not output).
 
     Scale thresholds are multiplied by ``state["scene_scale"]`` (``initialize_state``; keep 1.0:
     face units are already relative to the mesh).
@@ -169,7 +170,7 @@ class BindingStrategy(BindingStrategyConfig):
             reset_opa(avatar, optimizers, state, value=2.0 * self.prune_opa)
             state["last_reset"] = step
             if self.verbose:
-                print(f"Step {step}: opacities reset to <= {2.0 * self.prune_opa:g}.")
+                print(f"Step {step}: opacities reset to <= {2.0 * self.prune_opa:g}.", file=sys.stderr)
 
     # ---------------------------------------------------------------- internals
 
@@ -225,11 +226,11 @@ class BindingStrategy(BindingStrategyConfig):
         if self.verbose:
             print(f"Step {step}: {n_clone} Gaussians cloned, {n_split} split"
                   + (f" ({n_capped} more dropped by the budget)" if n_capped else "")
-                  + f". Now {avatar.num_gaussians}.")
+                  + f". Now {avatar.num_gaussians}.", file=sys.stderr)
         n_prune, n_rescued = self._prune(avatar, optimizers, state, step)
         if self.verbose:
             print(f"Step {step}: {n_prune} Gaussians pruned ({n_rescued} kept so no face is empty). "
-                  f"Now {avatar.num_gaussians}.")
+                  f"Now {avatar.num_gaussians}.", file=sys.stderr)
         state["grad2d"] = torch.zeros(avatar.num_gaussians, device=avatar.binding.device)
         state["count"] = torch.zeros(avatar.num_gaussians, device=avatar.binding.device)
         last = {"step": int(step), "cloned": n_clone, "split": n_split, "pruned": n_prune, "rescued": n_rescued,

@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 
@@ -66,15 +66,15 @@ def mouth_sync_vs_truth(rig, truth: dict, truth_shape: np.ndarray, pred: dict, p
             "predicted_opening_mm": round(float(1000 * np.ptp(o_pred)), 2)}
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    """Do the work of `talksplat demo`; returns what it writes to OUT/metrics.json."""
+def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] | None = None) -> dict:
+    """Do the work of `talksplat demo`; returns what it writes to OUT/metrics.json (its text: :func:`demo_text`).
+    ``on_stage`` gets each stage's lines (the subject, then those of `talksplat run` and its summary)."""
     from talksplat.driving.audio import load_audio
-    from talksplat.fit_command import heldout_text
     from talksplat.driving.config import DriverConfig
     from talksplat.core.files import atomic_write
     from talksplat.render.video import read_video
     from talksplat.rigs import RigSequence, load_rig
-    from talksplat.run_command import RunConfig, run_pipeline
+    from talksplat.run_command import RunConfig, run_pipeline, summary_text
 
     from .compose import rerender_training_clip, write_side_by_side
     from .subject import make_demo_subject, subject_motion
@@ -83,15 +83,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rig = load_rig("open")
-    print("demo: generating the synthetic talking subject", flush=True)
+    say = on_stage or (lambda text: None)
+    say("demo: generating the synthetic talking subject")
     subject = make_demo_subject(out / "subject", seed=cfg.seed, use_tts=cfg.tts)
     t_subject = time.perf_counter() - t0
-    print(f"demo: {subject['video']} ({subject['speech_source']} speech), {t_subject:.1f} s", flush=True)
+    say(f"demo: {subject['video']} ({subject['speech_source']} speech), {t_subject:.1f} s")
 
     run = run_pipeline(RunConfig(videos=(Path(subject["video"]),), audio=Path(subject["drive_speech"]),
                                  out=out / "run", preset="fast", resolution=cfg.resolution, steps=cfg.steps,
                                  driver=DriverConfig(steps=cfg.driver_steps), drive_resolution=cfg.drive_resolution,
-                                 pose="replay", device=cfg.device, quiet=cfg.quiet))
+                                 pose="replay", device=cfg.device, quiet=cfg.quiet), on_stage=say)
+    say(summary_text(run))
 
     # What the subject would have done saying the new sentence, against what the avatar did.
     fps = 25.0
@@ -118,12 +120,22 @@ def run_demo(cfg: DemoConfig) -> dict:
                "run": run}
     with atomic_write(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
-    print(f"demo: wrote {out / 'demo.mp4'} ({frames} frames): input | avatar re-render | driven by new speech\n"
-          f"  {heldout_text(h).removeprefix('; ') or 'no held-out frames'}; driven mouth opening vs the "
-          f"subject's true motion for the new speech: r = {sync['mouth_open_corr']:.3f}\n"
-          f"  figures: {out / 'metrics.json'}; stills: {out / 'demo_frames.jpg'}; "
-          f"{metrics['seconds']['total']:.0f} s in all", flush=True)
     return metrics
+
+
+def demo_text(metrics: dict) -> str:
+    """What a demo made (its OUT/metrics.json) as text: the video, the figures, where the rest is."""
+    from talksplat.fit_command import heldout_text
+
+    video = Path(metrics["video"])
+    out = video.parent
+    sync = metrics["driven_vs_truth"]
+    h = metrics["run"]["fit"].get("heldout", {})
+    return (f"demo: wrote {video} ({metrics['frames']} frames): input | avatar re-render | driven by new speech\n"
+            f"  {heldout_text(h).removeprefix('; ') or 'no held-out frames'}; driven mouth opening vs the "
+            f"subject's true motion for the new speech: r = {sync['mouth_open_corr']:.3f}\n"
+            f"  figures: {out / 'metrics.json'}; stills: {out / 'demo_frames.jpg'}; "
+            f"{metrics['seconds']['total']:.0f} s in all")
 
 
 def _write_stills(video: Path, out_jpg: Path, count: int = 3) -> None:
