@@ -61,7 +61,11 @@ class DriveConfig(ProcessOptions):
     out: Path = Path("drive.mp4")
     """Output MP4; beside it OUT.npz (the predicted rig parameters) and OUT.wav (the audio as muxed)."""
     overwrite: bool = False
-    """Replace OUT.mp4, OUT.npz and OUT.wav when they exist (only files talksplat wrote; never an input)."""
+    """Replace OUT.mp4, OUT.npz and OUT.wav (and OUT.csv) when they exist (only files talksplat wrote; never an
+    input)."""
+    arkit_csv: bool = False
+    """Also write OUT.csv: the 52 ARKit blendshape curves plus head and eye rotations per frame in the Live Link
+    Face CSV layout (for Unreal, Unity, Blender); needs a rig with ARKit units (the open head)."""
     resolution: Annotated[int, Range(16, 8192)] = 1024
     """Output width and height in pixels (even) (16 to 8192)."""
     fps: Annotated[float, Range(1, 240)] = 25.0

@@ -154,6 +154,10 @@ def check_drive_outputs(cfg: DriveConfig, fit_files: list[Path]) -> None:
     check_output_file(video, cfg.overwrite, inputs, has_own_tag)
     check_output_file(npz, cfg.overwrite, inputs, is_own_npz)
     check_output_file(wav, cfg.overwrite, inputs, has_own_tag)
+    if cfg.arkit_csv:
+        from .arkit_csv import csv_path, is_own_csv
+
+        check_output_file(csv_path(cfg.out), cfg.overwrite, inputs, is_own_csv)
 
 
 def describe_drive(r: dict) -> str:
@@ -195,6 +199,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
     from talksplat.render.video import VideoWriter, write_frames
 
     from .audio import load_audio, synthesize_speech
+    from .arkit_csv import check_arkit_rig, csv_path, write_arkit_csv
     from .predict import avatar_rig, fit_files, fit_paths, open_fit, predict_sequence
 
     yaw, pitch = parse_camera(cfg.camera)
@@ -203,6 +208,8 @@ def _run_drive(cfg: DriveConfig) -> dict:
     fit_dir, avatar_file = fit_paths(cfg.avatar)
     check_drive_outputs(cfg, fit_files(fit_dir, avatar_file))
     rig = avatar_rig(avatar_file, cfg.rig)
+    if cfg.arkit_csv:
+        check_arkit_rig(rig)  # before any work: one line naming the rig's units
     avatar = load_avatar(avatar_file, rig=rig)  # checked whole before the predictor is matched to it
     fit = open_fit(cfg.avatar, rig_checksum=rig.checksum)
     fit.tracked.validate(rig)  # the identity and expression sizes are the rig's (InputError naming the file)
@@ -248,9 +255,10 @@ def _run_drive(cfg: DriveConfig) -> dict:
             shutil.copyfile(mux, t)
         seq.extras["audio"] = np.asarray(wav.name)  # beside fps: what `talksplat view --params` plays
         seq.save(npz)
+        arkit = write_arkit_csv(csv_path(cfg.out), seq, rig, cfg.fps) if cfg.arkit_csv else None
         t_total = time.perf_counter() - t_start
     duration = len(wave) / SAMPLE_RATE
-    return {"video": video_out, "params": npz, "audio": wav, "frames": T, "audio_seconds": round(duration, 3),
-            "seconds": round(t_total, 2), "predict_seconds": round(t_predict, 2),
+    return {"video": video_out, "params": npz, "audio": wav, "arkit_csv": arkit, "frames": T,
+            "audio_seconds": round(duration, 3), "seconds": round(t_total, 2), "predict_seconds": round(t_predict, 2),
             "render_encode_seconds": round(t_total - t_predict, 2),
             "realtime_factor": round(t_total / max(duration, 1e-9), 3), "device": str(device)}

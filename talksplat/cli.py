@@ -121,7 +121,8 @@ def _wrote(report) -> str:
 def _wrote_drive(report: dict) -> str:
     from talksplat.driving.drive import describe_drive
 
-    return f"wrote {report['video']} and {report['params']}: {describe_drive(report)}"
+    csv = f" and {report['arkit_csv']}" if report.get("arkit_csv") else ""
+    return f"wrote {report['video']} and {report['params']}{csv}: {describe_drive(report)}"
 
 
 def _wrote_files(paths: list) -> str:

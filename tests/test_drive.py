@@ -90,7 +90,7 @@ def test_drive_from_speech_writes_an_mp4_with_sound(grid_fit, shared_data, tmp_p
     speech = shared_data / "audio" / "cmu_arctic_awb_a0007.wav"  # another voice, 4.0 s
     out = tmp_path / "talk.mp4"
     rc = main(["drive", str(grid_fit / "fit"), "--audio", str(speech), "--out", str(out), "--resolution", "128",
-               "--pose", "idle", "--background", "#204080", "--quiet"])
+               "--pose", "idle", "--background", "#204080", "--arkit-csv", "--quiet"])
     assert rc == 0
     frames = _check_mp4(out, 4.0, 25.0, 128)
     corner = frames[:, :4, :4].reshape(-1, 3).mean(0)
@@ -101,8 +101,10 @@ def test_drive_from_speech_writes_an_mp4_with_sound(grid_fit, shared_data, tmp_p
     z = np.load(out.with_suffix(".npz"))
     assert z["expression"].shape[0] == 100 and z["jaw"].shape == (100, 3) and float(z["fps"]) == 25.0
     assert z["jaw"][:, 0].std() > 1e-3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.mp4", "talk.npz", "talk.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.csv", "talk.mp4", "talk.npz", "talk.wav"]
     assert str(z["audio"]) == "talk.wav"
+    rows = out.with_suffix(".csv").read_text().splitlines()  # --arkit-csv: one Live Link Face row per frame
+    assert len(rows) == 101 and rows[0].startswith("Timecode,") and len(rows[-1].split(",")) == 63
 
 
 def test_drive_from_a_video_audio_track_and_replay(grid_fit, shared_data, tmp_path):
