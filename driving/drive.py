@@ -187,7 +187,6 @@ def run_drive(cfg: DriveConfig) -> dict:
 
 
 def _run_drive(cfg: DriveConfig) -> dict:
-    from talksplat.avatar.io import load_avatar
     from talksplat.avatar.render import render_avatar
     from talksplat.core.files import atomic_write, scratch_dir
     from talksplat.core.progress import progress_bar, show_progress
@@ -203,8 +202,8 @@ def _run_drive(cfg: DriveConfig) -> dict:
     fit_dir, avatar_file = fit_paths(cfg.avatar)
     check_drive_outputs(cfg, fit_files(fit_dir, avatar_file))
     rig = avatar_rig(avatar_file, cfg.rig)
-    avatar = load_avatar(avatar_file, rig=rig)  # checked whole before the predictor is matched to it
-    fit = open_fit(cfg.avatar, rig_checksum=rig.checksum)
+    fit = open_fit(cfg.avatar, need_driver=True, rig=rig)  # the avatar checked whole before the predictor
+    avatar = fit.avatar
     fit.tracked.validate(rig)  # the identity and expression sizes are the rig's (InputError naming the file)
     video_out, npz, wav = output_paths(cfg.out)
     with scratch_dir("drive") as tmp:
