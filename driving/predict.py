@@ -106,7 +106,7 @@ class FitFolder:
         """Every time step's fit-tuned parameters (DIR/tuned_params.npz, extras such as ``original_*`` kept),
         checked (every field, one T, all finite); :class:`AvatarFileError` naming the file when missing or damaged."""
         if self._tuned is None:
-            self._tuned = _read_tuned(self.tuned_file)
+            self._tuned = read_tuned(self.tuned_file)
         return self._tuned
 
     @property
@@ -216,8 +216,9 @@ def avatar_rig(avatar_file: Path, spec: str | None = None):
     return rig
 
 
-def _read_tuned(path: Path) -> RigSequence:
-    """tuned_params.npz, checked (every field, one T, all finite)."""
+def read_tuned(path: Path) -> RigSequence:
+    """A fit's tuned_params.npz, checked (every field, one T, all finite); :class:`AvatarFileError` naming it
+    when missing or damaged.  Through :attr:`FitFolder.tuned`, or on its own while a fit folder is written."""
     if not path.is_file():
         raise AvatarFileError(f"{path.parent}: no {path.name} (the head motion to drive with); "
                               "is this a `talksplat fit` output folder?")

@@ -25,7 +25,6 @@ from talksplat.core.files import file_digest
 from talksplat.data_prep.dataset import Dataset
 from talksplat.fitting import fit_folder
 from talksplat.rigs.base import HeadRig
-from talksplat.rigs.sequence import RigSequence
 
 from .audio import SAMPLE_RATE, load_audio
 from .config import DriverConfig
@@ -203,8 +202,10 @@ def _dataset_arrays(dataset, out_dir: Path | None, use_tuned: bool) -> tuple[dic
     train = tracked
     tuned = None if out_dir is None else fit_folder.path(out_dir, fit_folder.TUNED)
     if use_tuned and tuned is not None and tuned.is_file():
+        from .predict import read_tuned
+
         try:
-            stored = RigSequence.load(tuned)
+            stored = read_tuned(tuned)
         except InputError as e:
             raise DriverTrainingError(str(e)) from None
         if len(stored) == len(tracked) and stored.num_expression == tracked.num_expression:

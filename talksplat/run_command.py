@@ -179,9 +179,10 @@ def build_stages(cfg: RunConfig):
 
     def run_fit_stage(resume: bool = False) -> dict:
         from talksplat.fit_command import fit_avatar
+        from talksplat.fitting.fit_folder import CHECKPOINT
 
-        if resume and (fit.out / "checkpoint.safetensors").is_file():
-            print(f"fit: continuing from {fit.out / 'checkpoint.safetensors'}")
+        if resume and (fit.out / CHECKPOINT).is_file():
+            print(f"fit: continuing from {fit.out / CHECKPOINT}")
             m = fit_avatar(replace(fit, resume=True, overwrite=False))
         else:
             m = fit_avatar(fit)  # --overwrite: only a talksplat fit, its own files (talksplat.core.outputs)
