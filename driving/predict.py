@@ -8,6 +8,9 @@
 Expression and jaw come from the audio predictor (mouth closed in silences), head pose and gaze
 from :func:`talksplat.driving.motion.head_motion`, blinks at a natural rate on the rig's eyelid
 coefficients (the predictor does not produce them).
+
+:func:`open_fit` is the one reader of a fit folder (drive, the viewer, the demo); the names of its files
+and its one writer are in :mod:`talksplat.fitting.fit_folder`.
 """
 
 from __future__ import annotations
@@ -80,10 +83,6 @@ class FitFolder:
     def has_tuned(self) -> bool:
         """Whether DIR holds tuned parameters (a fit's output rather than a bare avatar file)."""
         return self.tuned_file.is_file()
-
-    def files(self) -> list[Path]:
-        """The files of the fit that driving reads (never to be overwritten by its outputs)."""
-        return fit_files(self.fit_dir, self.avatar_file)
 
     # ------------------------------------------------------------------ contents
     def load_avatar(self, rig):
