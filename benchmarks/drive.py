@@ -34,15 +34,14 @@ def speech_like(seconds: float, sr: int = SAMPLE_RATE, seed: int = 0) -> np.ndar
 def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0) -> Path:
     """A fit folder with a fresh avatar, moving tuned parameters and a briefly trained predictor."""
     from talksplat.avatar import init_avatar
-    from talksplat.avatar.io import save_avatar
     from talksplat.driving.predictor import choose_layout
     from talksplat.driving.train import train_predictor
     from talksplat.driving.config import DriverConfig
+    from talksplat.fitting import fit_folder
     from talksplat.rigs import DEFAULT_RIG, RigSequence, load_rig
 
     rig = load_rig(DEFAULT_RIG)
-    out.mkdir(parents=True, exist_ok=True)
-    save_avatar(init_avatar(rig, per_face=per_face), out / "avatar.safetensors", extra={})
+    fit_folder.write_avatar(out, init_avatar(rig, per_face=per_face), extra={})
     T = int(len(wave) / SAMPLE_RATE * fps)
     t = np.arange(T) / fps
     seq = RigSequence.zeros(T, rig.num_expression, np.zeros(rig.num_shape))
@@ -50,19 +49,19 @@ def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0
     expr[:, rig.expression_group("jaw_open")] = (0.3 + 0.3 * np.sin(2 * np.pi * 2 * t))[:, None]
     jaw[:, 0] = 0.1 + 0.1 * np.sin(2 * np.pi * 2 * t)
     seq.global_rot[:, 1] = 0.05 * np.sin(2 * np.pi * 0.2 * t)
-    seq.save(out / "tuned_params.npz")
+    fit_folder.write_tuned(out, seq)
     layout = choose_layout(rig, expr)
     drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout, DriverConfig(steps=10),
                           rig_checksum=rig.checksum)
-    drv.save(out / "driver.safetensors")
+    fit_folder.write_driver(out, drv)
     return out
 
 
 def bench_drive(cfg: BenchDriveConfig) -> list[dict]:
-    from talksplat.avatar.io import read_header
     from talksplat.driving.audio import write_wav
     from talksplat.driving.config import DriveConfig
     from talksplat.driving.drive import run_drive
+    from talksplat.driving.predict import open_fit
 
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -76,7 +75,7 @@ def bench_drive(cfg: BenchDriveConfig) -> list[dict]:
 
             wave = load_audio(audio)
         avatar = cfg.avatar or make_bench_fit(d / "fit", cfg.per_face, wave)
-        n = read_header(Path(avatar) / "avatar.safetensors")["num_gaussians"]
+        n = open_fit(avatar).header["num_gaussians"]
         for dev in cfg.device:
             for res in cfg.resolution:
                 if dev == "cuda" and not torch.cuda.is_available():

@@ -191,7 +191,6 @@ def run_drive(cfg: DriveConfig) -> dict:
 
 
 def _run_drive(cfg: DriveConfig) -> dict:
-    from talksplat.avatar.io import load_avatar
     from talksplat.avatar.render import render_avatar
     from talksplat.core.files import atomic_write, scratch_dir
     from talksplat.core.progress import progress_bar, show_progress
@@ -210,8 +209,8 @@ def _run_drive(cfg: DriveConfig) -> dict:
     rig = avatar_rig(avatar_file, cfg.rig)
     if cfg.arkit_csv:
         check_arkit_rig(rig)  # before any work: one line naming the rig's units
-    avatar = load_avatar(avatar_file, rig=rig)  # checked whole before the predictor is matched to it
-    fit = open_fit(cfg.avatar, rig_checksum=rig.checksum)
+    fit = open_fit(cfg.avatar, need_driver=True, rig=rig)  # the avatar checked whole before the predictor
+    avatar = fit.avatar
     fit.tracked.validate(rig)  # the identity and expression sizes are the rig's (InputError naming the file)
     video_out, npz, wav = output_paths(cfg.out)
     with scratch_dir("drive") as tmp:

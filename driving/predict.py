@@ -1,6 +1,6 @@
 """From speech to a full per-frame rig parameter sequence for a fitted avatar.
 
-    fit = open_fit("avatar/")                                  # avatar, driver, tuned parameters, camera
+    fit = open_fit("avatar/", need_driver=True)                # avatar header, driver, tuned parameters, camera
     seq = predict_sequence(fit, load_audio("speech.wav"), fps=25, pose="idle")
     # seq: a RigSequence (shape [S], expression [T, E], jaw / global_rot / neck [T, 3] radians,
     #      eyes [T, 2, 3], translation [T, 3] metres) with the extra fps
@@ -8,12 +8,15 @@
 Expression and jaw come from the audio predictor (mouth closed in silences), head pose and gaze
 from :func:`talksplat.driving.motion.head_motion`, blinks at a natural rate on the rig's eyelid
 coefficients (the predictor does not produce them).
+
+:func:`open_fit` is the one reader of a fit folder (drive, the viewer, the demo); the names of its files
+and its one writer are in :mod:`talksplat.fitting.fit_folder`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ import numpy as np
 from talksplat.avatar.io import AvatarFileError, read_header
 from talksplat.core.errors import InputError, OptionError
 from talksplat.data_prep.dataset import DatasetError, Frame, first_training_frame, is_dataset, load_metadata
+from talksplat.fitting import fit_folder
 from talksplat.rigs.sequence import RigSequence
 
 from .audio import SAMPLE_RATE, load_audio
@@ -28,35 +32,131 @@ from .motion import add_blinks, head_motion
 from .predictor import Driver, load_driver
 
 
-@dataclass
+@dataclass(eq=False)
 class FitFolder:
-    """What driving needs from `talksplat fit --out DIR`.
+    """A fit folder (`talksplat fit --out DIR`, or an avatar file on its own), as :func:`open_fit` reads it.
+
+    The avatar's header and its dataset's metadata are read when the folder is opened; the audio predictor
+    and the tuned parameters when first used (:attr:`driver`, :attr:`tuned`, :attr:`tracked`), each with a
+    one-line error naming the file that is missing or damaged.  File names: :mod:`talksplat.fitting.fit_folder`.
 
     Attributes:
-        avatar_file: DIR/avatar.safetensors.
+        avatar_file: DIR/avatar.safetensors (or the avatar file given).
+        fit_dir: the folder holding it (DIR).
         header: the avatar's JSON header (rig name and checksum, the dataset it was fitted on).
-        driver: the audio predictor (DIR/driver.safetensors).
-        tracked: the training time steps' parameters (DIR/tuned_params.npz: fit-tuned), T frames.
-        fps: the training video's frame rate.
+        avatar: the avatar, loaded and checked against the rig :func:`open_fit` was given (else None).
+        dataset: the dataset the avatar was fitted on (as recorded in its header), or None.
+        dataset_meta: that dataset's meta.json, or None when it is not at its recorded path or unreadable
+            (:attr:`dataset_problem` says which).
         camera: the dataset's first training frame (its ``c2w`` [4, 4] OpenCV metres, ``K`` [3, 3]
-            pixels, ``width``, ``height``), or None when the dataset is not at its recorded path.
-        rig_spec: the rig spec the dataset was tracked with when known.
+            pixels, ``width``, ``height``), or None.
+        dataset_problem: why the recorded dataset could not be read ("dataset D not found", ...), or None.
     """
 
     avatar_file: Path
+    fit_dir: Path
     header: dict
-    driver: Driver
-    tracked: RigSequence
-    fps: float
-    camera: Frame | None
-    rig_spec: str | None
+    avatar: object | None = None
+    dataset: Path | None = None
+    dataset_meta: dict | None = None
+    camera: Frame | None = None
+    dataset_problem: str | None = None
+    _driver: Driver | None = field(default=None, repr=False)
+    _tuned: RigSequence | None = field(default=None, repr=False)
+    _tracked: RigSequence | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ files
+    @property
+    def driver_file(self) -> Path:
+        return fit_folder.path(self.fit_dir, fit_folder.DRIVER)
+
+    @property
+    def tuned_file(self) -> Path:
+        return fit_folder.path(self.fit_dir, fit_folder.TUNED)
+
+    @property
+    def has_driver(self) -> bool:
+        """Whether DIR holds an audio predictor (it is not read here)."""
+        return self.driver_file.is_file()
+
+    @property
+    def has_tuned(self) -> bool:
+        """Whether DIR holds tuned parameters (a fit's output rather than a bare avatar file)."""
+        return self.tuned_file.is_file()
+
+    # ------------------------------------------------------------------ contents
+    def load_avatar(self, rig):
+        """The avatar, checked whole against ``rig`` (:class:`AvatarFileError` naming the file)."""
+        from talksplat.avatar.io import load_avatar
+
+        return load_avatar(self.avatar_file, rig=rig)
+
+    @property
+    def driver(self) -> Driver:
+        """The audio predictor (DIR/driver.safetensors), trained beside this avatar; :class:`DriverFileError`
+        naming the file when it is missing, damaged, or another avatar's."""
+        if self._driver is None:
+            self._driver = load_driver(self.driver_file, rig_checksum=self.header["rig_checksum"],
+                                       avatar=self.avatar_file)
+        return self._driver
+
+    @property
+    def tuned(self) -> RigSequence:
+        """Every time step's fit-tuned parameters (DIR/tuned_params.npz, extras such as ``original_*`` kept),
+        checked (every field, one T, all finite); :class:`AvatarFileError` naming the file when missing or damaged."""
+        if self._tuned is None:
+            self._tuned = read_tuned(self.tuned_file)
+        return self._tuned
+
+    @property
+    def tracked(self) -> RigSequence:
+        """The training time steps' tuned parameters (no extras): the head motion to drive with."""
+        if self._tracked is None:
+            tuned = self.tuned
+            tracked = RigSequence(tuned.shape, tuned.frames, {}, tuned.source)  # the unused original_* dropped
+            meta = self.dataset_meta
+            if meta is not None:
+                train = set(meta.get("split", {}).get("train", []))
+                dropped = set(meta.get("dropped_timesteps", []))
+                keep = [t for t in range(len(tracked)) if (not train or t in train) and t not in dropped]
+                if keep:
+                    tracked = tracked[keep]
+            self._tracked = tracked
+        return self._tracked
+
+    @property
+    def dataset_fps(self) -> float | None:
+        """The training video's frame rate, when its dataset was read."""
+        fps = self.dataset_meta.get("fps") if self.dataset_meta is not None else None
+        return float(fps) if fps else None
+
+    @property
+    def fps(self) -> float:
+        """The training video's frame rate (the dataset's, else the one the predictor was trained at)."""
+        fps = self.dataset_fps
+        return fps if fps is not None else self.driver.fps
+
+    @property
+    def dataset_audio(self) -> Path | None:
+        """The dataset's audio.wav (the training clip's sound) when it is there."""
+        name = self.dataset_meta.get("audio") if self.dataset_meta is not None else None
+        return self.dataset / name if name and (self.dataset / name).is_file() else None
+
+    @property
+    def rig_spec(self) -> str | None:
+        """The rig spec the dataset was tracked with, when known."""
+        rig = self.dataset_meta.get("rig") if self.dataset_meta is not None else None
+        return rig.get("spec") if isinstance(rig, dict) else None
 
 
 def fit_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """(fit folder, avatar file) of a fit folder or of its avatar file; AvatarFileError when neither."""
     path = Path(path)
     if path.is_dir():
-        fit_dir, avatar_file = path, path / "avatar.safetensors"
+        fit_dir, avatar_file = path, fit_folder.path(path, fit_folder.AVATAR)
+    elif not path.exists():
+        raise AvatarFileError(f"{path}: avatar not found (not a fit folder or avatar file); "
+                              "make one with `talksplat fit DATASET --out DIR`")
     else:
         fit_dir, avatar_file = path.parent, path
     if not avatar_file.is_file():
@@ -67,22 +167,30 @@ def fit_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 def fit_files(fit_dir: Path, avatar_file: Path) -> list[Path]:
     """The files of a fit that driving reads (never to be overwritten by its outputs)."""
-    return [avatar_file, fit_dir / "driver.safetensors", fit_dir / "tuned_params.npz"]
+    return [avatar_file, fit_folder.path(fit_dir, fit_folder.DRIVER), fit_folder.path(fit_dir, fit_folder.TUNED)]
 
 
-def _dataset_meta(header: dict) -> tuple[dict | None, list[Frame]]:
-    """The metadata of the dataset an avatar was fitted on, or (None, []) when it moved or is damaged."""
-    dataset = header.get("extra", {}).get("dataset") if isinstance(header.get("extra"), dict) else None
+def _read_dataset(header: dict) -> tuple[Path | None, dict | None, list[Frame], str | None]:
+    """(recorded dataset, its metadata, its frames, why it could not be read) of the avatar with this header;
+    the metadata is None when the dataset moved or is damaged (driving and viewing go on without its camera)."""
+    extra = header.get("extra") if isinstance(header.get("extra"), dict) else {}
+    dataset = extra.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        return None, None, [], None
+    dataset = Path(dataset)
+    if not is_dataset(dataset):
+        return dataset, None, [], f"dataset {dataset} not found"
     try:
-        return load_metadata(dataset) if isinstance(dataset, str) and is_dataset(Path(dataset)) else (None, [])
-    except DatasetError:  # moved or replaced since the fit: drive without its camera and split
-        return None, []
+        meta, frames = load_metadata(dataset)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, DatasetError) as e:
+        return dataset, None, [], f"{dataset}: cannot read the training cameras ({e})"
+    return dataset, meta, frames, None
 
 
 def fit_rig_spec(header: dict) -> str | None:
     """The rig spec of the avatar with this header, from its dataset; else the built-in rig it names
     (:func:`talksplat.rigs.builtin_spec`); None when it cannot be told."""
-    meta, _ = _dataset_meta(header)
+    _, meta, _, _ = _read_dataset(header)
     spec = meta.get("rig", {}).get("spec") if meta is not None and isinstance(meta.get("rig"), dict) else None
     if spec:
         return spec
@@ -107,44 +215,41 @@ def avatar_rig(avatar_file: Path, spec: str | None = None):
     return rig
 
 
-def _tracked(path: Path) -> RigSequence:
-    """tuned_params.npz, checked (every field, one T, all finite; the unused ``original_*`` are dropped)."""
+def read_tuned(path: Path) -> RigSequence:
+    """A fit's tuned_params.npz, checked (every field, one T, all finite); :class:`AvatarFileError` naming it
+    when missing or damaged.  Through :attr:`FitFolder.tuned`, or on its own while a fit folder is written."""
     if not path.is_file():
-        raise AvatarFileError(f"{path.parent}: no tuned_params.npz (the head motion to drive with); "
+        raise AvatarFileError(f"{path.parent}: no {path.name} (the head motion to drive with); "
                               "is this a `talksplat fit` output folder?")
     try:
-        seq = RigSequence.load(path)
+        return RigSequence.load(path)
     except InputError as e:
         raise AvatarFileError(str(e)) from None
-    seq.extras = {}
-    return seq
 
 
-def open_fit(path: str | os.PathLike, rig_checksum: str | None = None) -> FitFolder:
-    """Read a fit folder (or its avatar file); one-line errors naming what is missing or damaged.
+def open_fit(path: str | os.PathLike, need_driver: bool = False, rig=None) -> FitFolder:
+    """Read a fit folder (or its avatar file): the only reader of `talksplat fit --out DIR`.
 
-    ``rig_checksum``: the rig driving will use; the avatar is checked against it before the predictor, so
-    a mismatch names the file that is wrong.  The predictor must have been trained beside this avatar."""
+    Reads the avatar's header and its dataset's metadata now; one-line errors naming what is missing or
+    damaged.  ``rig``: the :class:`~talksplat.rigs.HeadRig` the avatar will be used with; the avatar is
+    checked against it and loaded whole (:attr:`FitFolder.avatar`) before the predictor, so a mismatch or a
+    damaged avatar names the avatar file.  ``need_driver``: read the audio predictor now (DriverFileError
+    when it is missing, damaged or another avatar's); else it is read on first use of
+    :attr:`FitFolder.driver`, and a folder without one opens (the viewer shows an avatar on its own)."""
     from talksplat.avatar.io import check_rig
 
     fit_dir, avatar_file = fit_paths(path)
     header = read_header(avatar_file)
-    if rig_checksum is not None:
-        check_rig(avatar_file, header, rig_checksum)
-    driver = load_driver(fit_dir / "driver.safetensors", rig_checksum=header["rig_checksum"], avatar=avatar_file)
-    tracked = _tracked(fit_dir / "tuned_params.npz")
-    fps, camera, spec = driver.fps, None, None
-    meta, frames = _dataset_meta(header)
-    if meta is not None:
-        fps = float(meta.get("fps", fps))
-        spec = meta.get("rig", {}).get("spec")
-        train = set(meta.get("split", {}).get("train", []))
-        keep = [t for t in range(len(tracked))
-                if (not train or t in train) and t not in set(meta.get("dropped_timesteps", []))]
-        if keep:
-            tracked = tracked[keep]
-        camera = first_training_frame(meta, frames)
-    return FitFolder(avatar_file, header, driver, tracked, fps, camera, spec)
+    avatar = None
+    if rig is not None:
+        check_rig(avatar_file, header, rig.checksum)
+        avatar = FitFolder(avatar_file, fit_dir, header).load_avatar(rig)
+    dataset, meta, frames, problem = _read_dataset(header)
+    camera = first_training_frame(meta, frames) if meta is not None else None
+    fit = FitFolder(avatar_file, fit_dir, header, avatar, dataset, meta, camera, problem)
+    if need_driver:
+        fit.driver  # noqa: B018 - read now: its error before anything else is done
+    return fit
 
 
 def predict_sequence(fit: FitFolder, wave: np.ndarray, fps: float = 25.0, pose: str = "replay",
@@ -168,4 +273,4 @@ def predict_sequence(fit: FitFolder, wave: np.ndarray, fps: float = 25.0, pose: 
 
 def predict_from_audio(avatar_path: Path, audio_path: Path, fps: float = 25.0, pose: str = "replay") -> RigSequence:
     """Convenience for the viewer: a fit folder (or its avatar file) + any audio file -> the sequence."""
-    return predict_sequence(open_fit(avatar_path), load_audio(audio_path), fps=fps, pose=pose)
+    return predict_sequence(open_fit(avatar_path, need_driver=True), load_audio(audio_path), fps=fps, pose=pose)

@@ -13,7 +13,6 @@ parameters, lip-vertex distance (cm², through the rig), and frame-to-frame velo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -22,10 +21,10 @@ import numpy as np
 import torch
 
 from talksplat.core.errors import InputError
-from talksplat.core.files import file_digest, write_json
+from talksplat.core.files import file_digest
 from talksplat.data_prep.dataset import Dataset
+from talksplat.fitting import fit_folder
 from talksplat.rigs.base import HeadRig
-from talksplat.rigs.sequence import RigSequence
 
 from .audio import SAMPLE_RATE, load_audio
 from .config import DriverConfig
@@ -201,10 +200,12 @@ def _dataset_arrays(dataset, out_dir: Path | None, use_tuned: bool) -> tuple[dic
     ``out_dir``/tuned_params.npz when asked and present (and of the dataset's size), else the tracked ones."""
     tracked = dataset.rig_params
     train = tracked
-    tuned = None if out_dir is None else Path(out_dir) / "tuned_params.npz"
+    tuned = None if out_dir is None else fit_folder.path(out_dir, fit_folder.TUNED)
     if use_tuned and tuned is not None and tuned.is_file():
+        from .predict import read_tuned
+
         try:
-            stored = RigSequence.load(tuned)
+            stored = read_tuned(tuned)
         except InputError as e:
             raise DriverTrainingError(str(e)) from None
         if len(stored) == len(tracked) and stored.num_expression == tracked.num_expression:
@@ -256,21 +257,8 @@ def train_driver_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, cfg:
         metrics["heldout"] = evaluate_driver(drv, geo, wave, fps, tracked, eval_ids, train_p, train_ids)
     metrics["train"] = evaluate_driver(drv, geo, wave, fps, tracked, train_ids, train_p, train_ids)
     drv.meta = metrics
-    out_dir.mkdir(parents=True, exist_ok=True)
-    avatar = out_dir / "avatar.safetensors"
+    avatar = fit_folder.path(out_dir, fit_folder.AVATAR)
     drv.avatar_sha256 = file_digest(avatar) if avatar.is_file() else None  # drive checks it belongs together
-    drv.save(out_dir / "driver.safetensors")
-    record_metrics(out_dir, {"driver": metrics})
+    fit_folder.write_driver(out_dir, drv)
+    fit_folder.record_metrics(out_dir, {"driver": metrics})
     return drv, metrics
-
-
-def record_metrics(out_dir: Path, update: dict) -> None:
-    """Merge ``update`` into ``out_dir/metrics.json`` (atomically)."""
-    path = Path(out_dir) / "metrics.json"
-    try:
-        current = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:  # damaged: start again
-        current = {}
-    current = current if isinstance(current, dict) else {}
-    current.update(update)
-    write_json(path, current)

@@ -20,18 +20,19 @@ from torch import nn
 
 from talksplat.avatar.gaussians import PARAM_NAMES, TENSOR_NAMES, GaussianAvatar
 from talksplat.core.errors import TalksplatError
-from talksplat.core.files import atomic_write, write_json
+from talksplat.core.files import atomic_write
 from talksplat.core.outputs import check_output_dir, clear_output_dir, is_output_of, output_lock, write_marker
 from talksplat.data_prep.dataset import Dataset, DatasetError, check_files, load_dataset
 from talksplat.render.device import pick_device
 from talksplat.rigs.base import HeadRig, RigParams
 from talksplat.rigs.sequence import FRAME_FIELDS, RigSequence
 
+from . import fit_folder
 from .config import FitConfig
 from .data import FrameSampler, Sample
+from .fit_folder import CHECKPOINT, HELDOUT
 from .strategy.base import Strategy
 
-CHECKPOINT = "checkpoint.safetensors"
 
 
 class FitError(TalksplatError):
@@ -400,7 +401,7 @@ class Trainer:
         bg = torch.ones(3, device=self.device)
         rows = {"psnr": [], "ssim": [], "mouth_psnr": [], "mouth_ssim": [], "lpips": []}
         show = set(idx[:: max(1, len(idx) // max(1, self.cfg.side_by_side))][: self.cfg.side_by_side])
-        (self.out / "heldout").mkdir(parents=True, exist_ok=True)
+        (self.out / HELDOUT).mkdir(parents=True, exist_ok=True)
         for i in idx:
             s = sampler.load(i)
             target = s.composite(bg)
@@ -420,7 +421,7 @@ class Trainer:
             if i in show:
                 err = (render - target).abs().mean(-1, keepdim=True).expand(-1, -1, 3) * 4
                 panel = torch.cat([target, render, err.clamp(0, 1)], dim=1)
-                self._write_png(self.out / "heldout" / f"{s.timestep:05d}_{s.frame.camera}.png", panel)
+                self._write_png(self.out / HELDOUT / f"{s.timestep:05d}_{s.frame.camera}.png", panel)
         out = {k: float(np.mean(v)) for k, v in rows.items() if v}
         out["images"] = len(idx)
         return out
@@ -435,25 +436,21 @@ class Trainer:
             cv2.imwrite(str(tmp), to_uint8(image)[..., ::-1])
 
     def write_outputs(self, metrics: dict) -> None:
-        """avatar.safetensors, avatar.ply, tuned_params.npz, metrics.json (each written atomically)."""
-        from talksplat.avatar.io import save_avatar
-
-        from .ply import export_ply
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_avatar(self.avatar.cpu(), self.out / "avatar.safetensors",
-                    extra={"dataset": str(Path(self.cfg.dataset).resolve()), "steps": self.step})
+        """avatar.safetensors, avatar.ply, tuned_params.npz, metrics.json (each written atomically, through
+        :mod:`talksplat.fitting.fit_folder`)."""
+        fit_folder.write_avatar(self.out, self.avatar.cpu(),
+                                extra={"dataset": str(Path(self.cfg.dataset).resolve()), "steps": self.step})
         self.avatar.to(self.device)
         rig = self.rig.cpu()
         with torch.no_grad():  # the subject's neutral head: tracked identity, no expression, no pose
             neutral = rig.shaped_vertices(self.frames.shape.cpu()[None], torch.zeros(1, rig.num_expression))[0]
-        export_ply(self.avatar.cpu(), rig, self.out / "avatar.ply", vertices=neutral)
+        fit_folder.write_ply(self.out, self.avatar.cpu(), rig, vertices=neutral)
         self.avatar.to(self.device)
         self.rig.to(self.device)
         tracked = self.ds.rig_params  # kept beside the tuned values as original_shape, original_expression, ...
         original = {f"original_{k}": v for k, v in {"shape": tracked.shape, **tracked.frames}.items()}
-        self.frames.tuned_sequence(**original).save(self.out / "tuned_params.npz")
-        write_json(self.out / "metrics.json", metrics)
+        fit_folder.write_tuned(self.out, self.frames.tuned_sequence(**original))
+        fit_folder.write_metrics(self.out, metrics)
 
 
 def run_fit(cfg: FitConfig) -> dict:

@@ -29,7 +29,7 @@ from talksplat.driving.config import DriveConfig
 from talksplat.fit_command import FitCommandConfig
 from talksplat.render_command import RenderConfig
 from talksplat.run_command import RunConfig
-from talksplat.viewer.server import ViewConfig
+from talksplat.viewer.config import ViewConfig
 
 
 Bench = Union[

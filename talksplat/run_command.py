@@ -179,9 +179,10 @@ def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
 
     def run_fit_stage(resume: bool = False) -> dict:
         from talksplat.fit_command import fit_avatar
+        from talksplat.fitting.fit_folder import CHECKPOINT
 
-        if resume and (fit.out / "checkpoint.safetensors").is_file():
-            say(f"fit: continuing from {fit.out / 'checkpoint.safetensors'}")
+        if resume and (fit.out / CHECKPOINT).is_file():
+            say(f"fit: continuing from {fit.out / CHECKPOINT}")
             m = fit_avatar(replace(fit, resume=True, overwrite=False), say)
         else:
             m = fit_avatar(fit, say)  # --overwrite: only a talksplat fit, its own files (talksplat.core.outputs)
@@ -205,15 +206,16 @@ def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
                        "log_every", "checkpoint_every", "cache_mb", "tensorboard", "lpips_weights")
     drive_cfg = _without(drive, "avatar", "audio", "out", "quiet", "device", "batch")
     from talksplat.driving.drive import background_image
+    from talksplat.fitting.fit_folder import AVATAR, DRIVER, TUNED
 
     drive_inputs = {"audio": drive.audio, "background": background_image(drive.background)}
     return [
         Stage("prep", {**{f"video{i}": v for i, v in enumerate(prep.videos)}, "calibration": prep.calibration},
               prep_cfg, [prep.out / "meta.json"], run_prep_stage, location=prep.out),
         Stage("fit", {"lpips_weights": fit.lpips_weights}, fit_cfg,
-              [fit.out / "avatar.safetensors", fit.out / "tuned_params.npz"], run_fit_stage, depends=("prep",),
+              [fit.out / AVATAR, fit.out / TUNED], run_fit_stage, depends=("prep",),
               location=fit.out, resume=lambda: run_fit_stage(resume=True)),
-        Stage("driver", {}, _without(fit.driver), [fit.out / "driver.safetensors"], run_driver_stage,
+        Stage("driver", {}, _without(fit.driver), [fit.out / DRIVER], run_driver_stage,
               depends=("prep", "fit")),
         Stage("drive", drive_inputs, drive_cfg, [drive.out, drive.out.with_suffix(".npz")], run_drive_stage,
               depends=("driver", "fit")),

@@ -212,7 +212,7 @@ def test_driver_only_needs_audio(tmp_path, capsys):
 
 def test_viewer_plays_predicted_and_driven_sequences(grid_fit, shared_data, tmp_path, open_rig):
     """`talksplat view --audio` runs the avatar's predictor; `--params` reads what `drive` wrote."""
-    from talksplat.viewer.server import load_params_file, predict_sequence
+    from talksplat.viewer.inputs import load_params_file, predict_sequence
 
     speech = shared_data / "audio" / "cmu_arctic_awb_a0007.wav"
     seq = predict_sequence(grid_fit / "fit" / "avatar.safetensors", speech, 25.0, open_rig)

@@ -156,7 +156,7 @@ def test_fit_folder_reader(small_inputs: Inputs, tmp_path):
 
 
 def test_parameters_file_reader(small_inputs: Inputs, tmp_path, rig):
-    from talksplat.viewer.server import load_params_file
+    from talksplat.viewer.inputs import load_params_file
 
     src = tmp_path / "src.npz"
     T = 5

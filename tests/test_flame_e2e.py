@@ -178,10 +178,13 @@ def test_view_a_flame_avatar(chain, rig, speech, flame):
     test_drive.test_viewer_plays_predicted_and_driven_sequences."""
     from test_viewer import _free_port, viser_pose
 
-    from talksplat.avatar.io import AvatarFileError, load_avatar, read_header
-    from talksplat.viewer.render_fn import AvatarRenderer, render_size, viser_camera
-    from talksplat.viewer.server import (UNBOUNDED_SLIDER_RANGE, ViewConfig, Viewer, load_training,
-                                         predict_sequence, resolve_avatar, view_rig)
+    from talksplat.avatar.io import AvatarFileError, load_avatar
+    from talksplat.driving.predict import open_fit
+    from talksplat.viewer.config import ViewConfig
+    from talksplat.viewer.gui import UNBOUNDED_SLIDER_RANGE
+    from talksplat.viewer.inputs import load_training, predict_sequence, resolve_avatar, view_rig
+    from talksplat.viewer.renderer import AvatarRenderer, render_size, viser_camera
+    from talksplat.viewer.server import Viewer
 
     avatar_file, fit_dir = resolve_avatar(chain[1])
     cfg = ViewConfig(avatar=chain[1], port=_free_port(), resolution=64, expressions=6)
@@ -190,7 +193,7 @@ def test_view_a_flame_avatar(chain, rig, speech, flame):
     # The same model pickled as FLAME 2023 ($TALKSPLAT_FLAME, `--rig flame`) is another rig: refused by name.
     with pytest.raises(AvatarFileError, match="avatar.safetensors: avatar was built on rig 'flame2020'"):
         view_rig(ViewConfig(avatar=chain[1], rig="flame"), avatar_file)
-    training, cam = load_training(fit_dir, read_header(avatar_file), view)
+    training, cam = load_training(open_fit(fit_dir), view)
     assert training.length == 75 and cam is not None and (cam.width, cam.height) == (RES, RES)
     seq = predict_sequence(avatar_file, speech, 25.0, view)
     assert seq.length == 40 and seq.audio == speech and seq.frames["expression"].shape == (40, rig.num_expression)

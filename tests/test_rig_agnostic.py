@@ -176,7 +176,7 @@ def test_predictor_layout_follows_the_groups_not_the_names(open_rig, flame_rig):
 
 
 def test_viewer_sliders_follow_the_expression_range(open_rig, flame_rig):
-    from talksplat.viewer.server import UNBOUNDED_SLIDER_RANGE, expression_controls
+    from talksplat.viewer.gui import UNBOUNDED_SLIDER_RANGE, expression_controls
 
     c = expression_controls(open_rig, 10)
     assert len(c) == 52 and {(x.lo, x.hi) for x in c} == {(0.0, 1.0)} and c[24].name == "jawOpen"
@@ -204,7 +204,8 @@ def test_viewer_takes_the_rig_from_the_avatar(open_rig, sphere_rig, tmp_path):
     """`talksplat view` without --rig loads the rig the avatar records (README: like drive)."""
     from talksplat.avatar import init_avatar, save_avatar
     from talksplat.core.errors import OptionError, TalksplatError
-    from talksplat.viewer.server import ViewConfig, view_rig
+    from talksplat.viewer.config import ViewConfig
+    from talksplat.viewer.inputs import view_rig
 
     assert ViewConfig(avatar=tmp_path).rig is None
     f = save_avatar(init_avatar(open_rig, per_face=1), tmp_path / "open.safetensors", extra={})

@@ -16,10 +16,12 @@ import torch
 
 from talksplat.avatar import init_avatar, save_avatar
 from talksplat.render.camera import look_at
-from talksplat.viewer.render_fn import (AvatarRenderer, RenderLoop, RenderRequest, intrinsics_from_fov,
-                                        render_size, viser_camera, viser_to_viewmat)
-from talksplat.viewer.server import (Sequence, ViewConfig, Viewer, is_loopback, load_params_file, load_training,
-                                     resolve_avatar)
+from talksplat.driving.predict import open_fit
+from talksplat.viewer.config import ViewConfig
+from talksplat.viewer.inputs import Sequence, load_params_file, load_training, resolve_avatar
+from talksplat.viewer.renderer import (AvatarRenderer, RenderLoop, RenderRequest, intrinsics_from_fov, render_size,
+                                       viser_camera, viser_to_viewmat)
+from talksplat.viewer.server import Viewer, is_loopback
 
 
 def viser_pose(eye, target, up=(0.0, 1.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
@@ -215,13 +217,11 @@ def _free_port() -> int:
 
 
 def test_fit_folder_gives_training_camera_sequence_and_playback(tmp_path, sphere_rig, sphere_renderer):
-    from talksplat.avatar.io import read_header
-
     fit, c2w = _fit_folder(tmp_path, sphere_rig)
     avatar_file, fit_dir = resolve_avatar(fit)
     assert avatar_file == fit / "avatar.safetensors" and fit_dir == fit
     assert resolve_avatar(avatar_file) == (avatar_file, fit)
-    seq, cam = load_training(fit_dir, read_header(avatar_file), sphere_rig)
+    seq, cam = load_training(open_fit(fit_dir), sphere_rig)
     assert seq.length == 6 and seq.fps == 30.0 and seq.audio is None
     np.testing.assert_allclose(cam.c2w, c2w)
     assert (cam.width, cam.height) == (200, 100)
@@ -327,7 +327,7 @@ def test_sequence_frame_includes_shape(sphere_rig):
 
 
 def test_audio_for_the_page(tmp_path):
-    from talksplat.viewer.server import wav_data_uri
+    from talksplat.viewer.playback import wav_data_uri
 
     (tmp_path / "a.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVE")
     (tmp_path / "a.mp3").write_bytes(b"ID3\x03")

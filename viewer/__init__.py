@@ -1,5 +1,7 @@
 """`talksplat view`: an interactive web viewer (viser) for avatars and driven sequences.
 
-`server` holds the config, the GUI and playback; `render_fn` the camera conversion and the
-render callback.  Nothing heavy is imported here (the CLI imports the config at start-up).
+`config` the options, `inputs` the avatar and the sequences, `renderer` the camera conversion, the
+renderer and the per-browser render thread, `playback` the clock and the browser's audio, `gui` the
+widgets, `server` the viewer that wires them.  Nothing heavy is imported here (the CLI imports
+`config` at start-up).
 """

@@ -1,239 +1,38 @@
 """`talksplat view`: an interactive web viewer (viser) for avatars and driven sequences.
 
 The avatar is rendered on this machine (CUDA with gsplat, else our CPU rasterizer) and streamed
-to any browser as images (nerfview's pattern; see :mod:`talksplat.viewer.render_fn`).  The GUI
-holds live rig controls (expressions, jaw, neck, eyes), a time slider with play / pause / loop
-over a sequence (the training sequence of a fit, a `talksplat drive` parameters file, or audio
-through the avatar's predictor), render statistics, a resolution control, overlays (rig
-wireframe, Gaussian centres) and a screenshot button.
+to any browser as images (nerfview's pattern).  This module wires the parts together:
 
-Heavy imports (torch, viser) happen inside functions so `talksplat --help` stays fast.
+- :mod:`~talksplat.viewer.config`: the options (torch-free, read by the CLI);
+- :mod:`~talksplat.viewer.inputs`: the avatar (through ``open_fit``) and the sequences to play;
+- :mod:`~talksplat.viewer.renderer`: browser camera -> our camera -> a rendered frame, one render thread
+  per browser;
+- :mod:`~talksplat.viewer.playback`: the sequence clock and the sound in the browser;
+- :mod:`~talksplat.viewer.gui`: the viser widgets (view, sequence, pose and expression controls, overlays).
+
+:class:`Viewer` owns the state (the rig parameters shown, the resolutions, one render loop per browser)
+and what the widgets do to it.  Heavy imports (torch, viser) happen inside functions.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
-import html
 import ipaddress
 import math
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Callable, Literal
+from typing import Callable
 
 import numpy as np
-import tyro
 
-from talksplat.core.checks import Range, check_options
-from talksplat.core.config import ProcessOptions
-from talksplat.core.errors import InputError, OptionError
-from talksplat.rigs.spec import RecordedRigSpec
+from talksplat.core.checks import check_options
+from talksplat.core.errors import OptionError
 
-if TYPE_CHECKING:
-    from talksplat.rigs.sequence import RigSequence
-
-#: Longest audio embedded in the page (a data: URI), bytes.
-MAX_AUDIO_BYTES = 24 * 1024 * 1024
-
-
-@dataclass
-class ViewConfig(ProcessOptions):
-    """Interactive web viewer: orbit the avatar, pull its expressions, play driven sequences.
-
-    Renders on this machine (GPU if present) and streams to a browser at http://HOST:PORT.
-    """
-
-    avatar: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="AVATAR")]]
-    """A fit folder (`talksplat fit --out`) or an avatar `.safetensors` file."""
-    audio: Path | None = None
-    """Speech (WAV) to drive the avatar with its audio predictor; played in the browser in sync."""
-    params: Path | None = None
-    """Rig parameters from `talksplat drive` (`.npz`: shape, expression, jaw, neck, eyes, global_rot,
-    translation, fps, optional audio) to play back."""
-    allow_external_paths: bool = False
-    """Let a --params file's `audio` name a file outside the parameters file's folder."""
-    rig: RecordedRigSpec = None
-    host: str = "127.0.0.1"
-    """Address to listen on.  Anything but loopback lets anyone on the network view the avatar."""
-    port: Annotated[int, Range(1, 65535)] = 8080
-    """Port to listen on (the next free one if taken) (1 to 65535)."""
-    resolution: Annotated[int, Range(16, 1024)] = 1024
-    """Longer image side in pixels when the camera is still (16 to 1024)."""
-    moving_resolution: Annotated[int | None, Range(16, 1024)] = None
-    """Longer image side while the camera or parameters move (default: `--resolution` on CUDA, 256 on CPU) (16 to 1024)."""
-    fps: Annotated[float, Range(1, 240)] = 25.0
-    """Frame rate of the sequence predicted from `--audio` (1 to 240)."""
-    expressions: Annotated[int, Range(0, 1000)] = 10
-    """Expression sliders shown for rigs whose expression components have no range (the first N; FLAME) (0 to 1000)."""
-    background: Annotated[tuple[float, float, float], Range(0.0, 1.0)] = (1.0, 1.0, 1.0)
-    """Background colour, RGB in [0, 1] (0 to 1)."""
-    screenshot_dir: Path = Path(".")
-    """Where the screenshot button writes PNGs."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to render: `auto` picks CUDA (gsplat) when available, else our CPU rasterizer."""
-
-
-# ---------------------------------------------------------------------------------------- inputs
-@dataclass
-class Sequence:
-    """A sequence of rig parameters to scrub and play.
-
-    params: the frames (a :class:`RigSequence`, T frames, checked against the rig); fps: frames per
-    second; audio: WAV aligned with frame 0, or None.
-    """
-
-    name: str
-    params: RigSequence
-    fps: float
-    audio: Path | None = None
-
-    @property
-    def frames(self) -> dict[str, np.ndarray]:
-        """Frame field -> [T, ...] (expression [T, E], eyes [T, 2, 3], others [T, 3]; radians, metres)."""
-        return self.params.frames
-
-    @property
-    def shape(self) -> np.ndarray:
-        """[S] identity."""
-        return self.params.shape
-
-    @property
-    def length(self) -> int:
-        return len(self.params)
-
-    def frame(self, t: int) -> dict[str, np.ndarray]:
-        """One frame (no time axis) including "shape"; ``t`` is clamped to the sequence."""
-        return self.params.frame(min(max(int(t), 0), self.length - 1))
-
-
-def check_sequence(params: RigSequence, rig, fps: float, name: str) -> Sequence:
-    """Validate a sequence against ``rig`` (:class:`InputError` naming its source) and its frame rate."""
-    params.validate(rig)
-    if not (math.isfinite(fps) and fps > 0):
-        raise InputError(f"{params.source}: fps must be a positive number, not {fps}")
-    return Sequence(name, params, float(fps), None)
-
-
-def load_params_file(path: Path, rig, allow_external_paths: bool = False) -> Sequence:
-    """A `talksplat drive` parameters file -> :class:`Sequence` (:class:`InputError` naming the file)."""
-    from talksplat.rigs.sequence import RigSequence
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: parameters file not found")
-    params = RigSequence.load(path, finite=False, what="parameters file")  # finiteness: check_sequence
-    arrays = params.extras
-    if "fps" not in arrays:
-        raise InputError(f"{path}: missing 'fps' (the frame rate of the sequence)")
-    try:
-        fps = float(np.asarray(arrays["fps"]).reshape(()))
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: 'fps' must be one number") from None
-    seq = check_sequence(params, rig, fps, f"driven: {path.name}")
-    if "audio" in arrays:
-        try:
-            audio = Path(str(np.asarray(arrays["audio"]).reshape(())))
-        except ValueError:
-            raise InputError(f"{path}: 'audio' must be one file name") from None
-        audio = audio if audio.is_absolute() else path.parent / audio
-        folder = path.parent.resolve()
-        if not allow_external_paths and folder not in audio.resolve().parents:
-            raise InputError(f"{path}: 'audio' names {audio}, outside the parameters file's folder {path.parent} "
-                             "(pass --allow-external-paths to play it)")
-        if audio.is_file():
-            seq.audio = audio
-        else:
-            print(f"talksplat view: warning: {path}: audio {audio} not found; playing without sound", file=sys.stderr)
-    return seq
-
-
-def predict_sequence(avatar_file: Path, audio: Path, fps: float, rig) -> Sequence:
-    """Run the avatar's audio predictor (`talksplat.driving.predict`) on ``audio`` (any format ffmpeg
-    reads; a non-WAV file is played in the browser from a temporary WAV copy)."""
-    import atexit
-    import os
-    import tempfile
-
-    from talksplat.driving.audio import load_audio, write_wav
-    from talksplat.driving.predict import open_fit, predict_sequence as predict
-
-    if not audio.is_file():
-        raise InputError(f"{audio}: audio file not found")
-    wave = load_audio(audio)
-    params = predict(open_fit(avatar_file), wave, fps=fps)
-    params.source = f"{audio} (predicted)"
-    seq = check_sequence(params, rig, fps, f"driven: {audio.name}")
-    seq.audio = audio
-    if audio.suffix.lower() != ".wav":
-        fd, tmp = tempfile.mkstemp(prefix="talksplat-view-", suffix=".wav")
-        os.close(fd)
-        atexit.register(lambda: Path(tmp).unlink(missing_ok=True))
-        seq.audio = write_wav(tmp, wave)
-    return seq
-
-
-def resolve_avatar(path: Path) -> tuple[Path, Path | None]:
-    """AVATAR argument -> (avatar .safetensors file, fit folder or None)."""
-    path = Path(path)
-    if path.is_dir():
-        f = path / "avatar.safetensors"
-        if not f.is_file():
-            raise InputError(f"{path}: not a fit folder (no avatar.safetensors); give a fit folder or an avatar file")
-        return f, path
-    if not path.exists():
-        raise InputError(f"{path}: avatar not found")
-    fit = path.parent if (path.parent / "tuned_params.npz").is_file() else None
-    return path, fit
-
-
-@dataclass
-class TrainingCamera:
-    """A dataset camera: c2w [4, 4] OpenCV camera-to-world, K [3, 3] pixels, image size."""
-
-    c2w: np.ndarray
-    K: np.ndarray
-    width: int
-    height: int
-
-
-def load_training(fit_dir: Path | None, header: dict, rig) -> tuple[Sequence | None, TrainingCamera | None]:
-    """The training sequence (tuned parameters of a fit) and the first training camera of its dataset.
-
-    Anything missing (a bare avatar file, a moved dataset) gives None; a warning says what.
-    """
-    from talksplat.data_prep.dataset import DatasetError, first_training_frame, is_dataset, load_metadata
-    from talksplat.rigs.sequence import RigSequence
-
-    seq, cam = None, None
-    dataset = header.get("extra", {}).get("dataset")
-    dataset = Path(dataset) if dataset else None
-    fps, audio = 25.0, None
-    if dataset is not None and is_dataset(dataset):
-        try:
-            meta, frames = load_metadata(dataset)
-            fps = float(meta.get("fps") or 25.0)
-            if meta.get("audio") and (dataset / meta["audio"]).is_file():
-                audio = dataset / meta["audio"]
-            f = first_training_frame(meta, frames)
-            cam = TrainingCamera(f.c2w, f.K, f.width, f.height)
-        except (OSError, ValueError, KeyError, IndexError, TypeError, DatasetError) as e:
-            print(f"talksplat view: warning: {dataset}: cannot read the training cameras ({e}); "
-                  "using a default camera", file=sys.stderr)
-            cam = None
-    elif dataset is not None:
-        print(f"talksplat view: warning: dataset {dataset} not found; using a default camera", file=sys.stderr)
-    if fit_dir is not None and (fit_dir / "tuned_params.npz").is_file():
-        path = fit_dir / "tuned_params.npz"
-        try:
-            seq = check_sequence(RigSequence.load(path, finite=False), rig, fps, "training (tuned)")
-            seq.audio = audio
-        except (OSError, ValueError) as e:
-            print(f"talksplat view: warning: {path}: {e}; no training sequence", file=sys.stderr)
-    return seq, cam
+from .config import ViewConfig
+from .inputs import Sequence, TrainingCamera
 
 
 def is_loopback(host: str) -> bool:
@@ -245,52 +44,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def wav_data_uri(path: Path) -> tuple[str | None, str]:
-    """(the WAV file as a data: URI for an <audio> element, "") or (None, why it cannot be embedded)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return None, f"audio {path} is unreadable ({e.strerror})"
-    if data[:4] != b"RIFF":
-        return None, f"audio {Path(path).name} is not a WAV file"
-    if len(data) > MAX_AUDIO_BYTES:
-        return None, f"audio {Path(path).name} is too long to embed in the page ({len(data) >> 20} MB)"
-    return "data:audio/wav;base64," + base64.b64encode(data).decode("ascii"), ""
-
-
-# ---------------------------------------------------------------------------------------- viewer
-@dataclass
-class ExpressionControl:
-    index: int
-    name: str
-    lo: float
-    hi: float
-
-
-#: Slider range of expression components without a range in the rig's metadata.
-UNBOUNDED_SLIDER_RANGE = (-3.0, 3.0)
-
-
-def expression_controls(rig, unbounded: int) -> list[ExpressionControl]:
-    """The expression sliders: every unit over the rig's ``expression_range`` when its units are bounded
-    (open head: 52 named units in [0, 1]); else the first ``unbounded`` components over
-    :data:`UNBOUNDED_SLIDER_RANGE` (FLAME's 100 PCA components)."""
-    names = rig.expression_names
-    if rig.expression_range is not None:
-        lo, hi = rig.expression_range
-        return [ExpressionControl(i, n, lo, hi) for i, n in enumerate(names)]
-    lo, hi = UNBOUNDED_SLIDER_RANGE
-    return [ExpressionControl(i, n, lo, hi) for i, n in enumerate(names[:unbounded])]
-
-
 class Viewer:
-    """The viser server, its GUI and playback; one :class:`RenderLoop` per connected browser."""
+    """The viser server, the state it shows and playback; one :class:`RenderLoop` per connected browser."""
 
     def __init__(self, cfg: ViewConfig, renderer, rig, sequences: list[Sequence], train_cam: TrainingCamera | None,
                  identity: np.ndarray, title: str, on_stage: Callable[[str], None] | None = None):
         import viser
 
-        from .render_fn import RenderLoop, RenderRequest, viser_camera
+        from .gui import ViewerGui
+        from .playback import Clock
+        from .renderer import RenderLoop, RenderRequest, viser_camera
 
         self._RenderLoop, self._RenderRequest, self._viser_camera = RenderLoop, RenderRequest, viser_camera
         self.cfg = cfg
@@ -310,23 +73,43 @@ class Viewer:
         self.resolution = int(cfg.resolution)
         cpu = renderer.device.type != "cuda"
         self.moving_resolution = int(cfg.moving_resolution or (min(256, cfg.resolution) if cpu else cfg.resolution))
-        # playback
-        self.playing = False
-        self.anchor = (0.0, 0.0)  # (frame, perf_counter) the clock runs from
-        self.time_index = 0
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        self.clock = Clock(self.lock, lambda: self.sequence, lambda: self.gui.loop.value, self._show_frame,
+                           lambda: self.gui.audio.restart(), self._pause)
 
         self.server = viser.ViserServer(host=cfg.host, port=cfg.port, label=title, verbose=False)
         self.server.scene.set_up_direction("+y")
         self.home = self._home_camera()
         ic = self.server.initial_camera
         ic.position, ic.look_at, ic.up, ic.fov = self.home
-        self._build_gui(title)
+        self.gui = ViewerGui(self)
         self.server.on_client_connect(self._client_connect)
         self.server.on_client_disconnect(self._client_disconnect)
-        self.player = threading.Thread(target=self._play_loop, daemon=True, name="talksplat-playback")
-        self.player.start()
+        self.clock.start()
+
+    # ------------------------------------------------------------------ what the GUI shows
+    @property
+    def playing(self) -> bool:
+        return self.clock.playing
+
+    @property
+    def time_index(self) -> int:
+        return self.clock.time_index
+
+    @property
+    def gui_time(self):
+        return self.gui.time
+
+    @property
+    def wire(self):
+        return self.gui.wire
+
+    @property
+    def centres(self):
+        return self.gui.centres
+
+    @property
+    def expr_controls(self):
+        return self.gui.expr_controls
 
     # ------------------------------------------------------------------ state
     def _neutral(self) -> dict[str, np.ndarray]:
@@ -359,7 +142,7 @@ class Viewer:
                 self.state = {k: np.array(v, np.float32) for k, v in frame.items()}
             for k, v in (updates or {}).items():
                 self.state[k] = np.array(v, np.float32)
-        self._update_overlays()
+        self.update_overlays()
         self._request_all()
 
     def _request(self, client) -> None:
@@ -409,70 +192,18 @@ class Viewer:
             self.last_stats_update = now
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
         h, w = frame.image.shape[:2]
-        self.gui_stats.content = (
+        self.gui.stats.content = (
             f"**render** {1e3 * frame.seconds:.0f} ms &nbsp; **fps** {fps:.1f}  \n"
             f"**Gaussians** {frame.num_gaussians:,} &nbsp; **backend** {self.renderer.backend}  \n"
             f"**image** {w}x{h} ({'full' if final else 'moving'}) &nbsp; **frames** {n}")
 
-    # ------------------------------------------------------------------ GUI
-    def _build_gui(self, title: str) -> None:
-        gui = self.server.gui
-        gui.configure_theme(control_width="large", show_share_button=False)
-        gui.main_panel.dock_right()  # beside the image, not over it
-        with gui.add_folder("View"):
-            self.gui_stats = gui.add_markdown("waiting for the first frame ...")
-            reset_cam = gui.add_button("Reset camera", hint="Back to the training camera (or a frontal view).")
-            res = gui.add_slider("Resolution", min=64, max=1024, step=16, initial_value=min(self.resolution, 1024),
-                                 hint="Longer image side (px) when the camera is still.")
-            mres = gui.add_slider("Moving res.", min=64, max=1024, step=16,
-                                  initial_value=min(self.moving_resolution, 1024),
-                                  hint="Longer image side (px) while the camera or the parameters move.")
-            wire = gui.add_checkbox("Rig wireframe", initial_value=False)
-            centres = gui.add_checkbox("Gaussian centres", initial_value=False)
-            shot = gui.add_button("Screenshot", hint=f"Write a PNG at full resolution to {self.cfg.screenshot_dir}.")
-            self.gui_shot = gui.add_markdown("")
 
-        @reset_cam.on_click
-        def _(event) -> None:
-            clients = [event.client] if event.client is not None else list(self.server.get_clients().values())
-            for c in clients:
-                self._apply_camera(c.camera, *self.home)
-
-        @res.on_update
-        def _(_) -> None:
-            self.resolution = int(res.value)
-            self._request_all()
-
-        @mres.on_update
-        def _(_) -> None:
-            self.moving_resolution = int(mres.value)
-            self._request_all()
-
-        faces = self.rig.faces.cpu().numpy().astype(np.uint32)
-        verts, means = self.renderer.posed(self.state)
-        self.wire = self.server.scene.add_mesh_simple("/overlay/rig", verts.astype(np.float32), faces,
-                                                      wireframe=True, color=(30, 30, 30), visible=False)
-        self.centres = self.server.scene.add_point_cloud("/overlay/centres", means.astype(np.float32),
-                                                         colors=(230, 40, 40), point_size=0.0012,
-                                                         point_shape="circle", visible=False)
-
-        @wire.on_update
-        def _(_) -> None:
-            self.wire.visible = bool(wire.value)
-            self._update_overlays()
-
-        @centres.on_update
-        def _(_) -> None:
-            self.centres.visible = bool(centres.value)
-            self._update_overlays()
-
-        @shot.on_click
-        def _(event) -> None:
-            self._screenshot(event.client)
-
-        if self.sequences:
-            self._build_sequence_gui()
-        self._build_rig_gui()
+    # ------------------------------------------------------------------ what the widgets do
+    def reset_camera(self, client) -> None:
+        """Back to the home camera (the training camera, else a frontal one): ``client``'s, or every browser's."""
+        clients = [client] if client is not None else list(self.server.get_clients().values())
+        for c in clients:
+            self._apply_camera(c.camera, *self.home)
 
     def _apply_camera(self, cam, position, look_at, up, fov) -> None:
         with self.server.atomic():
@@ -481,119 +212,30 @@ class Viewer:
             cam.look_at = look_at
             cam.up_direction = up
 
-    def _build_sequence_gui(self) -> None:
-        gui = self.server.gui
-        with gui.add_folder("Sequence"):
-            if len(self.sequences) > 1:
-                pick = gui.add_dropdown("Sequence", tuple(s.name for s in self.sequences),
-                                        initial_value=self.sequences[0].name)
+    def set_resolution(self, resolution: int, moving_resolution: int) -> None:
+        self.resolution, self.moving_resolution = int(resolution), int(moving_resolution)
+        self._request_all()
 
-                @pick.on_update
-                def _(_) -> None:
-                    self._pause()
-                    self.sequence = next(s for s in self.sequences if s.name == pick.value)
-                    self.gui_time.max = self.sequence.length - 1
-                    self._set_audio()
-                    self._seek(0)
-
-            seq = self.sequence
-            self.gui_time = gui.add_slider("Frame", min=0, max=max(seq.length - 1, 1), step=1, initial_value=0,
-                                           hint="Time step of the sequence (scrub).")
-            self.gui_clock = gui.add_markdown("")
-            self.gui_play = gui.add_button("Play", icon=None)
-            self.gui_loop = gui.add_checkbox("Loop", initial_value=True)
-            self.gui_audio = gui.add_html("")
-            self.gui_audio_cmd = gui.add_html("")
-        self._set_audio()
-        self._show_clock()
-
-        @self.gui_time.on_update
-        def _(event) -> None:
-            if event.client is None:  # set by playback itself
-                return
-            self._seek(int(self.gui_time.value))
-
-        @self.gui_play.on_click
-        def _(_) -> None:
-            if self.playing:
-                self._pause()
-            else:
-                self._play()
-
-    def _build_rig_gui(self) -> None:
-        gui = self.server.gui
-        rad = math.radians
-        # (label, field, component(s), sign, range in degrees)
-        poses = [("jaw open (°)", "jaw", (0,), 1.0, (-5.0, 35.0)),
-                 ("jaw sideways (°)", "jaw", (1,), 1.0, (-10.0, 10.0)),
-                 ("head nod (°)", "neck", (0,), 1.0, (-40.0, 40.0)),
-                 ("head turn (°)", "neck", (1,), 1.0, (-60.0, 60.0)),
-                 ("head tilt (°)", "neck", (2,), 1.0, (-40.0, 40.0)),
-                 ("eyes up (°)", "eyes", (0,), -1.0, (-30.0, 30.0)),
-                 ("eyes left (°)", "eyes", (1,), 1.0, (-40.0, 40.0))]
-        self.pose_sliders = []
-        with gui.add_folder("Pose"):
-            reset = gui.add_button("Reset pose and expression", hint="Neutral expression, jaw, neck and eyes.")
-            for label, field, comp, sign, (lo, hi) in poses:
-                s = gui.add_slider(label, min=lo, max=hi, step=0.5, initial_value=0.0)
-                self.pose_sliders.append((s, field, comp[0], sign))
-
-                def update(event, s=s, field=field, c=comp[0], sign=sign) -> None:
-                    if event.client is None:
-                        return
-                    with self.lock:
-                        v = self.state[field].copy()
-                        if field == "eyes":
-                            v[:, c] = sign * rad(s.value)
-                        else:
-                            v[c] = sign * rad(s.value)
-                    self._set_state({field: v})
-
-                s.on_update(update)
-
-        self.expr_controls = expression_controls(self.rig, self.cfg.expressions)
-        self.expr_sliders = []
-        with gui.add_folder("Expression"):
-            for ec in self.expr_controls:
-                s = gui.add_slider(ec.name, min=ec.lo, max=ec.hi, step=0.01, initial_value=0.0)
-                self.expr_sliders.append((s, ec))
-
-                def update(event, s=s, i=ec.index) -> None:
-                    if event.client is None:
-                        return
-                    with self.lock:
-                        e = self.state["expression"].copy()
-                        e[i] = s.value
-                    self._set_state({"expression": e})
-
-                s.on_update(update)
-
-        @reset.on_click
-        def _(_) -> None:
-            self._pause()
-            neutral = self._neutral()
-            with self.lock:
-                neutral["shape"] = self.state["shape"]
-                neutral["translation"] = self.state["translation"]
-                neutral["global_rot"] = self.state["global_rot"]
-            self._set_state(frame=neutral)
-            self._sync_sliders()
-
-        self._sync_sliders()
-
-    def _sync_sliders(self) -> None:
-        """Show the current parameters on the sliders (values outside a slider's range are clipped there)."""
+    def reset_pose(self) -> None:
+        """Neutral expression, jaw, neck and eyes (identity, head rotation and translation kept)."""
+        self._pause()
+        neutral = self._neutral()
         with self.lock:
-            st = {k: v.copy() for k, v in self.state.items()}
-        with self.server.atomic():
-            for s, field, c, sign in self.pose_sliders:
-                v = st[field][0, c] if field == "eyes" else st[field][c]
-                s.value = float(np.clip(round(sign * math.degrees(v) * 2) / 2, s.min, s.max))
-            for s, ec in self.expr_sliders:
-                s.value = float(np.clip(round(float(st["expression"][ec.index]), 2), ec.lo, ec.hi))
+            neutral["shape"] = self.state["shape"]
+            neutral["translation"] = self.state["translation"]
+            neutral["global_rot"] = self.state["global_rot"]
+        self._set_state(frame=neutral)
+        self.gui.sync_sliders()
+
+    def select_sequence(self, name: str) -> None:
+        self._pause()
+        self.sequence = next(s for s in self.sequences if s.name == name)
+        self.gui.time.max = self.sequence.length - 1
+        self.gui.audio.show(self.sequence.audio)
+        self._seek(0)
 
     # ------------------------------------------------------------------ overlays and screenshots
-    def _update_overlays(self) -> None:
+    def update_overlays(self) -> None:
         if not (self.wire.visible or self.centres.visible):
             return
         with self.lock:
@@ -604,7 +246,7 @@ class Viewer:
         if self.centres.visible:
             self.centres.points = means.astype(np.float32)
 
-    def _screenshot(self, client) -> Path | None:
+    def screenshot(self, client) -> Path | None:
         import imageio.v3 as iio
 
         from talksplat.core.files import atomic_write
@@ -622,100 +264,40 @@ class Viewer:
         path = out / f"talksplat_view_{time.strftime('%Y%m%d_%H%M%S')}_{int(time.time() * 1e3) % 1000:03d}.png"
         with atomic_write(path) as tmp:
             iio.imwrite(tmp, image, extension=".png")
-        self.gui_shot.content = f"wrote `{path}`"
+        self.gui.shot_note.content = f"wrote `{path}`"
         self.say(f"talksplat view: wrote {path}")
         return path
 
+
     # ------------------------------------------------------------------ playback
-    def _show_clock(self) -> None:
-        seq = self.sequence
-        t = self.time_index
-        self.gui_clock.content = (f"{t / seq.fps:6.2f} s / {seq.length / seq.fps:.2f} s &nbsp; "
-                                  f"frame {t} / {seq.length - 1} &nbsp; {seq.fps:g} fps")
-
-    def _set_audio(self) -> None:
-        seq = self.sequence
-        uri, why = wav_data_uri(seq.audio) if seq.audio is not None else (None, "no audio for this sequence")
-        if uri is None:
-            note = why if seq.audio is None else f"{why}: playing without sound"
-            self.gui_audio.content = f'<div style="font-size:0.8em;opacity:0.7">{html.escape(note)}</div>'
-            return
-        self.gui_audio.content = (
-            f'<audio id="talksplat-audio" preload="auto" controls style="width:100%;height:2em" src="{uri}"></audio>'
-            '<div style="font-size:0.8em;opacity:0.7">Audio plays in this browser. It is re-synced on play, pause, '
-            "scrub and loop and otherwise runs on the browser's clock (frames are dropped to keep up; expect "
-            "tens of ms of drift). Click the page once if the browser blocks sound.</div>")
-
-    def _audio_command(self, js: str) -> None:
-        """Run a line of JavaScript on the page's <audio> element (via an <img onerror> in viser's HTML)."""
-        if self.sequence is None or self.sequence.audio is None:
-            return
-        nonce = time.perf_counter_ns()
-        code = ("var a=document.getElementById('talksplat-audio');if(a){" + js + "}")
-        self.gui_audio_cmd.content = (f'<img alt="" data-n="{nonce}" src="data:," style="display:none" '
-                                      f'onerror="{html.escape(code)}">')
+    def _show_frame(self, t: int) -> None:
+        """The clock moved to frame ``t``: pose it, move the slider, show the time."""
+        self._set_state(frame=self.sequence.frame(t))
+        self.gui.time.value = t
+        self.gui.show_clock(self.sequence, t)
 
     def _play(self) -> None:
-        with self.lock:
-            if self.time_index >= self.sequence.length - 1:
-                self.time_index = 0
-            self.anchor = (float(self.time_index), time.perf_counter())
-            self.playing = True
-        self.gui_play.label = "Pause"
-        self._audio_command(f"a.currentTime={self.time_index / self.sequence.fps:.3f};a.play().catch(function(){{}});")
-        self._wake.set()
+        self.clock.play()
+        self.gui.play.label = "Pause"
+        self.gui.audio.play(self.clock.seconds)
 
     def _pause(self) -> None:
         if self.sequence is None:
             return
-        with self.lock:
-            was = self.playing
-            self.playing = False
-        self.gui_play.label = "Play"
+        was = self.clock.pause()
+        self.gui.play.label = "Play"
         if was:
-            self._audio_command(f"a.pause();a.currentTime={self.time_index / self.sequence.fps:.3f};")
-            self._sync_sliders()
+            self.gui.audio.pause(self.clock.seconds)
+            self.gui.sync_sliders()
 
     def _seek(self, t: int) -> None:
-        with self.lock:
-            self.time_index = min(max(int(t), 0), self.sequence.length - 1)
-            self.anchor = (float(self.time_index), time.perf_counter())
-            playing = self.playing
-        self._set_state(frame=self.sequence.frame(self.time_index))
-        self._show_clock()
-        sec = self.time_index / self.sequence.fps
-        self._audio_command(f"a.currentTime={sec:.3f};" + ("a.play().catch(function(){});" if playing else ""))
+        playing = self.clock.seek(t)
+        t = self.clock.time_index
+        self._set_state(frame=self.sequence.frame(t))
+        self.gui.show_clock(self.sequence, t)
+        self.gui.audio.seek(self.clock.seconds, playing)
         if not playing:
-            self._sync_sliders()
-
-    def _play_loop(self) -> None:
-        while not self._stop.is_set():
-            if not self.playing:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            seq = self.sequence
-            with self.lock:
-                f0, t0 = self.anchor
-                t = int(f0 + (time.perf_counter() - t0) * seq.fps)
-                wrapped = ended = False
-                if t >= seq.length:
-                    if self.gui_loop.value:
-                        t, wrapped = 0, True
-                        self.anchor = (0.0, time.perf_counter())
-                    else:
-                        t, ended = seq.length - 1, True
-                changed = t != self.time_index
-                self.time_index = t
-            if changed or wrapped:
-                self._set_state(frame=seq.frame(t))
-                self.gui_time.value = t
-                self._show_clock()
-            if wrapped:
-                self._audio_command("a.currentTime=0;a.play().catch(function(){});")
-            if ended:
-                self._pause()
-            time.sleep(max(0.002, 0.5 / seq.fps))
+            self.gui.sync_sliders()
 
     # ------------------------------------------------------------------ lifetime
     def url(self) -> str:
@@ -724,19 +306,10 @@ class Viewer:
         return f"http://{host}:{self.server.get_port()}"
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
+        self.clock.stop()
         for loop in list(self.loops.values()):
             loop.stop()
         self.server.stop()
-
-
-def view_rig(cfg: ViewConfig, avatar_file: Path):
-    """The rig to view ``avatar_file`` with: ``--rig``, else the one recorded for the avatar (its dataset's,
-    as `talksplat drive` reads it); checked against the avatar's rig checksum."""
-    from talksplat.driving.predict import avatar_rig
-
-    return avatar_rig(avatar_file, cfg.rig)
 
 
 def run_view(cfg: ViewConfig, on_stage: Callable[[str], None] | None = None) -> dict:
@@ -745,22 +318,21 @@ def run_view(cfg: ViewConfig, on_stage: Callable[[str], None] | None = None) -> 
     check_options(cfg)
     if cfg.audio is not None and cfg.params is not None:
         raise OptionError("--audio and --params: give one of them")
-    avatar_file, fit_dir = resolve_avatar(cfg.avatar)
 
-    from talksplat.avatar.io import load_avatar, read_header
     from talksplat.render.device import pick_device
 
-    from .render_fn import AvatarRenderer
+    from .inputs import load_params_file, load_training, open_avatar, predict_sequence, view_rig
+    from .renderer import AvatarRenderer
 
-    header = read_header(avatar_file)
-    rig = view_rig(cfg, avatar_file)
-    avatar = load_avatar(avatar_file, rig=rig)
+    fit = open_avatar(cfg.avatar)
+    rig = view_rig(cfg, fit.avatar_file)
+    avatar = fit.load_avatar(rig)
     sequences: list[Sequence] = []
     if cfg.params is not None:
         sequences.append(load_params_file(cfg.params, rig, cfg.allow_external_paths))
     elif cfg.audio is not None:
-        sequences.append(predict_sequence(avatar_file, cfg.audio, cfg.fps, rig))
-    training, train_cam = load_training(fit_dir, header, rig)
+        sequences.append(predict_sequence(fit, cfg.audio, cfg.fps, rig))
+    training, train_cam = load_training(fit, rig)
     if training is not None:
         sequences.append(training)
     identity = training.shape if training is not None else (

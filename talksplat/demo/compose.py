@@ -20,20 +20,19 @@ def rerender_training_clip(fit_dir: Path, dataset_dir: Path, size: int,
     (each frame has its own crop intrinsics, so frames are rendered one by one)."""
     import cv2
 
-    from talksplat.avatar.io import load_avatar
     from talksplat.avatar.render import render_avatar
     from talksplat.data_prep.dataset import load_dataset
+    from talksplat.driving.predict import open_fit
     from talksplat.fitting.trainer import load_dataset_rig
     from talksplat.render.device import pick_device
     from talksplat.render.video import to_uint8
-    from talksplat.rigs.sequence import RigSequence
 
     ds = load_dataset(dataset_dir)
     rig = load_dataset_rig(ds, None)
-    avatar = load_avatar(Path(fit_dir) / "avatar.safetensors", rig=rig)
+    fit = open_fit(fit_dir, rig=rig)
     dev = pick_device(device)
-    rig, avatar = rig.to(dev), avatar.to(dev)
-    tuned = RigSequence.load(Path(fit_dir) / "tuned_params.npz")
+    rig, avatar = rig.to(dev), fit.avatar.to(dev)
+    tuned = fit.tuned
     cam = ds.meta["cameras"][0]
     held = set(ds.split.get("test", []))
     for f in sorted((f for f in ds.frames if f.camera == cam), key=lambda f: f.timestep):

@@ -1,4 +1,5 @@
-"""The viewer's render callback: a browser camera (viser) -> our camera -> a rendered avatar frame.
+"""The viewer's renderer: a browser camera (viser) -> our camera -> a rendered avatar frame, and the
+per-browser render thread.
 
 viser reports each browser's camera as a camera-to-world rotation ``wxyz`` (a unit quaternion) and
 a ``position`` in world metres, in OpenCV axes (camera x right, y down, z forward: viser's
@@ -37,7 +38,7 @@ def viser_to_viewmat(wxyz, position) -> np.ndarray:
     Returns:
         viewmat [4, 4] float64, world-to-camera (OpenCV: x right, y down, z forward).
     """
-    from talksplat.render.cpu import quat_to_rotmat
+    from talksplat.render.rotation import quat_to_rotmat
 
     R = quat_to_rotmat(torch.as_tensor(np.asarray(wxyz, np.float64))).numpy()
     t = np.asarray(position, dtype=np.float64)
@@ -83,7 +84,7 @@ class ViewCamera:
 
 
 @dataclass
-class Frame:
+class RenderedFrame:
     """One rendered frame: image [H, W, 3] uint8 RGB, render time in seconds, Gaussians drawn."""
 
     image: np.ndarray
@@ -121,7 +122,7 @@ class AvatarRenderer:
     def num_gaussians(self) -> int:
         return self.avatar.num_gaussians
 
-    def render(self, frame: dict[str, np.ndarray], cam: ViewCamera) -> Frame:
+    def render(self, frame: dict[str, np.ndarray], cam: ViewCamera) -> RenderedFrame:
         """Pose the rig with ``frame`` (see :func:`frame_params`) and rasterize the avatar."""
         from talksplat.avatar.render import render_avatar
 
@@ -135,7 +136,7 @@ class AvatarRenderer:
             image = (colors[0, 0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            return Frame(image, time.perf_counter() - t0, self.num_gaussians)
+            return RenderedFrame(image, time.perf_counter() - t0, self.num_gaussians)
 
     def posed(self, frame: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Posed rig vertices [V, 3] and Gaussian centres [N, 3], metres, world (for the overlays)."""
@@ -166,7 +167,7 @@ class RenderLoop(threading.Thread):
     resolution.  ``show(frame, final)`` receives every finished frame.
     """
 
-    def __init__(self, renderer: AvatarRenderer, show: Callable[[Frame, bool], None], settle_s: float = 0.25):
+    def __init__(self, renderer: AvatarRenderer, show: Callable[[RenderedFrame, bool], None], settle_s: float = 0.25):
         super().__init__(daemon=True, name="talksplat-render")
         self.renderer = renderer
         self.show = show

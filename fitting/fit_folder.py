@@ -1,0 +1,82 @@
+"""The fit folder (`talksplat fit --out DIR`): the one place that names its files and writes them.
+
+    DIR/avatar.safetensors      the avatar (safetensors, JSON header: rig, dataset, steps)
+    DIR/avatar.ply              the same Gaussians as a 3DGS PLY (on the subject's neutral head)
+    DIR/tuned_params.npz        the fit-tuned per-frame parameters (RigSequence, tracked ones as original_*)
+    DIR/driver.safetensors      the audio predictor (`talksplat fit`'s driver stage)
+    DIR/metrics.json            every stage's figures (merged: avatar, then ``driver``)
+    DIR/checkpoint.safetensors  the resumable training state
+    DIR/heldout/*.png           held-out comparisons
+
+Every writer of a fit folder goes through this module (the trainer, the predictor's training, the drive
+benchmark); every reader through :func:`talksplat.driving.predict.open_fit`, which takes the names from
+here.  The layout is the same as before this module existed: old folders keep opening.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from talksplat.core.files import write_json
+
+AVATAR = "avatar.safetensors"
+PLY = "avatar.ply"
+TUNED = "tuned_params.npz"
+DRIVER = "driver.safetensors"
+METRICS = "metrics.json"
+CHECKPOINT = "checkpoint.safetensors"
+HELDOUT = "heldout"
+
+
+def path(out: str | os.PathLike, name: str) -> Path:
+    """``out``/``name``: one of the names above, in the fit folder ``out``."""
+    return Path(out) / name
+
+
+def write_avatar(out: str | os.PathLike, avatar, extra: dict | None = None) -> Path:
+    """Save ``avatar`` (a :class:`~talksplat.avatar.GaussianAvatar`, on any device) as OUT/avatar.safetensors."""
+    from talksplat.avatar.io import save_avatar
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return save_avatar(avatar, path(out, AVATAR), extra=extra)
+
+
+def write_ply(out: str | os.PathLike, avatar, rig, vertices=None) -> Path:
+    """Export ``avatar`` as OUT/avatar.ply (posed on ``vertices`` [V, 3], default the rig's template)."""
+    from .ply import export_ply
+
+    export_ply(avatar, rig, path(out, PLY), vertices=vertices)
+    return path(out, PLY)
+
+
+def write_tuned(out: str | os.PathLike, seq) -> Path:
+    """Save the tuned parameters (a :class:`~talksplat.rigs.RigSequence`) as OUT/tuned_params.npz."""
+    return seq.save(path(out, TUNED))
+
+
+def write_driver(out: str | os.PathLike, driver) -> Path:
+    """Save the audio predictor (anything with ``save(path)``) as OUT/driver.safetensors."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    driver.save(path(out, DRIVER))
+    return path(out, DRIVER)
+
+
+def write_metrics(out: str | os.PathLike, metrics: dict) -> Path:
+    """Replace OUT/metrics.json with ``metrics`` (atomically)."""
+    write_json(path(out, METRICS), metrics)
+    return path(out, METRICS)
+
+
+def record_metrics(out: str | os.PathLike, update: dict) -> Path:
+    """Merge ``update`` into OUT/metrics.json (atomically; a damaged file starts again)."""
+    p = path(out, METRICS)
+    try:
+        current = json.loads(p.read_text()) if p.is_file() else {}
+    except ValueError:  # damaged: start again
+        current = {}
+    current = current if isinstance(current, dict) else {}
+    current.update(update)
+    write_json(p, current)
+    return p
