@@ -127,24 +127,6 @@ def test_npz_conversion_and_non_arkit_rig(open_rig, sphere_rig, tmp_path):
     assert not (tmp_path / "x.csv").exists()
 
 
-def test_drive_refuses_the_flag_for_a_non_arkit_rig_before_any_work(sphere_rig, monkeypatch, tmp_path):
-    """The check runs right after the rig is known (before the avatar, the predictor or the audio)."""
-    from talksplat.driving import drive as drive_mod
-    from talksplat.driving import predict
-    from talksplat.driving.config import DriveConfig
-
-    (tmp_path / "speech.wav").write_bytes(b"")
-    cfg = DriveConfig(avatar=tmp_path / "fit", audio=tmp_path / "speech.wav", out=tmp_path / "talk.mp4",
-                      arkit_csv=True)
-    monkeypatch.setattr(predict, "fit_paths", lambda a: (tmp_path / "fit", tmp_path / "fit" / "avatar.safetensors"))
-    monkeypatch.setattr(predict, "fit_files", lambda d, a: [])
-    monkeypatch.setattr(predict, "avatar_rig", lambda f, spec: sphere_rig)
-    monkeypatch.setattr(predict, "open_fit", lambda *a, **k: pytest.fail("work started"))
-    with pytest.raises(OptionError, match="needs a rig with ARKit blendshapes"):
-        drive_mod.run_drive(cfg)
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["speech.wav"]
-
-
 def test_csv_output_is_checked_with_the_others(tmp_path):
     from talksplat.core.errors import OutputError
     from talksplat.driving.config import DriveConfig

@@ -158,6 +158,9 @@ def test_drive_a_flame_avatar(chain, speech, tmp_path):
     from test_drive import _check_mp4
 
     out = tmp_path / "talk.mp4"
+    # the ARKit CSV needs ARKit units: refused in one line before any work, nothing written
+    assert main(["drive", str(chain[1]), "--audio", str(speech), "--out", str(out), "--arkit-csv", "--quiet"]) == 1
+    assert list(tmp_path.iterdir()) == []
     assert main(["drive", str(chain[1]), "--audio", str(speech), "--out", str(out), "--resolution", str(RES),
                  "--pose", "idle", "--background", "#204080", "--quiet"]) == 0
     frames = _check_mp4(out, 1.6, 25.0, RES)
