@@ -249,3 +249,32 @@ def mean_metrics(per_video: list[dict]) -> dict:
         out[k] = float(vals.mean()) if vals.size else math.nan
     out["videos"] = len(per_video)
     return out
+
+
+def _per_video_frame(rms: np.ndarray, hop_s: float, fps: float, num_frames: int) -> np.ndarray:
+    """[N] RMS at ``hop_s`` steps (step i at i * hop_s s) -> [num_frames] RMS over each video frame's interval
+    [t / fps, (t + 1) / fps) (0 past the audio's end)."""
+    rms = np.asarray(rms, np.float64)
+    idx = np.floor(np.arange(len(rms)) * hop_s * fps + 1e-9).astype(np.int64)
+    keep = idx < num_frames
+    energy = np.bincount(idx[keep], weights=rms[keep] ** 2, minlength=num_frames)
+    count = np.bincount(idx[keep], minlength=num_frames)
+    return np.sqrt(energy / np.maximum(count, 1))
+
+
+def frame_levels_db(rms: np.ndarray, hop_s: float, fps: float, num_frames: int) -> np.ndarray:
+    """[N] audio RMS at ``hop_s`` steps -> [num_frames] level per video frame in dB (full scale 0 dB; floor -140)."""
+    return 20 * np.log10(np.maximum(_per_video_frame(rms, hop_s, fps, num_frames), 1e-7))
+
+
+def loudness_envelope(rms: np.ndarray, hop_s: float, fps: float, num_frames: int, smooth_s: float = 0.08) -> np.ndarray:
+    """[N] audio RMS at ``hop_s`` steps -> [num_frames] smoothed loudness envelope in [0, 1]: the RMS smoothed
+    by a ``smooth_s`` Hann window, per video frame, divided by its 95th percentile and clipped (0: silence,
+    1: loud speech)."""
+    rms = np.asarray(rms, np.float64)
+    n = max(1, int(round(smooth_s / hop_s)))
+    w = np.hanning(n + 2)[1:-1]
+    smooth = np.convolve(rms, w / w.sum(), mode="same") if len(rms) >= n else rms
+    env = _per_video_frame(smooth, hop_s, fps, num_frames)
+    ref = np.percentile(env, 95)
+    return np.clip(env / ref, 0.0, 1.0) if ref > 1e-9 else np.zeros(num_frames)

@@ -25,7 +25,7 @@ from talksplat.benchmarks.config import (BenchDriveConfig, BenchFitConfig, Bench
                                          BenchRenderConfig, BenchRigConfig)
 from talksplat.data_prep.config import PrepConfig
 from talksplat.demo.command import DemoConfig
-from talksplat.driving.config import DriveConfig
+from talksplat.driving.config import DriveConfig, SyncEvalConfig
 from talksplat.fit_command import FitCommandConfig
 from talksplat.render_command import RenderConfig
 from talksplat.run_command import RunConfig
@@ -41,6 +41,16 @@ Bench = Union[
     Annotated[BenchLoadConfig, tyro.conf.subcommand("load")],
 ]
 
+class _NoEval:
+    """Never parsed: a hidden second member, so that `eval` stays a group while `sync` is its only command (a
+    one-member Union is the member itself, and tyro would make `eval` the command)."""
+
+
+Eval = Union[
+    Annotated[SyncEvalConfig, tyro.conf.subcommand("sync")],
+    Annotated[_NoEval, tyro.conf.Suppress],
+]
+
 Command = Union[
     Annotated[PrepConfig, tyro.conf.subcommand("prep")],
     Annotated[FitCommandConfig, tyro.conf.subcommand("fit")],
@@ -49,6 +59,7 @@ Command = Union[
     Annotated[DemoConfig, tyro.conf.subcommand("demo")],
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
     Annotated[ViewConfig, tyro.conf.subcommand("view")],
+    Annotated[Eval, tyro.conf.subcommand("eval", description="Evaluations: lip sync of a fitted avatar against real speakers.")],
     Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving; slowdown under CPU load.")],
 ]
 
@@ -119,6 +130,12 @@ def _wrote_drive(report: dict) -> str:
     return f"wrote {report['video']} and {report['params']}: {describe_drive(report)}"
 
 
+def _sync_table(report: dict) -> str:
+    from talksplat.driving.sync_eval import format_table
+
+    return format_table(report)
+
+
 def _wrote_files(paths: list) -> str:
     return "\n".join(f"wrote {p}" for p in paths)
 
@@ -138,6 +155,7 @@ COMMANDS: dict[type, tuple[str, Callable | str | None]] = {
     DemoConfig: ("talksplat.demo.command:run_demo", None),
     RenderConfig: ("talksplat.render_command:run_render", _wrote_files),
     ViewConfig: ("talksplat.viewer.server:run_view", None),
+    SyncEvalConfig: ("talksplat.driving.sync_eval:run_sync_eval", _sync_table),
     BenchRenderConfig: ("talksplat.benchmarks.render:bench_render", ROWS),
     BenchRigConfig: ("talksplat.benchmarks.rig:bench_rig", ROWS),
     BenchPrepConfig: ("talksplat.benchmarks.prep:bench_prep", ROWS),

@@ -148,3 +148,15 @@ def test_mean_metrics_leaves_out_nan():
     m = sm.mean_metrics([{k: 1.0 for k in sm.SUMMARY_KEYS}, {**{k: 3.0 for k in sm.SUMMARY_KEYS},
                                                               "closure_recall": math.nan}])
     assert m["corr_lag0"] == 2.0 and m["closure_recall"] == 1.0 and m["videos"] == 2
+
+
+def test_audio_levels_and_envelope_per_video_frame():
+    hop, fps = 0.01, 25.0  # 4 RMS steps per video frame
+    rms = np.concatenate([np.zeros(40), np.full(40, 0.1), np.zeros(20)])  # 0.4 s silence, 0.4 s sound, 0.2 s
+    db = sm.frame_levels_db(rms, hop, fps, 26)
+    assert db.shape == (26,)
+    np.testing.assert_allclose(db[10:20], 20.0 * np.log10(0.1))
+    assert (db[:10] < -100).all() and (db[20:] < -100).all()  # the last frame is past the audio's end
+    env = sm.loudness_envelope(rms, hop, fps, 26)
+    assert env.min() >= 0 and env.max() == pytest.approx(1.0)
+    assert env[12:18].min() > 0.9 and env[:8].max() < 0.05 and env[22:].max() < 0.05
