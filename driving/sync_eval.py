@@ -38,8 +38,8 @@ from .config import SyncEvalConfig
 METHODS = ("predictor", "envelope", "mean")
 #: Share of a video's frames in which FaceMesh must find the speaker.
 MIN_FACE_FRACTION = 0.5
-#: Curves in the plot: method -> BGR colour (the real speaker in black).
-PLOT_COLOURS = {"real": (0, 0, 0), "predictor": (40, 40, 220), "envelope": (200, 120, 0)}
+#: Curves in the plot: name -> RGB colour.
+PLOT_COLOURS = {"real": (0, 0, 0), "predictor": (220, 40, 40), "envelope": (30, 110, 220)}
 
 
 def check_inputs(cfg: SyncEvalConfig) -> list:
