@@ -25,7 +25,9 @@ inter-ocular distance (IOD: outer eye corners 33 and 263), so the two faces may 
   its 5th-95th percentile range (IOD units), one threshold for both faces, so a mouth held a little open is
   not called closed.
 * **Inside speech / silence** from the audio alone (:func:`speech_masks`): a frame is voiced when its level
-  is within ``voiced_db`` (30 dB) of the clip's 95th-percentile frame level; inside speech = voiced, or in an
+  is above both the clip's 95th-percentile frame level - ``voiced_db`` (30 dB) and its 5th percentile (the
+  noise floor when the clip has pauses) + ``floor_fraction`` (40 %) of the 5th-95th percentile range (GRID's
+  recordings have a noise floor only 25-30 dB under the speech); inside speech = voiced, or in an
   unvoiced run of at most ``max_pause_s`` (0.25 s) between voiced frames (where the lips close for p, b, m:
   a stop closure is quiet); silence = unvoiced runs of at least ``min_silence_s`` (0.2 s), clip ends included.
 * **Closure recall**: of the frames inside speech where the real speaker's lips are closed, the share where
@@ -50,6 +52,7 @@ LIP_POINTS: tuple[int, ...] = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291
 
 #: Defaults of the audio masks (see the module doc).
 VOICED_DB = 30.0
+FLOOR_FRACTION = 0.4
 MAX_PAUSE_S = 0.25
 MIN_SILENCE_S = 0.2
 #: Closed lips: below the real speaker's 5th percentile + this share of its 5th-95th percentile range.
@@ -151,16 +154,19 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(d[0::2].tolist(), d[1::2].tolist()))
 
 
-def speech_masks(level_db: np.ndarray, fps: float, voiced_db: float = VOICED_DB, max_pause_s: float = MAX_PAUSE_S,
+def speech_masks(level_db: np.ndarray, fps: float, voiced_db: float = VOICED_DB,
+                 floor_fraction: float = FLOOR_FRACTION, max_pause_s: float = MAX_PAUSE_S,
                  min_silence_s: float = MIN_SILENCE_S) -> tuple[np.ndarray, np.ndarray]:
     """[T] audio level per video frame (dB, any reference) -> (inside_speech [T] bool, silence [T] bool).
 
-    Voiced: level > 95th percentile - ``voiced_db``.  Inside speech: voiced, or an unvoiced run of at most
+    Voiced: level > max(95th percentile - ``voiced_db``, 5th percentile + ``floor_fraction`` x (95th - 5th
+    percentile)).  Inside speech: voiced, or an unvoiced run of at most
     ``max_pause_s`` with voiced frames on both sides.  Silence: an unvoiced run of at least ``min_silence_s``
     (clip ends included).  A frame can be neither (an unvoiced run between the two lengths, or a short one at
     an end of the clip)."""
     level = np.asarray(level_db, np.float64)
-    voiced = level > np.percentile(level, 95) - voiced_db
+    lo, hi = np.percentile(level, [5, 95])
+    voiced = level > max(hi - voiced_db, lo + floor_fraction * (hi - lo))
     inside, silence = voiced.copy(), np.zeros_like(voiced)
     T = len(level)
     for s, e in _runs(~voiced):

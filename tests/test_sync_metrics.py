@@ -97,6 +97,15 @@ def test_speech_masks_pauses_and_silences():
     assert not silence[20:24].any() and not silence[10:20].any()
 
 
+def test_speech_masks_noise_floor_close_to_the_speech():
+    # GRID-like: a noise floor only 25 dB under the speech; the 30 dB rule alone would call it all voiced
+    rng = np.random.default_rng(3)
+    level = np.concatenate([-42 + 1.5 * rng.standard_normal(12), -17 + 2 * rng.standard_normal(50),
+                            -42 + 1.5 * rng.standard_normal(13)])
+    inside, silence = sm.speech_masks(level, 25.0)
+    assert silence[:12].all() and silence[62:].all() and inside[12:62].all() and not silence[12:62].any()
+
+
 def test_closure_recall_and_open_in_silence():
     real = np.array([0.0, 0.0, 0.2, 0.2, 0.0, 0.0, 0.2, 0.2, 0.0, 0.0])
     thr = sm.closed_threshold(real)
