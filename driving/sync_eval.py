@@ -276,14 +276,14 @@ def _fmt(v) -> str:
 def format_table(result: dict) -> str:
     """The printed summary: one row per video and method, then the means."""
     keys = ("corr_lag0", "corr_best", "best_lag", "lmd", "lmd_centered", "amplitude_ratio", "closure_recall",
-            "open_in_silence")
-    heads = ("r lag0", "r best", "lag", "LMD", "LMD-c", "ampl", "closure", "open-sil")
+            "closed_when_open", "open_in_silence")
+    heads = ("r lag0", "r best", "lag", "LMD", "LMD-c", "ampl", "closure", "cl-open", "open-sil")
     lines = [f"{'video':<20} {'method':<10} " + " ".join(f"{h:>8}" for h in heads)]
     rows = [(stem, v["methods"]) for stem, v in result["videos"].items()] + [("mean", result["total"])]
     for stem, methods in rows:
         for m in METHODS:
             f = methods[m]
-            cells = [f"{f['best_lag']:>8d}" if k == "best_lag" and stem != "mean" else f"{_fmt(f[k]):>8}" for k in keys]
+            cells = [f"{f[k]:>8d}" if k == "best_lag" and stem != "mean" else f"{_fmt(f[k]):>8}" for k in keys]
             lines.append(f"{stem:<20} {m:<10} " + " ".join(cells))
     lines.append(f"wrote {result['out']}/metrics.json ({len(result['videos'])} videos, {result['seconds']:.0f} s)")
     return "\n".join(lines)

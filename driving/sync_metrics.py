@@ -32,6 +32,8 @@ inter-ocular distance (IOD: outer eye corners 33 and 263), so the two faces may 
   a stop closure is quiet); silence = unvoiced runs of at least ``min_silence_s`` (0.2 s), clip ends included.
 * **Closure recall**: of the frames inside speech where the real speaker's lips are closed, the share where
   the avatar's are closed too (NaN when the real speaker never closes them inside speech).
+* **Closed when open**: of the frames inside speech where the real speaker's lips are open, the share where
+  the avatar's are closed (a mouth that never opens has closure recall 1 and this 1 too).
 * **Open in silence**: of the silence frames, the share where the avatar's lips are open.
 """
 
@@ -200,6 +202,15 @@ def closure_recall(real_opening: np.ndarray, avatar_opening: np.ndarray, inside_
     return (float((av[closed] < threshold).mean()) if n else math.nan), n
 
 
+def closed_when_open(real_opening: np.ndarray, avatar_opening: np.ndarray, inside_speech: np.ndarray,
+                     threshold: float) -> float:
+    """Share of the real speaker's open frames inside speech where the avatar's lips are closed (NaN when
+    there are none).  Openings [T] IOD units, NaN frames ignored."""
+    real, av = np.asarray(real_opening, np.float64), np.asarray(avatar_opening, np.float64)
+    ok = np.isfinite(real) & np.isfinite(av) & np.asarray(inside_speech, bool) & (real >= threshold)
+    return float((av[ok] < threshold).mean()) if ok.any() else math.nan
+
+
 def open_in_silence(avatar_opening: np.ndarray, silence: np.ndarray, threshold: float) -> tuple[float, int]:
     """(share of the silence frames where the avatar's lips are open, how many silence frames); NaN share
     when there are none."""
@@ -217,7 +228,7 @@ def sync_metrics(real_landmarks: np.ndarray, avatar_landmarks: np.ndarray, level
     frame (dB); fps: frames per second.  Returns a JSON-ready dict (NaN where a figure is undefined):
     ``corr_lag0``, ``corr_best``, ``best_lag`` (frames; > 0: the avatar is late), ``corr_by_lag``
     ({lag: r}), ``lmd``, ``lmd_centered`` (IOD units), ``amplitude_ratio``, ``real_std``, ``avatar_std``
-    (IOD units), ``closure_recall`` (with ``closure_frames``), ``open_in_silence`` (with
+    (IOD units), ``closure_recall`` (with ``closure_frames``), ``closed_when_open``, ``open_in_silence`` (with
     ``silence_frames``), ``closed_threshold`` (IOD units), ``frames`` (compared)."""
     ok = both_valid(real_landmarks, avatar_landmarks)
     if len(level_db) != len(ok):
@@ -237,12 +248,13 @@ def sync_metrics(real_landmarks: np.ndarray, avatar_landmarks: np.ndarray, level
             "lmd_centered": lip_landmark_distance(real_landmarks, avatar_landmarks, remove_mean_shape=True),
             "amplitude_ratio": av_std / real_std if real_std > 1e-12 else math.nan,
             "real_std": real_std, "avatar_std": av_std, "closure_recall": recall, "closure_frames": n_closed,
+            "closed_when_open": closed_when_open(real, av, inside, thr),
             "open_in_silence": ois, "silence_frames": n_silence, "closed_threshold": thr, "frames": int(ok.sum())}
 
 
 #: The figures averaged into totals (the others are counts or details).
 SUMMARY_KEYS = ("corr_lag0", "corr_best", "best_lag", "lmd", "lmd_centered", "amplitude_ratio", "closure_recall",
-                "open_in_silence")
+                "closed_when_open", "open_in_silence")
 
 
 def mean_metrics(per_video: list[dict]) -> dict:

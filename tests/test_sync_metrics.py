@@ -117,6 +117,9 @@ def test_closure_recall_and_open_in_silence():
     assert n == 4 and recall == pytest.approx(3 / 4)
     silence = np.zeros(10, bool)
     silence[-4:] = True
+    # real open inside speech: frames 2, 3, 6, 7; the avatar is closed in none of them
+    assert sm.closed_when_open(real, av, inside, thr) == 0.0
+    assert sm.closed_when_open(real, np.zeros(10), inside, thr) == 1.0  # a mouth that never opens
     ois, n = sm.open_in_silence(av, silence, thr)
     assert n == 4 and ois == pytest.approx(1.0)
     assert math.isnan(sm.closure_recall(np.full(10, 0.2), av, inside, thr)[0])
@@ -137,7 +140,7 @@ def test_sync_metrics_perfect_copy_and_static_mouth():
     assert copy["open_in_silence"] == 0.0 and copy["silence_frames"] == 10 and copy["frames"] == 75
     static = sm.sync_metrics(real, face(np.full(75, 0.06)), level, fps)
     assert static["corr_lag0"] == 0.0 and static["amplitude_ratio"] == pytest.approx(0.0, abs=1e-9)
-    assert static["closure_recall"] == 0.0 and static["open_in_silence"] == 1.0
+    assert static["closure_recall"] == 0.0 and static["open_in_silence"] == 1.0 and static["closed_when_open"] == 0.0
     assert static["lmd_centered"] > copy["lmd_centered"] + 0.003  # 10 of the 40 lip points move
 
 
