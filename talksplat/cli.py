@@ -6,6 +6,7 @@ modules they call.  Errors the user can fix end as one line on stderr and a non-
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -41,6 +42,7 @@ Bench = Union[
     Annotated[BenchLoadConfig, tyro.conf.subcommand("load")],
 ]
 
+@dataclasses.dataclass
 class _NoEval:
     """Never parsed: a hidden second member, so that `eval` stays a group while `sync` is its only command (a
     one-member Union is the member itself, and tyro would make `eval` the command)."""

@@ -110,9 +110,12 @@ def test_eval_sync_on_the_readme_avatar(user_dir, shared_data):
         for f in v["methods"].values():
             assert keys <= set(f) and f["frames"] >= 60 and -3 <= f["best_lag"] <= 3
     total = m["total"]
-    # THRESHOLDS
-    assert total["predictor"]["corr_best"] > total["mean"]["corr_best"] + 0.1
-    assert total["predictor"]["amplitude_ratio"] > total["mean"]["amplitude_ratio"]
+    # measured (bbaf2n avatar, these two clips): predictor r = 0.54 / 0.83 at lag 0, the static mouth about 0
+    # (-0.00 / -0.00; 0.15 / 0.09 at its best lag); amplitude ratio 0.56 / 0.53 vs 0.03
+    assert total["predictor"]["corr_lag0"] > 0.35
+    assert total["predictor"]["corr_lag0"] > total["mean"]["corr_lag0"] + 0.25
+    assert total["predictor"]["corr_best"] > total["mean"]["corr_best"] + 0.2
+    assert total["predictor"]["amplitude_ratio"] > 3 * total["mean"]["amplitude_ratio"]
 
 
 def test_readme_run_commands(user_dir):
