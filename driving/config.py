@@ -90,3 +90,38 @@ class DriveConfig(ProcessOptions):
     """Random seed (idle motion, blink times) (at least 0)."""
     quiet: bool = False
     """No progress display."""
+
+
+@dataclass
+class SyncEvalConfig(ProcessOptions):
+    """Lip sync of a fitted avatar measured against real speakers: `talksplat eval sync AVATAR VIDEO... --out DIR`.
+
+    Each VIDEO is a real recording of someone speaking (any speaker).  The avatar is driven by its audio (the
+    fit's predictor) and, as baselines, by the audio's loudness envelope alone and by nothing (the mean
+    expression); FaceMesh runs on the renders and on the video, and DIR/metrics.json gets per video and method
+    the mouth-opening correlation (lag 0 and best lag within --max-lag), lip landmark distance, amplitude
+    ratio, closure recall and open-in-silence rate, and their means."""
+
+    avatar: tyro.conf.Positional[Path]
+    """A `talksplat fit` output folder (avatar, audio predictor, tuned parameters)."""
+    videos: tyro.conf.Positional[tuple[Path, ...]]
+    """Real recordings of someone speaking (video with an audio track), each its own truth."""
+    out: Path = Path("eval-sync")
+    """Output folder: metrics.json (and, with --plot, one PNG per video)."""
+    overwrite: bool = False
+    """Replace an existing evaluation folder at --out (only one talksplat wrote, holding nothing else)."""
+    plot: bool = False
+    """Also write VIDEO-STEM.png per video: the mouth-opening curves over time (real, predictor, envelope)."""
+    max_frames: Annotated[int | None, Range(1)] = None
+    """Use only the first N frames of each video (at least 1)."""
+    max_lag: Annotated[int, Range(0, 25)] = 3
+    """Best-lag search range for the correlation, in frames either way (0 to 25)."""
+    resolution: Annotated[int, Range(64, 2048)] = 256
+    """Side of the square head renders FaceMesh reads, pixels (64 to 2048)."""
+    rig: RecordedRigSpec = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: CUDA (gsplat) when available, else the CPU rasterizer."""
+    batch: Annotated[int, Range(1, 1024)] = 8
+    """Frames posed and rendered per batch (1 to 1024)."""
+    quiet: bool = False
+    """No progress display."""

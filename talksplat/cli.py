@@ -6,6 +6,7 @@ modules they call.  Errors the user can fix end as one line on stderr and a non-
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -25,7 +26,7 @@ from talksplat.benchmarks.config import (BenchDriveConfig, BenchFitConfig, Bench
                                          BenchRenderConfig, BenchRigConfig)
 from talksplat.data_prep.config import PrepConfig
 from talksplat.demo.command import DemoConfig
-from talksplat.driving.config import DriveConfig
+from talksplat.driving.config import DriveConfig, SyncEvalConfig
 from talksplat.fit_command import FitCommandConfig
 from talksplat.render_command import RenderConfig
 from talksplat.run_command import RunConfig
@@ -41,6 +42,17 @@ Bench = Union[
     Annotated[BenchLoadConfig, tyro.conf.subcommand("load")],
 ]
 
+@dataclasses.dataclass
+class _NoEval:
+    """Never parsed: a hidden second member, so that `eval` stays a group while `sync` is its only command (a
+    one-member Union is the member itself, and tyro would make `eval` the command)."""
+
+
+Eval = Union[
+    Annotated[SyncEvalConfig, tyro.conf.subcommand("sync")],
+    Annotated[_NoEval, tyro.conf.Suppress],
+]
+
 Command = Union[
     Annotated[PrepConfig, tyro.conf.subcommand("prep")],
     Annotated[FitCommandConfig, tyro.conf.subcommand("fit")],
@@ -49,6 +61,7 @@ Command = Union[
     Annotated[DemoConfig, tyro.conf.subcommand("demo")],
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
     Annotated[ViewConfig, tyro.conf.subcommand("view")],
+    Annotated[Eval, tyro.conf.subcommand("eval", description="Evaluations: lip sync of a fitted avatar against real speakers.")],
     Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving; slowdown under CPU load.")],
 ]
 
@@ -125,6 +138,12 @@ def _wrote_drive(report: dict) -> str:
     return f"wrote {report['video']} and {report['params']}{csv}: {describe_drive(report)}"
 
 
+def _sync_table(report: dict) -> str:
+    from talksplat.driving.sync_eval import format_table
+
+    return format_table(report)
+
+
 def _wrote_files(paths: list) -> str:
     return "\n".join(f"wrote {p}" for p in paths)
 
@@ -162,6 +181,7 @@ COMMANDS: dict[type, tuple[str, Callable | str | None, bool]] = {
     DemoConfig: ("talksplat.demo.command:run_demo", _demo_text, True),
     RenderConfig: ("talksplat.render_command:run_render", _wrote_files, False),
     ViewConfig: ("talksplat.viewer.server:run_view", _view_text, True),
+    SyncEvalConfig: ("talksplat.driving.sync_eval:run_sync_eval", _sync_table, False),
     BenchRenderConfig: ("talksplat.benchmarks.render:bench_render", ROWS, False),
     BenchRigConfig: ("talksplat.benchmarks.rig:bench_rig", ROWS, False),
     BenchPrepConfig: ("talksplat.benchmarks.prep:bench_prep", ROWS, False),

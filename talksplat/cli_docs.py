@@ -233,6 +233,12 @@ def describe_config(cls: type, instance: Any = None, prefix: str = "") -> tuple[
     return args, groups
 
 
+def _suppress_markers() -> tuple[Any, ...]:
+    import tyro
+
+    return typing.get_args(tyro.conf.Suppress[int])[1:]
+
+
 def _subcommand_meta(extras: list[Any]) -> Any:
     return next((e for e in extras if type(e).__name__ == "_SubcommandConfig" or
                  (isinstance(getattr(e, "name", None), str) and hasattr(e, "description")
@@ -244,6 +250,8 @@ def walk(union: Any, path: tuple[str, ...] = ()) -> list[Subcommand]:
     out: list[Subcommand] = []
     for member in typing.get_args(union):
         tp, extras = _split_annotated(member)
+        if any(e in _suppress_markers() for e in extras):  # hidden (cli.py's placeholder keeping `eval` a group)
+            continue
         meta = _subcommand_meta(extras)
         name = getattr(meta, "name", None) or getattr(tp, "__name__", str(tp)).lower()
         explicit = getattr(meta, "description", None)

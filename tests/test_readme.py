@@ -89,6 +89,35 @@ def test_readme_more_commands(user_dir):
     assert (user_dir / "face.png").is_file()
 
 
+def test_eval_sync_on_the_readme_avatar(user_dir, shared_data):
+    """`talksplat eval sync` on the own-video block's avatar (GRID bbaf2n, --preset fast) driven by two other
+    GRID speakers' clips: metrics.json's layout, the plots, and the predictor ahead of the static mouth."""
+    from talksplat.cli import main
+
+    if not (user_dir / "avatar" / "driver.safetensors").is_file():
+        pytest.skip("needs the own-video block's avatar (test_readme_own_video_commands failed or was deselected)")
+    clips = [shared_data / "grid" / f"{c}.mpg" for c in ("lbbc2a", "sbwe5n")]
+    out = user_dir / "eval-sync"
+    assert main(["eval", "sync", str(user_dir / "avatar"), *map(str, clips), "--out", str(out), "--plot",
+                 "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".talksplat", "lbbc2a.png", "metrics.json", "sbwe5n.png"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["videos"]) == {"lbbc2a", "sbwe5n"} and set(m["total"]) == {"predictor", "envelope", "mean"}
+    keys = {"corr_lag0", "corr_best", "best_lag", "lmd", "lmd_centered", "amplitude_ratio", "closure_recall",
+            "open_in_silence"}
+    for v in m["videos"].values():
+        assert v["frames"] == 75 and set(v["methods"]) == {"predictor", "envelope", "mean"}
+        for f in v["methods"].values():
+            assert keys <= set(f) and f["frames"] >= 60 and -3 <= f["best_lag"] <= 3
+    total = m["total"]
+    # measured (bbaf2n avatar, these two clips): predictor r = 0.54 / 0.83 at lag 0, the static mouth about 0
+    # (-0.00 / -0.00; 0.15 / 0.09 at its best lag); amplitude ratio 0.56 / 0.53 vs 0.03
+    assert total["predictor"]["corr_lag0"] > 0.35
+    assert total["predictor"]["corr_lag0"] > total["mean"]["corr_lag0"] + 0.25
+    assert total["predictor"]["corr_best"] > total["mean"]["corr_best"] + 0.2
+    assert total["predictor"]["amplitude_ratio"] > 3 * total["mean"]["amplitude_ratio"]
+
+
 def test_readme_run_commands(user_dir):
     from talksplat.render.video import read_video
 

@@ -44,6 +44,7 @@ KINDS: dict[str, dict] = {
     "nerf": {"files": ("transforms.json", "transforms_train.json", "transforms_val.json", "transforms_test.json",
                        "canonical_flame_param.npz", "images/*.png", "fg_masks/*.png", "flame_param/*.npz"),
              "describe": "NeRF-style export", "signature": "transforms_train.json"},
+    "sync_eval": {"files": ("metrics.json", "*.png"), "describe": "lip-sync evaluation", "signature": "metrics.json"},
 }
 
 
