@@ -12,7 +12,9 @@ landmarks touch, so a step over hundreds of frames costs milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -46,6 +48,8 @@ class TrackingResult:
     error: np.ndarray
     error_px: np.ndarray
     history: list[float] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per phase of :func:`track` (summed over the runs of :func:`track_clip`)."""
 
     def sequence(self) -> RigSequence:
         """The tracked parameters as a :class:`RigSequence` (T frames)."""
@@ -123,70 +127,60 @@ def _matrix_to_axis_angle(R: np.ndarray) -> np.ndarray:
     return cv2.Rodrigues(np.asarray(R, np.float64))[0][:, 0]
 
 
-def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, valid: np.ndarray,
-          Ks: np.ndarray, viewmats: np.ndarray, image_sizes: list[tuple[int, int]], fit_focal: bool = False,
-          cfg: TrackingConfig | None = None, device: str | torch.device = "cpu", progress=None,
-          shape_init: np.ndarray | None = None, fit_shape: bool = True, temporal: bool = True) -> TrackingResult:
-    """Fit the rig to landmarks, all time steps at once (see :func:`track_clip` for long clips).
+class _LandmarkModel:
+    """The rig's 478 landmarks posed by :class:`RigParams`: [T, L, 3] metres.
 
-    Args:
-        landmarks: [C, T, 478, 2] pixels (undistorted), per camera and time step.
-        valid: [C, T] bool, landmarks observed.
-        Ks: [C, 3, 3] pixels (monocular with ``fit_focal``: the initial guess).
-        viewmats: [C, 4, 4] world-to-camera, OpenCV.
-        image_sizes: [(width, height)] per camera.
-        fit_focal: optimise one focal length shared by all cameras (monocular).
-        progress: optional callable(step, total).
-        shape_init: [S_rig] identity to start from (default zeros); ``fit_shape=False`` keeps it.
-        temporal: smoothness terms between consecutive time steps (off for unordered key frames).
-    """
-    cfg = cfg or TrackingConfig()
-    device = torch.device(device)
-    C, T = valid.shape
-    if landmarks.shape != (C, T, NUM_LANDMARKS, 2):
-        raise TrackingError(f"landmarks must be [C, T, {NUM_LANDMARKS}, 2], got {list(landmarks.shape)}")
-    if not valid.any():
-        raise TrackingError("no frame has landmarks")
+    Optimisation uses the landmarks posed as vertices of their own (a surface rig, cheap); reports
+    use the exact points on the posed mesh (``precise``)."""
 
-    rig = rig.to(device)
-    S = min(cfg.num_shape, rig.num_shape)
-    # Optimise on the landmarks posed as vertices of their own (cheap); report on the exact points.
-    fast = rig.surface_rig(embedding.face_idx, embedding.bary)
-    vids = embedding.vertex_ids(rig)
-    exact = rig.restricted(torch.as_tensor(vids, device=device))
-    remap = np.full(rig.num_vertices, -1, np.int64)
-    remap[vids] = np.arange(len(vids))
-    lm_tris = torch.as_tensor(remap[rig.faces.cpu().numpy()[embedding.face_idx]], device=device)  # [L, 3]
-    lm_bary = torch.as_tensor(embedding.bary, dtype=torch.float32, device=device)
+    def __init__(self, rig: HeadRig, embedding: LandmarkEmbedding, device: torch.device):
+        self.fast = rig.surface_rig(embedding.face_idx, embedding.bary)
+        vids = embedding.vertex_ids(rig)
+        self.exact = rig.restricted(torch.as_tensor(vids, device=device))
+        remap = np.full(rig.num_vertices, -1, np.int64)
+        remap[vids] = np.arange(len(vids))
+        self.tris = torch.as_tensor(remap[rig.faces.cpu().numpy()[embedding.face_idx]], device=device)  # [L, 3]
+        self.bary = torch.as_tensor(embedding.bary, dtype=torch.float32, device=device)
 
-    def landmarks3d(p: RigParams, precise: bool = False) -> torch.Tensor:
-        """[T, L, 3] metres."""
+    def __call__(self, p: RigParams, precise: bool = False) -> torch.Tensor:
         if not precise:
-            return fast(p).vertices
-        v = exact(p).vertices  # [T, K, 3]
-        return (v[:, lm_tris] * lm_bary[None, :, :, None]).sum(2)
+            return self.fast(p).vertices
+        v = self.exact(p).vertices  # [T, K, 3]
+        return (v[:, self.tris] * self.bary[None, :, :, None]).sum(2)
 
-    # --- initial rigid pose per time step: PnP of the neutral landmarks in one camera that sees it.
+
+def _neutral_landmarks(rig: HeadRig, model: _LandmarkModel, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """The neutral head's landmarks [L, 3] and its root joint [3] (metres, rig frame), float64."""
     with torch.no_grad():
-        neutral = landmarks3d(rig.zero_params(1, device=device), precise=True)[0].cpu().numpy().astype(np.float64)
+        neutral = model(rig.zero_params(1, device=device), precise=True)[0].cpu().numpy().astype(np.float64)
         root = rig.rest_joints(torch.zeros(1, rig.num_shape, device=device),
                                torch.zeros(1, rig.num_expression, device=device))[0, rig.semantic_joints["global"]]
-        root = root.cpu().numpy().astype(np.float64)
-    Ks = np.asarray(Ks, np.float64)
-    viewmats = np.asarray(viewmats, np.float64)
-    if fit_focal:
-        # The focal length that explains the first observed frames best under a rigid neutral head.
-        c0 = int(np.flatnonzero(valid.any(1))[0])
-        frames = np.flatnonzero(valid[c0])[:: max(1, int(valid[c0].sum()) // 8)][:8]
-        best = None
-        for scale in (0.6, 0.8, 1.0, 1.25, 1.6, 2.0, 2.5, 3.2):
-            K = Ks[c0].copy()
-            K[0, 0] = K[1, 1] = scale * max(image_sizes[c0])
-            err = np.mean([_pnp_init(neutral, landmarks[c0, t], K)[2] for t in frames])
-            if best is None or err < best[0]:
-                best = (err, K[0, 0])
-        Ks = Ks.copy()
-        Ks[:, 0, 0] = Ks[:, 1, 1] = best[1]
+    return neutral, root.cpu().numpy().astype(np.float64)
+
+
+def _guess_focal(neutral: np.ndarray, landmarks: np.ndarray, valid: np.ndarray, Ks: np.ndarray,
+                 image_sizes: list[tuple[int, int]]) -> np.ndarray:
+    """Ks [C, 3, 3] with the one focal length that explains the first observed frames best under a rigid
+    neutral head (PnP at eight focal lengths)."""
+    c0 = int(np.flatnonzero(valid.any(1))[0])
+    frames = np.flatnonzero(valid[c0])[:: max(1, int(valid[c0].sum()) // 8)][:8]
+    best = None
+    for scale in (0.6, 0.8, 1.0, 1.25, 1.6, 2.0, 2.5, 3.2):
+        K = Ks[c0].copy()
+        K[0, 0] = K[1, 1] = scale * max(image_sizes[c0])
+        err = np.mean([_pnp_init(neutral, landmarks[c0, t], K)[2] for t in frames])
+        if best is None or err < best[0]:
+            best = (err, K[0, 0])
+    Ks = Ks.copy()
+    Ks[:, 0, 0] = Ks[:, 1, 1] = best[1]
+    return Ks
+
+
+def _initial_poses(neutral: np.ndarray, root: np.ndarray, landmarks: np.ndarray, valid: np.ndarray,
+                   Ks: np.ndarray, viewmats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rigid head pose per time step, global_rot [T, 3] and translation [T, 3]: PnP of the neutral
+    landmarks in one camera that sees it; time steps without an observation copy the nearest one."""
+    T = valid.shape[1]
     rot0 = np.zeros((T, 3))
     trans0 = np.zeros((T, 3))
     have = np.zeros(T, bool)
@@ -210,112 +204,238 @@ def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, val
     for t in np.flatnonzero(~have):  # frames without an observation: nearest initialised frame
         n = idx[np.abs(idx - t).argmin()]
         rot0[t], trans0[t] = rot0[n], trans0[n]
+    return rot0, trans0
 
-    f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-    obs = f32(landmarks)  # [C, T, L, 2]
-    mask = f32(valid)  # [C, T]
-    iod = torch.linalg.norm(obs[:, :, OUTER_EYE_CORNERS[0]] - obs[:, :, OUTER_EYE_CORNERS[1]], dim=-1)
-    iod = torch.where(mask > 0, iod.clamp(min=1.0), torch.ones_like(iod))  # [C, T]
-    lw = _landmark_weights().to(device)
-    lw[list(FACE_OVAL)] = cfg.contour_weight
-    vm = f32(viewmats)
-    log_f = torch.tensor(math.log(Ks[0, 0, 0]), device=device, requires_grad=fit_focal)
-    Ks_t = f32(Ks)
 
-    shape = torch.zeros(S, device=device) if shape_init is None else f32(shape_init[:S]).clone()
-    shape.requires_grad_(fit_shape)
-    expr = torch.zeros(T, rig.num_expression, device=device, requires_grad=True)
-    rot = f32(rot0).requires_grad_(True)
-    trans = f32(trans0).requires_grad_(True)
-    jaw = torch.zeros(T, 3, device=device, requires_grad=True)
-    neck = torch.zeros(T, 3, device=device, requires_grad=True)
-    eyes = torch.zeros(T, 2, 3, device=device, requires_grad=True)
-    lo, hi = rig.expression_range or (None, None)
-    jaw_open_dir = torch.tensor([1.0, 0.0, 0.0], device=device)
+class _Objective:
+    """The unknowns of one tracking run (identity shape, per-frame expression, jaw, neck, eyes, head
+    pose, the focal length) and the loss: robust landmark reprojection error plus priors and
+    temporal smoothness."""
 
-    def params() -> RigParams:
-        full_shape = torch.nn.functional.pad(shape, (0, rig.num_shape - S))[None].expand(T, -1)
-        return RigParams(shape=full_shape, expression=expr, global_rot=rot, neck=neck, jaw=jaw, eyes=eyes,
-                         translation=trans)
+    def __init__(self, rig: HeadRig, model: _LandmarkModel, landmarks: np.ndarray, valid: np.ndarray,
+                 Ks: np.ndarray, viewmats: np.ndarray, rot0: np.ndarray, trans0: np.ndarray, cfg: TrackingConfig,
+                 device: torch.device, fit_focal: bool, shape_init: np.ndarray | None, fit_shape: bool,
+                 temporal: bool):
+        self.rig, self.model, self.cfg = rig, model, cfg
+        self.fit_focal, self.fit_shape, self.temporal = fit_focal, fit_shape, temporal
+        T = valid.shape[1]
+        self.T = T
+        self.S = S = min(cfg.num_shape, rig.num_shape)
+        f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+        self.obs = obs = f32(landmarks)  # [C, T, L, 2]
+        self.mask = mask = f32(valid)  # [C, T]
+        iod = torch.linalg.norm(obs[:, :, OUTER_EYE_CORNERS[0]] - obs[:, :, OUTER_EYE_CORNERS[1]], dim=-1)
+        self.iod = torch.where(mask > 0, iod.clamp(min=1.0), torch.ones_like(iod))  # [C, T]
+        self.lw = _landmark_weights().to(device)
+        self.lw[list(FACE_OVAL)] = cfg.contour_weight
+        self.vm = f32(viewmats)
+        self.log_f0 = math.log(Ks[0, 0, 0])
+        self.log_f = torch.tensor(self.log_f0, device=device, requires_grad=fit_focal)
+        self.Ks = f32(Ks)
 
-    def cameras() -> torch.Tensor:
-        if not fit_focal:
-            return Ks_t
-        K = Ks_t.clone()
-        f = log_f.exp()
+        self.shape = torch.zeros(S, device=device) if shape_init is None else f32(shape_init[:S]).clone()
+        self.shape.requires_grad_(fit_shape)
+        self.expr = torch.zeros(T, rig.num_expression, device=device, requires_grad=True)
+        self.rot = f32(rot0).requires_grad_(True)
+        self.trans = f32(trans0).requires_grad_(True)
+        self.jaw = torch.zeros(T, 3, device=device, requires_grad=True)
+        self.neck = torch.zeros(T, 3, device=device, requires_grad=True)
+        self.eyes = torch.zeros(T, 2, 3, device=device, requires_grad=True)
+        self.lo, self.hi = rig.expression_range or (None, None)
+        self.jaw_open_dir = torch.tensor([1.0, 0.0, 0.0], device=device)
+
+    def params(self) -> RigParams:
+        full_shape = torch.nn.functional.pad(self.shape, (0, self.rig.num_shape - self.S))[None].expand(self.T, -1)
+        return RigParams(shape=full_shape, expression=self.expr, global_rot=self.rot, neck=self.neck, jaw=self.jaw,
+                         eyes=self.eyes, translation=self.trans)
+
+    def cameras(self) -> torch.Tensor:
+        """Ks [C, 3, 3] with the current focal length."""
+        if not self.fit_focal:
+            return self.Ks
+        K = self.Ks.clone()
+        f = self.log_f.exp()
         K[:, 0, 0] = f
         K[:, 1, 1] = f
         return K
 
-    def data_term(precise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        uv = project(landmarks3d(params(), precise), vm, cameras())  # [C, T, L, 2]
-        d = torch.linalg.norm(uv - obs, dim=-1) / iod[..., None]  # [C, T, L] in inter-ocular units
-        s = cfg.robust_scale
+    def data_term(self, precise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(robust mean landmark error, distances [C, T, L] in inter-ocular units)."""
+        uv = project(self.model(self.params(), precise), self.vm, self.cameras())  # [C, T, L, 2]
+        d = torch.linalg.norm(uv - self.obs, dim=-1) / self.iod[..., None]  # [C, T, L] in inter-ocular units
+        s = self.cfg.robust_scale
         rho = torch.sqrt(1 + (d / s) ** 2) - 1  # ~ (d/s)^2 / 2 below s, ~ |d|/s above
-        per = (rho * lw).sum(-1) / lw.sum()
-        return (per * mask).sum() / mask.sum(), d
+        per = (rho * self.lw).sum(-1) / self.lw.sum()
+        return (per * self.mask).sum() / self.mask.sum(), d
 
-    def smooth(x: torch.Tensor, order: int) -> torch.Tensor:
-        for _ in range(order):
-            x = x[1:] - x[:-1]
-        return (x ** 2).mean() if x.shape[0] else x.sum() * 0
+    def loss(self, full: bool) -> torch.Tensor:
+        """The rigid phase's loss (landmarks, pose smoothness, focal prior), with ``full`` the priors on
+        everything else too."""
+        cfg = self.cfg
+        expr, jaw, neck, eyes, shape = self.expr, self.jaw, self.neck, self.eyes, self.shape
+        loss, _ = self.data_term()
+        if self.temporal:
+            loss = loss + cfg.w_smooth_pose * (_smooth(self.rot, 2) + 10.0 * _smooth(self.trans, 2))
+        if self.fit_focal:
+            loss = loss + cfg.w_focal * (self.log_f - self.log_f0) ** 2
+        if full:
+            loss = loss + cfg.w_shape * (shape ** 2).sum() / self.S
+            loss = loss + cfg.w_expression * (expr ** 2).sum(1).mean()
+            if self.lo is not None:
+                out = torch.relu(self.lo - expr) + torch.relu(expr - self.hi)
+                loss = loss + cfg.w_expression_bounds * (out ** 2).sum(1).mean()
+            # Jaw: mostly opening (about +x), never much backwards or sideways.
+            along = jaw @ self.jaw_open_dir
+            side = jaw - along[:, None] * self.jaw_open_dir
+            loss = loss + cfg.w_jaw * (along ** 2).mean() + 100 * cfg.w_jaw * (side ** 2).sum(1).mean()
+            loss = loss + 10 * cfg.w_jaw * torch.relu(-along - 0.02).pow(2).mean()
+            loss = loss + cfg.w_neck * (neck ** 2).sum(1).mean()
+            loss = loss + cfg.w_eyes * (eyes ** 2).sum((1, 2)).mean()
+            loss = loss + cfg.w_eyes * 10 * ((eyes[:, 0] - eyes[:, 1]) ** 2).sum(1).mean()
+            if self.temporal:
+                loss = loss + cfg.w_smooth_expression * (_smooth(expr, 1) + _smooth(jaw, 1) + _smooth(eyes, 1))
+        return loss
 
+    def rigid_groups(self) -> list[dict]:
+        """Adam groups of the rigid phase: head pose (and the focal length)."""
+        lr = self.cfg.lr
+        return [{"params": [self.rot, self.trans], "lr": lr}] + (
+            [{"params": [self.log_f], "lr": lr / 2}] if self.fit_focal else [])
+
+    def full_groups(self) -> list[dict]:
+        """Adam groups of the full phase: the rigid ones, the per-frame units (and the identity)."""
+        lr = self.cfg.lr
+        return (self.rigid_groups() + [{"params": [self.expr, self.jaw, self.neck, self.eyes], "lr": lr}]
+                + ([{"params": [self.shape], "lr": lr / 2}] if self.fit_shape else []))
+
+    @torch.no_grad()
+    def errors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean landmark distance per camera and time step on the exact surface: [C, T] in inter-ocular
+        units and [C, T] pixels."""
+        _, d = self.data_term(precise=True)
+        return (d.mean(-1)).cpu().numpy(), (d * self.iod[..., None]).mean(-1).cpu().numpy()
+
+
+def _smooth(x: torch.Tensor, order: int) -> torch.Tensor:
+    """Mean squared ``order``-th difference over time (the first axis)."""
+    for _ in range(order):
+        x = x[1:] - x[:-1]
+    return (x ** 2).mean() if x.shape[0] else x.sum() * 0
+
+
+def _optimise(objective: _Objective, groups: list[dict], iters: int, full: bool, history: list[float],
+              on_step=None) -> None:
+    """``iters`` Adam steps on ``objective.loss(full)``, the learning rates decaying linearly to 10 %
+    (settles instead of jittering); each loss appended to ``history``, ``on_step()`` after each step."""
+    opt = Adam(groups)
+    base = [g["lr"] for g in groups]
+    for i in range(iters):
+        for g, lr in zip(opt.groups, base):
+            g["lr"] = lr * (1 - 0.9 * i / max(1, iters - 1))
+        opt.zero_grad(set_to_none=True)
+        loss = objective.loss(full)
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+        if on_step is not None:
+            on_step()
+
+
+class _Phases:
+    """Wall seconds per named phase: ``with phases("rigid"): ...``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def track(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, valid: np.ndarray,
+          Ks: np.ndarray, viewmats: np.ndarray, image_sizes: list[tuple[int, int]], fit_focal: bool = False,
+          cfg: TrackingConfig | None = None, device: str | torch.device = "cpu", progress=None,
+          shape_init: np.ndarray | None = None, fit_shape: bool = True, temporal: bool = True) -> TrackingResult:
+    """Fit the rig to landmarks, all time steps at once (see :func:`track_clip` for long clips).
+
+    Phases (their wall times in ``TrackingResult.timings``): ``setup`` (the landmark model, the neutral
+    head), ``focal`` (a first focal length, monocular), ``poses`` (PnP head pose per frame), ``rigid``
+    (Adam on the head pose and focal length), ``full`` (Adam on everything), ``error`` (the final
+    landmark errors on the exact surface).
+
+    Args:
+        landmarks: [C, T, 478, 2] pixels (undistorted), per camera and time step.
+        valid: [C, T] bool, landmarks observed.
+        Ks: [C, 3, 3] pixels (monocular with ``fit_focal``: the initial guess).
+        viewmats: [C, 4, 4] world-to-camera, OpenCV.
+        image_sizes: [(width, height)] per camera.
+        fit_focal: optimise one focal length shared by all cameras (monocular).
+        progress: optional callable(step, total).
+        shape_init: [S_rig] identity to start from (default zeros); ``fit_shape=False`` keeps it.
+        temporal: smoothness terms between consecutive time steps (off for unordered key frames).
+    """
+    cfg = cfg or TrackingConfig()
+    device = torch.device(device)
+    C, T = valid.shape
+    if landmarks.shape != (C, T, NUM_LANDMARKS, 2):
+        raise TrackingError(f"landmarks must be [C, T, {NUM_LANDMARKS}, 2], got {list(landmarks.shape)}")
+    if not valid.any():
+        raise TrackingError("no frame has landmarks")
+
+    phase = _Phases()
+    with phase("setup"):
+        rig = rig.to(device)
+        model = _LandmarkModel(rig, embedding, device)
+        neutral, root = _neutral_landmarks(rig, model, device)
+    Ks = np.asarray(Ks, np.float64)
+    viewmats = np.asarray(viewmats, np.float64)
+    if fit_focal:
+        with phase("focal"):
+            Ks = _guess_focal(neutral, landmarks, valid, Ks, image_sizes)
+    with phase("poses"):
+        rot0, trans0 = _initial_poses(neutral, root, landmarks, valid, Ks, viewmats)
+
+    objective = _Objective(rig, model, landmarks, valid, Ks, viewmats, rot0, trans0, cfg, device, fit_focal,
+                           shape_init, fit_shape, temporal)
     history: list[float] = []
     total = cfg.rigid_iters + cfg.full_iters
-    step = 0
 
-    def run(params_groups, iters: int, full: bool) -> None:
-        nonlocal step
-        opt = Adam(params_groups)
-        base = [g["lr"] for g in params_groups]
-        for i in range(iters):
-            for g, lr in zip(opt.groups, base):  # linear decay to 10 %: settles instead of jittering
-                g["lr"] = lr * (1 - 0.9 * i / max(1, iters - 1))
-            opt.zero_grad(set_to_none=True)
-            loss, _ = data_term()
-            if temporal:
-                loss = loss + cfg.w_smooth_pose * (smooth(rot, 2) + 10.0 * smooth(trans, 2))
-            if fit_focal:
-                loss = loss + cfg.w_focal * (log_f - math.log(Ks[0, 0, 0])) ** 2
-            if full:
-                loss = loss + cfg.w_shape * (shape ** 2).sum() / S
-                loss = loss + cfg.w_expression * (expr ** 2).sum(1).mean()
-                if lo is not None:
-                    out = torch.relu(lo - expr) + torch.relu(expr - hi)
-                    loss = loss + cfg.w_expression_bounds * (out ** 2).sum(1).mean()
-                # Jaw: mostly opening (about +x), never much backwards or sideways.
-                along = jaw @ jaw_open_dir
-                side = jaw - along[:, None] * jaw_open_dir
-                loss = loss + cfg.w_jaw * (along ** 2).mean() + 100 * cfg.w_jaw * (side ** 2).sum(1).mean()
-                loss = loss + 10 * cfg.w_jaw * torch.relu(-along - 0.02).pow(2).mean()
-                loss = loss + cfg.w_neck * (neck ** 2).sum(1).mean()
-                loss = loss + cfg.w_eyes * (eyes ** 2).sum((1, 2)).mean()
-                loss = loss + cfg.w_eyes * 10 * ((eyes[:, 0] - eyes[:, 1]) ** 2).sum(1).mean()
-                if temporal:
-                    loss = loss + cfg.w_smooth_expression * (smooth(expr, 1) + smooth(jaw, 1) + smooth(eyes, 1))
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
-            step += 1
-            if progress is not None:
-                progress(step, total)
+    def on_step() -> None:
+        if progress is not None:
+            progress(len(history), total)
 
-    groups = lambda: [{"params": [rot, trans], "lr": cfg.lr}] + (  # noqa: E731
-        [{"params": [log_f], "lr": cfg.lr / 2}] if fit_focal else [])
-    run(groups(), cfg.rigid_iters, full=False)
-    run(groups() + [{"params": [expr, jaw, neck, eyes], "lr": cfg.lr}]
-        + ([{"params": [shape], "lr": cfg.lr / 2}] if fit_shape else []), cfg.full_iters, full=True)
+    with phase("rigid"):
+        _optimise(objective, objective.rigid_groups(), cfg.rigid_iters, full=False, history=history,
+                  on_step=on_step)
+    with phase("full"):
+        _optimise(objective, objective.full_groups(), cfg.full_iters, full=True, history=history,
+                  on_step=on_step)
 
-    with torch.no_grad():
-        _, d = data_term(precise=True)
-        err = (d.mean(-1)).cpu().numpy()
-        err_px = (d * iod[..., None]).mean(-1).cpu().numpy()
+    with phase("error"):
+        err, err_px = objective.errors()
     err[~valid] = np.nan
     err_px[~valid] = np.nan
-    seq = RigSequence.from_params(params())
+    seq = RigSequence.from_params(objective.params())
     return TrackingResult(shape=seq.shape, params=seq.frames,
-                          focal=float(log_f.detach().exp()) if fit_focal else None, error=err, error_px=err_px,
-                          history=history)
+                          focal=float(objective.log_f.detach().exp()) if fit_focal else None, error=err,
+                          error_px=err_px, history=history, timings=phase.seconds)
+
+
+def _window_weights(s0: int, s1: int, T: int, overlap: int) -> np.ndarray:
+    """[s1 - s0] cross-fade weights of the window [s0, s1) of a T-step clip: ramps over ``overlap``
+    steps where it overlaps the previous and the next window, 1 elsewhere."""
+    n = s1 - s0
+    w = np.ones(n)
+    ramp = min(overlap, n)
+    if s0 > 0:
+        w[:ramp] = (np.arange(ramp) + 0.5) / ramp  # fade in over the overlap with the previous window
+    if s1 < T:
+        w[-ramp:] = np.minimum(w[-ramp:], (ramp - np.arange(ramp) - 0.5) / ramp)
+    return w
 
 
 def track_clip(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray, valid: np.ndarray,
@@ -327,7 +447,8 @@ def track_clip(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray
     Up to ``cfg.window`` time steps are fitted jointly.  Longer clips: identity (and focal length)
     first from up to ``cfg.keyframes`` evenly spaced frames, then overlapping windows of
     ``cfg.window`` steps with the identity fixed, cross-faded over their overlap.  Memory and the
-    cost per frame stay flat however long the clip is.
+    cost per frame stay flat however long the clip is.  ``timings``: :func:`track`'s phases summed,
+    prefixed ``keyframes_`` and ``windows_``.
     """
     cfg = cfg or TrackingConfig()
     C, T = valid.shape
@@ -358,6 +479,7 @@ def track_clip(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray
     error = np.full((C, T), np.nan, np.float32)
     error_px = np.full((C, T), np.nan, np.float32)
     history = list(key.history)
+    timings = {f"keyframes_{k}": v for k, v in key.timings.items()}
     for s0 in starts:
         s1 = min(T, s0 + cfg.window)
         if not valid[:, s0:s1].any():
@@ -366,13 +488,7 @@ def track_clip(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray
         res = track(rig, embedding, landmarks[:, s0:s1], valid[:, s0:s1], Ks, viewmats, image_sizes, False,
                     win_cfg, device, sub_progress(done), shape_init=key.shape, fit_shape=False)
         done += win_cfg.rigid_iters + win_cfg.full_iters
-        n = s1 - s0
-        w = np.ones(n)
-        ramp = min(cfg.overlap, n)
-        if s0 > 0:
-            w[:ramp] = (np.arange(ramp) + 0.5) / ramp  # fade in over the overlap with the previous window
-        if s1 < T:
-            w[-ramp:] = np.minimum(w[-ramp:], (ramp - np.arange(ramp) - 0.5) / ramp)
+        w = _window_weights(s0, s1, T, cfg.overlap)
         for k, v in res.params.items():
             params[k][s0:s1] += w.reshape((-1,) + (1,) * (v.ndim - 1)) * v
         weight[s0:s1] += w
@@ -380,6 +496,8 @@ def track_clip(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray
         error[:, s0:s1] = np.where(better, res.error, error[:, s0:s1])
         error_px[:, s0:s1] = np.where(better, res.error_px, error_px[:, s0:s1])
         history += res.history
+        for k, v in res.timings.items():
+            timings[f"windows_{k}"] = timings.get(f"windows_{k}", 0.0) + v
     # Time steps no window covered with an observation: hold the nearest covered one.
     covered = np.flatnonzero(weight > 0)
     for k in params:
@@ -388,4 +506,4 @@ def track_clip(rig: HeadRig, embedding: LandmarkEmbedding, landmarks: np.ndarray
             params[k][t] = params[k][covered[np.abs(covered - t).argmin()]]
     # Axis-angle blends are fine for the small differences between overlapping windows' estimates.
     return TrackingResult(shape=key.shape, params=params, focal=key.focal, error=error, error_px=error_px,
-                          history=history)
+                          history=history, timings=timings)

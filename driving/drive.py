@@ -2,7 +2,7 @@
 
 Audio -> predictor -> rig parameters (written to OUT.npz for other tools and `talksplat view
 --params`, with the audio as OUT.wav) -> rendered in batches ->
-encoded by ffmpeg in a second thread (`talksplat.render.video.write_frames`: rendering and encoding
+encoded by ffmpeg in a second thread (`talksplat.render.video.frame_pipeline`: rendering and encoding
 overlap; a bounded queue keeps memory flat, so hours of audio work) -> AAC audio muxed -> renamed into place when complete.
 """
 
@@ -193,9 +193,9 @@ def run_drive(cfg: DriveConfig) -> dict:
 def _run_drive(cfg: DriveConfig) -> dict:
     from talksplat.avatar.render import render_avatar
     from talksplat.core.files import atomic_write, scratch_dir
-    from talksplat.core.progress import progress_bar, show_progress
+    from talksplat.core.progress import Bars
     from talksplat.render.device import pick_device
-    from talksplat.render.video import VideoWriter, write_frames
+    from talksplat.render.video import frame_pipeline
 
     from .audio import load_audio, synthesize_speech
     from .arkit_csv import check_arkit_rig, csv_path, write_arkit_csv
@@ -228,28 +228,20 @@ def _run_drive(cfg: DriveConfig) -> dict:
         rig, avatar = rig.to(device), avatar.to(device)
         viewmat, K, background = viewmat.to(device), K.to(device), background.to(device)
 
-        def rendered():
-            """[H, W, 3] uint8 frames, rendered in batches of ``cfg.batch`` on ``device``."""
-            for s in range(0, T, cfg.batch):
+        with Bars(cfg.quiet, transient=True) as bars, \
+                frame_pipeline(video_out, cfg.resolution, cfg.resolution, fps=cfg.fps, audio_path=mux,
+                               shortest=False, queue_size=2 * cfg.batch) as video:
+            advance, _ = bars.task("drive", T)
+            for s in range(0, T, cfg.batch):  # rendered in batches of cfg.batch on device, encoded on a thread
                 e = min(T, s + cfg.batch)
                 with torch.no_grad():
                     colors, alphas, _ = render_avatar(avatar, rig, seq[s:e].to_params(device), viewmat[None], K[None],
                                                       cfg.resolution, cfg.resolution)
                     out = colors[:, 0] + (1 - alphas[:, 0]) * background[None]
-                    yield from (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-                if progress is not None:
-                    progress.update(task, completed=e)
-
-        progress = progress_bar(transient=True) if show_progress(cfg.quiet) else None
-        if progress is not None:
-            task = progress.add_task("drive", total=T)
-            progress.start()
-        try:
-            write_frames(VideoWriter(video_out, cfg.resolution, cfg.resolution, fps=cfg.fps, audio_path=mux,
-                                     shortest=False), rendered(), queue_size=2 * cfg.batch)
-        finally:
-            if progress is not None:
-                progress.stop()
+                    frames = (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+                for frame in frames:
+                    video.write(frame)
+                advance(e - s)
         with atomic_write(wav) as t:
             shutil.copyfile(mux, t)
         seq.extras["audio"] = np.asarray(wav.name)  # beside fps: what `talksplat view --params` plays

@@ -132,47 +132,98 @@ class VideoWriter:
         self.close(ok=exc_type is None)
 
 
-def write_frames(writer: VideoWriter, frames: Iterable[np.ndarray], queue_size: int = 16) -> int:
-    """Encode ``frames`` into ``writer`` on a background thread while the caller's thread produces them.
+class FramePipeline:
+    """Context manager encoding frames on a background thread while the caller's thread produces them.
 
-    The producer (``frames``, e.g. a generator that renders batches on the GPU or the CPU) runs on the calling
-    thread; a thread named ``talksplat-encode`` feeds the frames ([H, W, 3] uint8 or float in [0, 1]) to ffmpeg
-    through a queue of ``queue_size`` frames, so rendering and encoding overlap and memory stays bounded.  The
-    writer is closed here: renamed into place when every frame went through, removed when the producer or the
-    encoder raised (Ctrl-C included); the first error is re-raised.  Returns the number of frames written.
+    Usage::
+
+        with frame_pipeline("out.mp4", width, height, fps=25, audio_path=wav) as out:
+            for frame in render():        # on this thread: [H, W, 3] uint8 (or float in [0, 1])
+                out.write(frame)          # queued; a thread named ``talksplat-encode`` feeds ffmpeg
+
+    Rendering and encoding overlap, and the queue of ``queue_size`` frames keeps memory bounded.  An
+    encoder error (a wrong frame size, ffmpeg stopping) is raised on the caller's thread, by the next
+    ``write`` or on leaving the block.  Leaving the block closes the :class:`VideoWriter`: the file is
+    renamed into place when every frame went through, removed when the caller or the encoder raised
+    (Ctrl-C included), so nothing half-written is left under the target's name.
     """
-    pending: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
-    failure: list[BaseException] = []
 
-    def encode() -> None:
+    def __init__(self, writer: VideoWriter, queue_size: int = 16):
+        self.writer = writer
+        self._pending: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self._failure: list[BaseException] = []
+        self._thread = threading.Thread(target=self._encode, name="talksplat-encode", daemon=True)
         try:
-            while (item := pending.get()) is not None:
-                writer.write(item)
-        except BaseException as e:  # noqa: BLE001 - reported by the producer's thread
-            failure.append(e)
-            while pending.get() is not None:  # keep the producer from blocking on a full queue
+            self._thread.start()
+        except BaseException:
+            writer.close(ok=False)
+            raise
+        self._closed = False
+
+    def _encode(self) -> None:
+        try:
+            while (item := self._pending.get()) is not None:
+                self.writer.write(item)
+        except BaseException as e:  # noqa: BLE001 - reported on the producer's thread
+            self._failure.append(e)
+            while self._pending.get() is not None:  # keep the producer from blocking on a full queue
                 pass
 
-    thread = threading.Thread(target=encode, name="talksplat-encode", daemon=True)
-    thread.start()
-    ok = False
-    try:
+    @property
+    def frames(self) -> int:
+        """Frames encoded so far (all of them once the block is left)."""
+        return self.writer.frames
+
+    def write(self, frame: np.ndarray) -> None:
+        """Queue one frame for the encoder (blocks while the queue is full); raises the encoder's error."""
+        if self._failure:
+            raise self._failure[0]
+        self._pending.put(frame)
+
+    def close(self, ok: bool = True) -> None:
+        """Wait for the encoder and finish the file (``ok`` and no encoder error) or remove it; raises the
+        encoder's error when ``ok``; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not ok:  # drop what is queued: the encoder must not work through it
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        self._pending.get_nowait()
+            self._pending.put(None)
+            self._thread.join()
+        finally:
+            self.writer.close(ok=ok and not self._failure)
+        if ok and self._failure:
+            raise self._failure[0]
+
+    def __enter__(self) -> "FramePipeline":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+
+def frame_pipeline(path: str | os.PathLike, width: int, height: int, fps: float = 25.0, crf: int = 10,
+                   audio_path: str | os.PathLike | None = None, shortest: bool = True,
+                   queue_size: int = 16) -> FramePipeline:
+    """A :class:`FramePipeline` into a new :class:`VideoWriter` (same arguments)."""
+    return FramePipeline(VideoWriter(path, width, height, fps=fps, crf=crf, audio_path=audio_path,
+                                     shortest=shortest), queue_size=queue_size)
+
+
+def write_frames(writer: VideoWriter, frames: Iterable[np.ndarray], queue_size: int = 16) -> int:
+    """Encode ``frames`` into ``writer`` through a :class:`FramePipeline`: the producer (``frames``, e.g. a
+    generator that renders batches on the GPU or the CPU) runs on the calling thread, the encoder on
+    another.  The writer is closed here: renamed into place when every frame went through, removed when
+    the producer or the encoder raised (Ctrl-C included); the first error is re-raised.  Returns the
+    number of frames written.
+    """
+    with FramePipeline(writer, queue_size=queue_size) as out:
         for frame in frames:
-            if failure:
-                break
-            pending.put(frame)
-        ok = not failure
-    finally:
-        if not ok:  # drop what is queued: the encoder must not work through it
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    pending.get_nowait()
-        pending.put(None)
-        thread.join()
-        writer.close(ok=ok and not failure)
-    if failure:
-        raise failure[0]
-    return writer.frames
+            out.write(frame)
+    return out.frames
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:

@@ -84,7 +84,7 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     from talksplat.core.outputs import check_output_file
     from talksplat.render.camera import framing_camera
     from talksplat.render.device import pick_device
-    from talksplat.render.video import VideoWriter, to_uint8, write_frames
+    from talksplat.render.video import frame_pipeline, to_uint8
     from talksplat.rigs import load_rig
 
     suffix = cfg.out.suffix.lower()
@@ -121,24 +121,13 @@ def run_render(cfg: RenderConfig) -> list[Path]:
         return to_uint8(colors[0, 0])
 
     if suffix == ".mp4":
-        from talksplat.core.progress import progress_bar, show_progress
+        from talksplat.core.progress import Bars
 
-        bar = progress_bar(transient=True) if show_progress() else None
-
-        def turntable():
-            task = bar.add_task("turntable", total=cfg.frames) if bar is not None else None
+        with Bars(transient=True) as bars, frame_pipeline(cfg.out, W, H, fps=cfg.fps) as video:
+            advance, _ = bars.task("turntable", cfg.frames)
             for i in range(cfg.frames):
-                yield frame(360.0 * i / cfg.frames)
-                if bar is not None:
-                    bar.advance(task)
-
-        if bar is not None:
-            bar.start()
-        try:
-            write_frames(VideoWriter(cfg.out, W, H, fps=cfg.fps), turntable())
-        finally:
-            if bar is not None:
-                bar.stop()
+                video.write(frame(360.0 * i / cfg.frames))
+                advance()
         return [cfg.out]
 
     for yaw, path in zip(cfg.yaw, outputs):

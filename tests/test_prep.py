@@ -96,6 +96,9 @@ def test_grid_clip_end_to_end(grid_dataset):
     assert ds.meta["rig"]["checksum"] == load_rig("open").checksum
     assert ds.meta["monocular"] and ds.meta["focal_px"] > 0
     assert set(ds.meta["timings_s"]) >= {"decode", "landmarks", "tracking", "masks"}
+    # The stages' wall times, in order.
+    assert list(rep.stage_seconds) == ["inputs", "audio", "landmarks", "tracking", "frames", "metadata"]
+    assert all(v >= 0 for v in rep.stage_seconds.values()) and "tracking " in rep.describe()
 
 
 def test_grid_mouth_moves_with_speech(grid_dataset):

@@ -87,3 +87,30 @@ def test_write_frames_encoder_failure_is_raised_on_the_callers_thread(tmp_path):
     with pytest.raises(ValueError, match="expected"):
         write_frames(VideoWriter(tmp_path / "y.mp4", 48, 32), produce(), queue_size=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_frame_pipeline_context_manager(tmp_path):
+    import threading
+
+    from talksplat.render.video import frame_pipeline
+
+    path = tmp_path / "ctx.mp4"
+    with frame_pipeline(path, 48, 32, fps=10, queue_size=2) as out:
+        for f in _bars(12):
+            out.write(f)
+        assert not path.exists()  # renamed into place only when the block is left
+    assert out.frames == 12 and len(read_video(path)[0]) == 12
+    assert not any(t.name == "talksplat-encode" for t in threading.enumerate())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx.mp4"]
+
+    # an encoder error is raised on the caller's thread (at the latest on leaving) and leaves nothing
+    with pytest.raises(ValueError, match="expected"):
+        with frame_pipeline(tmp_path / "bad.mp4", 48, 32) as out:
+            out.write(np.zeros((16, 16, 3), np.uint8))
+    # an error of the caller's leaves nothing either
+    with pytest.raises(RuntimeError):
+        with frame_pipeline(tmp_path / "stop.mp4", 48, 32) as out:
+            for f in _bars(3):
+                out.write(f)
+            raise RuntimeError("stop")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx.mp4"]
