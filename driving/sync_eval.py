@@ -191,7 +191,7 @@ def run_sync_eval(cfg: SyncEvalConfig) -> dict:
 def _run(cfg: SyncEvalConfig, infos: list) -> dict:
     from talksplat.core.files import commit_dir, make_partial_dir, write_json
     from talksplat.core.outputs import write_marker
-    from talksplat.core.progress import progress_bar, show_progress
+    from talksplat.core.progress import Bars
     from talksplat.render.device import pick_device
 
     from .audio import frame_rms, load_audio
@@ -206,18 +206,14 @@ def _run(cfg: SyncEvalConfig, infos: list) -> dict:
     fit.tracked.validate(rig)
     device = pick_device(cfg.device)
     render_rig, avatar = rig.to(device), avatar.to(device)
-    progress = progress_bar(transient=True) if show_progress(cfg.quiet) else None
-    if progress is not None:
-        task = progress.add_task("eval sync", total=len(infos) * (1 + len(METHODS)))
-        progress.start()
     videos, curves = {}, {}
-    try:
+    with Bars(cfg.quiet, transient=True) as bars:
+        advance, _ = bars.task("eval sync", len(infos) * (1 + len(METHODS)))
         for info in infos:
             video, fps = info.path, info.fps
             real = real_landmarks(video, fps, cfg.max_frames)
             T = len(real)
-            if progress is not None:
-                progress.advance(task)
+            advance()
             wave = load_audio(video)
             rms = frame_rms(wave)  # 10 ms steps
             level = sm.frame_levels_db(rms, 0.01, fps, T)
@@ -236,15 +232,11 @@ def _run(cfg: SyncEvalConfig, infos: list) -> dict:
                 methods[name] = {**sm.sync_metrics(real, lm, level, fps, cfg.max_lag),
                                  "avatar_face_frames": found}
                 openings[name] = sm.mouth_opening(lm)
-                if progress is not None:
-                    progress.advance(task)
+                advance()
             _, silence = sm.speech_masks(level, fps)
             videos[video.stem] = {"video": str(video), "frames": T, "fps": fps,
                                   "real_face_frames": int(np.isfinite(real).all((1, 2)).sum()), "methods": methods}
             curves[video.stem] = ({k: openings[k] for k in ("real", "predictor", "envelope")}, fps, silence)
-    finally:
-        if progress is not None:
-            progress.stop()
     total = {m: sm.mean_metrics([v["methods"][m] for v in videos.values()]) for m in METHODS}
     result = {"avatar": str(avatar_file), "settings": {"resolution": cfg.resolution, "max_lag": cfg.max_lag,
                                                        "max_frames": cfg.max_frames, "pose": "still",
