@@ -169,13 +169,17 @@ class Driver:
 
     @torch.no_grad()
     def predict_normalised(self, wave: np.ndarray, fps: float, num_frames: int, chunk_s: float = 60.0,
-                           context_s: float = 2.0) -> np.ndarray:
+                           context_s: float = 2.0, visemes: np.ndarray | None = None) -> np.ndarray:
         """[N] loudness-normalised 16 kHz samples -> [num_frames, dim] standardised outputs.
 
         Long audio is processed in chunks of ``chunk_s`` seconds with ``context_s`` of context on each
-        side, so memory stays bounded and chunk borders are seamless."""
+        side, so memory stays bounded and chunk borders are seamless.  A phonetic encoder takes
+        ``visemes`` ([N // 160 + 1, 30], e.g. from the text that was spoken) or recognises the speech."""
         enc = self.encoder
         sr = SAMPLE_RATE
+        track = None
+        if hasattr(enc, "visemes"):  # recognise once over the whole recording; chunks slice it
+            track = torch.as_tensor(visemes, dtype=torch.float32) if visemes is not None else enc.visemes(wave)
         out = np.zeros((num_frames, self.layout.dim), np.float32)
         step = max(1, int(chunk_s * fps))
         for f0 in range(0, num_frames, step):
@@ -183,20 +187,25 @@ class Driver:
             s0 = max(0, int((f0 / fps - context_s) * sr))
             s1 = min(len(wave), int((f1 / fps + context_s) * sr))
             piece = torch.from_numpy(np.asarray(wave[s0:s1], np.float32))
-            feats = enc.encode(piece)
+            if track is None:
+                feats = enc.encode(piece)
+            else:
+                r0 = int(round(s0 / enc.hop))
+                feats = enc.encode(piece, visemes=track[r0:r0 + enc.num_frames(len(piece))])
             q = (torch.arange(f0, f1, dtype=torch.float32) / fps - s0 / sr) * enc.rate
             out[f0:f1] = self.model(feats[None], q[None])[0].numpy()
         return out
 
     def predict(self, wave: np.ndarray, fps: float | None = None, num_frames: int | None = None,
-                close_in_silence: bool = True) -> dict[str, np.ndarray]:
+                close_in_silence: bool = True, visemes: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """[N] loudness-normalised 16 kHz samples -> {"expression": [T, E], "jaw": [T, 3]} (rig units).
 
-        ``num_frames`` defaults to round(duration * fps): the video lasts as long as the audio."""
+        ``num_frames`` defaults to round(duration * fps): the video lasts as long as the audio.
+        ``visemes``: known visemes for a phonetic predictor (see :meth:`predict_normalised`)."""
         fps = fps or self.fps
         if num_frames is None:
             num_frames = max(1, int(round(len(wave) / SAMPLE_RATE * fps)))
-        y = self.predict_normalised(wave, fps, num_frames) * self.std + self.mean
+        y = self.predict_normalised(wave, fps, num_frames, visemes=visemes) * self.std + self.mean
         if close_in_silence:
             g = silence_gate(wave, fps, num_frames)[:, None]
             y = g * self.rest[None] + (1 - g) * y

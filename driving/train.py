@@ -71,6 +71,8 @@ class WindowSampler:
         self.L = max(2, int(round(window_s * fps)))
         self.weights = np.array([len(r) for r in self.runs], np.float64)
         self.weights /= self.weights.sum()
+        # A phonetic encoder recognises the whole recording once; windows slice its track.
+        self.track = encoder.visemes(wave).numpy() if hasattr(encoder, "visemes") else None
 
     def sample(self):
         rng = self.rng
@@ -97,7 +99,17 @@ class WindowSampler:
                 seg = seg + torch.randn(len(seg), generator=None) * rms * 10 ** (-rng.uniform(10, 40) / 20)
             if rng.random() < 0.8:
                 warp = rng.uniform(0.85, 1.18)
-        feats = self.enc.encode(seg, warp=warp)
+        if self.track is None:
+            feats = self.enc.encode(seg, warp=warp)
+        else:  # feature frame j of the (tempo-changed) window lies at a + j * hop * speed in the recording
+            Tf = self.enc.num_frames(len(seg))
+            shift = rng.integers(-2, 3) if self.augment else 0  # +-20 ms recogniser timing jitter
+            src = np.round((a + np.arange(Tf) * (self.enc.hop / SAMPLE_RATE) * speed) * self.enc.rate).astype(int) + shift
+            ok = (src >= 0) & (src < len(self.track))
+            v = np.zeros((Tf, self.track.shape[1]), np.float32)
+            v[:, ::15] = 1.0  # silence outside the recording
+            v[ok] = self.track[src[ok]]
+            feats = self.enc.encode(seg, warp=warp, visemes=torch.from_numpy(v))
         K = int(math.floor((L - 1) / speed)) + 1
         k = np.arange(K)
         targets = _interp_rows(self.Y, t0 + k * speed)
