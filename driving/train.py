@@ -152,6 +152,29 @@ def _lip_fn(geo: LipGeometry, layout: TargetLayout, mean: np.ndarray, std: np.nd
     return fn
 
 
+#: Frames of evidence a viseme's own estimate needs to outweigh the prior (the subject's mean shape).
+VISEME_PRIOR_FRAMES = 3.0
+
+
+def init_viseme_table(model: AudioToRig, enc, wave: np.ndarray, track: np.ndarray, fps: float, Y: np.ndarray,
+                      train_ids: np.ndarray) -> np.ndarray:
+    """Start the viseme head at the subject's mean standardised target per viseme (weighted by each
+    training frame's viseme weights, shrunk towards the mean shape where a viseme is rare) and the
+    temporal network's output at zero: the model begins as a viseme-to-mouth table the training then
+    corrects.  Returns the table [15, dim]."""
+    with torch.no_grad():
+        feats = enc.encode(torch.from_numpy(np.asarray(wave, np.float32)), visemes=torch.from_numpy(track))
+        query = torch.from_numpy((np.asarray(train_ids) / fps * enc.rate).astype(np.float32))
+        W = model.viseme_weights(feats[None], query[None])[0].numpy().astype(np.float64)  # [N, 15]
+        y = Y[train_ids].astype(np.float64)
+        table = (W.T @ y) / (W.sum(0)[:, None] + VISEME_PRIOR_FRAMES)  # prior: 0 = the subject's mean
+        model.viseme_head.weight.copy_(torch.from_numpy(table.T.astype(np.float32)))
+        last = model.head[-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+    return table.astype(np.float32)
+
+
 def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids: np.ndarray,
                     layout: TargetLayout, cfg: DriverConfig, geo: LipGeometry | None = None,
                     rest: np.ndarray | None = None, rig_checksum: str = "", progress=None) -> Driver:
@@ -173,7 +196,11 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
         gate = silence_gate(wave, fps, len(targets))[train_ids]
         rest = (tr[gate > 0.5].mean(0) if (gate > 0.5).sum() >= 3 else np.percentile(tr, 10, axis=0)).astype(np.float32)
     sampler = WindowSampler(wave, fps, Y, train_ids, enc, cfg.window_s, cfg.augment, rng)
-    model = AudioToRig(enc.dim, layout.dim, hidden=cfg.hidden)
+    if sampler.track is None:
+        model = AudioToRig(enc.dim, layout.dim, hidden=cfg.hidden)
+    else:
+        model = AudioToRig(enc.dim, layout.dim, hidden=cfg.hidden, visemes=(enc.dim - enc.num_visemes, enc.dim))
+        init_viseme_table(model, enc, wave, sampler.track, fps, Y, train_ids)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     lip = _lip_fn(geo, layout, mean, std) if geo is not None and cfg.lambda_lip > 0 else None
