@@ -27,7 +27,8 @@ class DriverConfig:
     steps: Annotated[int, Range(1, 10000000)] = 1000
     """Training steps (batches of audio windows) (1 to 10000000)."""
     encoder: str = "logmel"
-    """Audio features: `logmel` (built in) or `hf:DIR`, a local wav2vec2/HuBERT directory (extra `[hf]`)."""
+    """Audio features: `logmel` (built in), `phonetic` (log-mel + visemes recognised offline by pocketsphinx:
+    speaker-independent), or `hf:DIR`, a local wav2vec2/HuBERT directory (extra `[hf]`)."""
     hidden: Annotated[int, Range(1, 4096)] = 128
     """Width of the temporal network (1 to 4096)."""
     batch: Annotated[int, Range(1, 4096)] = 16

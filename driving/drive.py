@@ -190,6 +190,23 @@ def run_drive(cfg: DriveConfig) -> dict:
         return _run_drive(cfg)
 
 
+def spoken_visemes(text: str, out_wav: Path, voice: str = "en-us") -> tuple[Path, np.ndarray]:
+    """Speak ``text`` with espeak-ng into ``out_wav``; returns (the WAV, its visemes [N // 160 + 1, 30] at
+    100 frames per second, from the phonemes espeak-ng spoke)."""
+    from .audio import AudioError, write_wav
+    from .phonetic import PhoneticError, speak_with_phonemes, text_track
+
+    if not text.strip():
+        raise AudioError("--text: the text is empty")
+    try:
+        raw, rate, segs = speak_with_phonemes(text, voice)
+    except PhoneticError as e:
+        raise AudioError(f"--text: {e}") from None
+    write_wav(out_wav, raw, rate)
+    frames = int(len(raw) / rate * 100) + 1
+    return out_wav, text_track(segs, frames)
+
+
 def _run_drive(cfg: DriveConfig) -> dict:
     from talksplat.avatar.render import render_avatar
     from talksplat.core.files import atomic_write, scratch_dir
@@ -215,9 +232,16 @@ def _run_drive(cfg: DriveConfig) -> dict:
     video_out, npz, wav = output_paths(cfg.out)
     with scratch_dir("drive") as tmp:
         tmp = Path(tmp)
-        src = cfg.audio if cfg.audio is not None else synthesize_speech(cfg.text, tmp / "tts.wav", voice=cfg.voice)
+        visemes = None
+        if cfg.audio is not None:
+            src = cfg.audio
+        elif fit.driver.encoder_spec == "phonetic":  # espeak-ng tells its own phonemes: no recognition
+            src, visemes = spoken_visemes(cfg.text, tmp / "tts.wav", voice=cfg.voice)
+        else:
+            src = synthesize_speech(cfg.text, tmp / "tts.wav", voice=cfg.voice)
         wave = load_audio(src)
-        seq = predict_sequence(fit, wave, fps=cfg.fps, pose=cfg.pose, blinks=cfg.blinks, seed=cfg.seed)
+        seq = predict_sequence(fit, wave, fps=cfg.fps, pose=cfg.pose, blinks=cfg.blinks, seed=cfg.seed,
+                               visemes=visemes)
         T = len(seq)
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
         mux = _audio_for_mux(Path(src), tmp, T / cfg.fps)

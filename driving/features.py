@@ -11,6 +11,9 @@ An encoder turns a 16 kHz waveform into a feature sequence at its own frame rate
   voice or microphone, plus one absolute loudness channel (the input is loudness-normalised, so
   silence stays recognisable).  ``warp`` rescales the frequency axis (vocal-tract-length
   perturbation) for training augmentation.
+* :class:`PhoneticEncoder` (``"phonetic"``): the log-mel features plus 30 channels of visemes (what is
+  said, not who says it: :mod:`talksplat.driving.phonetic`), recognised offline by pocketsphinx or,
+  for text, taken from espeak-ng's own phoneme timings.
 * :class:`HFEncoder`: a wav2vec2 / HuBERT model from a local Hugging Face directory (``transformers``,
   the optional ``[hf]`` extra; loaded with ``local_files_only``: nothing is downloaded), its last
   hidden state at 50 Hz plus the same loudness channel.
@@ -110,6 +113,48 @@ class LogMelEncoder:
         return torch.cat([mel.clamp(-6, 6), loud[:, None]], 1)
 
 
+class PhoneticEncoder(LogMelEncoder):
+    """Log-mel + loudness + viseme one-hots at 100 frames per second: [T_f, 81 + 30].
+
+    ``encode(wave, visemes=track)`` takes a precomputed viseme track ([T_f', 30], from
+    :meth:`visemes` on a longer waveform, or from text); without it the speech is recognised."""
+
+    spec = "phonetic"
+
+    def __init__(self):
+        from .phonetic import VISEMES
+
+        super().__init__()
+        self.num_visemes = 2 * len(VISEMES)
+        self.dim = self.n_mels + 1 + self.num_visemes
+
+    def visemes(self, wave: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """[N] 16 kHz waveform -> [N // 160 + 1, 30] recognised visemes (frame ``i`` at ``i`` * 10 ms)."""
+        from .phonetic import phonetic_track
+
+        wave = np.asarray(wave.detach().cpu().numpy() if torch.is_tensor(wave) else wave, np.float32)
+        return torch.from_numpy(phonetic_track(wave, self.num_frames(len(wave)), self.rate))
+
+    def encode(self, wave: torch.Tensor, warp: float = 1.0, visemes: torch.Tensor | None = None) -> torch.Tensor:
+        """[N] 16 kHz waveform -> [N // 160 + 1, 111]; ``visemes`` [T', 30] (cropped or padded with
+        silence to the frame count) or None to recognise them from ``wave``."""
+        feats = super().encode(wave, warp)
+        v = self.visemes(wave) if visemes is None else torch.as_tensor(visemes, dtype=torch.float32)
+        v = fit_rows(v, feats.shape[0], silence=True)
+        return torch.cat([feats, v], 1)
+
+
+def fit_rows(v: torch.Tensor, rows: int, silence: bool = False) -> torch.Tensor:
+    """``v`` [T, D] cropped or padded to [rows, D]; padding rows are zeros, or with ``silence`` the
+    ``sil`` one-hot of each 15-viseme block."""
+    if v.shape[0] >= rows:
+        return v[:rows]
+    pad = v.new_zeros(rows - v.shape[0], v.shape[1])
+    if silence:
+        pad[:, ::15] = 1.0  # channel 0 of each VISEMES block is sil
+    return torch.cat([v, pad], 0)
+
+
 class HFEncoder:
     """A local wav2vec2 / HuBERT model (``transformers``): [T_f, hidden + 1] at 50 frames per second."""
 
@@ -169,9 +214,11 @@ class HFEncoder:
 
 
 def make_encoder(spec: str = "logmel", device: str | torch.device = "cpu"):
-    """``"logmel"`` or ``"hf:/path/to/dir"`` -> an encoder with ``dim``, ``rate``, ``spec``, ``encode()``."""
+    """``"logmel"``, ``"phonetic"`` or ``"hf:/path/to/dir"`` -> an encoder with ``dim``, ``rate``, ``spec``, ``encode()``."""
     if spec == "logmel":
         return LogMelEncoder()
+    if spec == "phonetic":
+        return PhoneticEncoder()
     if spec.startswith("hf:"):
         return HFEncoder(spec[3:], device=device)
-    raise EncoderError(f"unknown audio encoder '{spec}': use 'logmel' or 'hf:/path/to/local/model'")
+    raise EncoderError(f"unknown audio encoder '{spec}': use 'logmel', 'phonetic' or 'hf:/path/to/local/model'")

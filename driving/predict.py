@@ -253,14 +253,16 @@ def open_fit(path: str | os.PathLike, need_driver: bool = False, rig=None) -> Fi
 
 
 def predict_sequence(fit: FitFolder, wave: np.ndarray, fps: float = 25.0, pose: str = "replay",
-                     blinks: bool = True, seed: int = 0, num_frames: int | None = None) -> RigSequence:
+                     blinks: bool = True, seed: int = 0, num_frames: int | None = None,
+                     visemes: np.ndarray | None = None) -> RigSequence:
     """[N] loudness-normalised 16 kHz speech -> per-frame rig parameters (see the module doc), with
     the extra ``fps``.
 
-    The sequence has ``round(duration * fps)`` frames unless ``num_frames`` is given."""
+    The sequence has ``round(duration * fps)`` frames unless ``num_frames`` is given.  ``visemes``
+    ([N // 160 + 1, 30], known phones such as text's) spare a phonetic predictor its recognition."""
     if num_frames is None:
         num_frames = max(1, int(round(len(wave) / SAMPLE_RATE * fps)))
-    mouth = fit.driver.predict(wave, fps, num_frames)
+    mouth = fit.driver.predict(wave, fps, num_frames, visemes=visemes)
     motion = head_motion(pose, fit.tracked.frames, num_frames, fps, seed=seed)
     expr = mouth["expression"]
     ids = fit.driver.layout.blink_ids

@@ -56,15 +56,42 @@ class ResBlock(nn.Module):
 
 
 class AudioToRig(nn.Module):
-    """[B, T_f, D] features + [B, T] query positions (in feature frames) -> [B, T, out_dim]."""
+    """[B, T_f, D] features + [B, T] query positions (in feature frames) -> [B, T, out_dim].
+
+    With ``visemes`` (the phonetic encoder's viseme channels: a slice of the feature dimension holding
+    blocks of 15 one-hots), a linear viseme head adds, at each query, the viseme weights around it
+    (the blocks averaged over +-``viseme_width`` feature frames centred ``viseme_lead`` frames later:
+    lips anticipate the next sound) times a per-viseme table [15, out_dim]: the subject's mouth shape
+    per viseme, which the temporal network corrects."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, kernel: int = 5,
-                 dilations: tuple[int, ...] = (1, 2, 4), dropout: float = 0.1, stride: int = 2):
+                 dilations: tuple[int, ...] = (1, 2, 4), dropout: float = 0.1, stride: int = 2,
+                 visemes: tuple[int, int] | None = None, viseme_lead: int = 6, viseme_width: int = 4):
         super().__init__()
         self.stride = stride
         self.inp = nn.Conv1d(in_dim, hidden, stride, stride=stride)
         self.blocks = nn.Sequential(*[ResBlock(hidden, kernel, d, dropout) for d in dilations])
         self.head = nn.Sequential(nn.Conv1d(hidden, hidden, 3, padding=1), nn.GELU(), nn.Conv1d(hidden, out_dim, 1))
+        self.visemes, self.viseme_lead, self.viseme_width = visemes, viseme_lead, viseme_width
+        if visemes is not None:
+            self.viseme_head = nn.Linear(15, out_dim, bias=False)
+            nn.init.zeros_(self.viseme_head.weight)
+
+    def viseme_weights(self, feats: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """[B, T_f, D], [B, T] -> [B, T, 15]: the viseme weights the viseme head sees at each query."""
+        a, b = self.visemes
+        v = feats[..., a:b]
+        v = v.reshape(*v.shape[:2], -1, 15).mean(2).transpose(1, 2)  # [B, 15, T_f]
+        w = self.viseme_width
+        v = torch.nn.functional.avg_pool1d(v, 2 * w + 1, stride=1, padding=w, count_include_pad=False)
+        Tf = v.shape[-1]
+        q = (query + self.viseme_lead).clamp(0, Tf - 1)
+        i0 = q.floor().long().clamp(max=Tf - 1)
+        i1 = (i0 + 1).clamp(max=Tf - 1)
+        f = (q - i0.float())[:, None]
+        out = torch.gather(v, 2, i0[:, None].expand(-1, 15, -1)) * (1 - f) + \
+            torch.gather(v, 2, i1[:, None].expand(-1, 15, -1)) * f
+        return out.transpose(1, 2)
 
     def forward(self, feats: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         x = feats.transpose(1, 2)
@@ -79,7 +106,10 @@ class AudioToRig(nn.Module):
         idx0 = i0[:, None].expand(-1, h.shape[1], -1)
         idx1 = i1[:, None].expand(-1, h.shape[1], -1)
         hv = torch.gather(h, 2, idx0) * (1 - a) + torch.gather(h, 2, idx1) * a  # [B, H, T]
-        return self.head(hv).transpose(1, 2)
+        out = self.head(hv).transpose(1, 2)
+        if self.visemes is not None:
+            out = out + self.viseme_head(self.viseme_weights(feats, query))
+        return out
 
 
 @dataclass
@@ -169,13 +199,17 @@ class Driver:
 
     @torch.no_grad()
     def predict_normalised(self, wave: np.ndarray, fps: float, num_frames: int, chunk_s: float = 60.0,
-                           context_s: float = 2.0) -> np.ndarray:
+                           context_s: float = 2.0, visemes: np.ndarray | None = None) -> np.ndarray:
         """[N] loudness-normalised 16 kHz samples -> [num_frames, dim] standardised outputs.
 
         Long audio is processed in chunks of ``chunk_s`` seconds with ``context_s`` of context on each
-        side, so memory stays bounded and chunk borders are seamless."""
+        side, so memory stays bounded and chunk borders are seamless.  A phonetic encoder takes
+        ``visemes`` ([N // 160 + 1, 30], e.g. from the text that was spoken) or recognises the speech."""
         enc = self.encoder
         sr = SAMPLE_RATE
+        track = None
+        if hasattr(enc, "visemes"):  # recognise once over the whole recording; chunks slice it
+            track = torch.as_tensor(visemes, dtype=torch.float32) if visemes is not None else enc.visemes(wave)
         out = np.zeros((num_frames, self.layout.dim), np.float32)
         step = max(1, int(chunk_s * fps))
         for f0 in range(0, num_frames, step):
@@ -183,20 +217,25 @@ class Driver:
             s0 = max(0, int((f0 / fps - context_s) * sr))
             s1 = min(len(wave), int((f1 / fps + context_s) * sr))
             piece = torch.from_numpy(np.asarray(wave[s0:s1], np.float32))
-            feats = enc.encode(piece)
+            if track is None:
+                feats = enc.encode(piece)
+            else:
+                r0 = int(round(s0 / enc.hop))
+                feats = enc.encode(piece, visemes=track[r0:r0 + enc.num_frames(len(piece))])
             q = (torch.arange(f0, f1, dtype=torch.float32) / fps - s0 / sr) * enc.rate
             out[f0:f1] = self.model(feats[None], q[None])[0].numpy()
         return out
 
     def predict(self, wave: np.ndarray, fps: float | None = None, num_frames: int | None = None,
-                close_in_silence: bool = True) -> dict[str, np.ndarray]:
+                close_in_silence: bool = True, visemes: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """[N] loudness-normalised 16 kHz samples -> {"expression": [T, E], "jaw": [T, 3]} (rig units).
 
-        ``num_frames`` defaults to round(duration * fps): the video lasts as long as the audio."""
+        ``num_frames`` defaults to round(duration * fps): the video lasts as long as the audio.
+        ``visemes``: known visemes for a phonetic predictor (see :meth:`predict_normalised`)."""
         fps = fps or self.fps
         if num_frames is None:
             num_frames = max(1, int(round(len(wave) / SAMPLE_RATE * fps)))
-        y = self.predict_normalised(wave, fps, num_frames) * self.std + self.mean
+        y = self.predict_normalised(wave, fps, num_frames, visemes=visemes) * self.std + self.mean
         if close_in_silence:
             g = silence_gate(wave, fps, num_frames)[:, None]
             y = g * self.rest[None] + (1 - g) * y
@@ -216,6 +255,8 @@ class Driver:
                   "in_dim": self.model.inp.in_channels, "hidden": self.model.inp.out_channels,
                   "dilations": [b.conv1.dilation[0] for b in self.model.blocks],
                   "kernel": self.model.blocks[0].conv1.kernel_size[0], "stride": self.model.stride,
+                  "visemes": self.model.visemes, "viseme_lead": self.model.viseme_lead,
+                  "viseme_width": self.model.viseme_width,
                   "avatar_sha256": self.avatar_sha256, "meta": self.meta}
         path = Path(path)
         with atomic_write(path) as tmp:
@@ -259,7 +300,9 @@ def load_driver(path: str | os.PathLike, rig_checksum: str | None = None, avatar
                               tensors["fill_expression"].numpy(), list(header["blink_ids"]))
         model = AudioToRig(int(header["in_dim"]), layout.dim, hidden=int(header["hidden"]),
                            kernel=int(header["kernel"]), dilations=tuple(header["dilations"]),
-                           stride=int(header.get("stride", 1)))
+                           stride=int(header.get("stride", 1)),
+                           visemes=tuple(header["visemes"]) if header.get("visemes") else None,
+                           viseme_lead=int(header.get("viseme_lead", 6)), viseme_width=int(header.get("viseme_width", 4)))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         drv = Driver(model, layout, tensors["mean"].numpy(), tensors["std"].numpy(), tensors["rest"].numpy(),
                      str(header["encoder"]), float(header["fps"]), str(header["rig_checksum"]), header.get("meta", {}),

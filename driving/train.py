@@ -70,6 +70,8 @@ class WindowSampler:
         self.L = max(2, int(round(window_s * fps)))
         self.weights = np.array([len(r) for r in self.runs], np.float64)
         self.weights /= self.weights.sum()
+        # A phonetic encoder recognises the whole recording once; windows slice its track.
+        self.track = encoder.visemes(wave).numpy() if hasattr(encoder, "visemes") else None
 
     def sample(self):
         rng = self.rng
@@ -96,7 +98,17 @@ class WindowSampler:
                 seg = seg + torch.randn(len(seg), generator=None) * rms * 10 ** (-rng.uniform(10, 40) / 20)
             if rng.random() < 0.8:
                 warp = rng.uniform(0.85, 1.18)
-        feats = self.enc.encode(seg, warp=warp)
+        if self.track is None:
+            feats = self.enc.encode(seg, warp=warp)
+        else:  # feature frame j of the (tempo-changed) window lies at a + j * hop * speed in the recording
+            Tf = self.enc.num_frames(len(seg))
+            shift = rng.integers(-2, 3) if self.augment else 0  # +-20 ms recogniser timing jitter
+            src = np.round((a + np.arange(Tf) * (self.enc.hop / SAMPLE_RATE) * speed) * self.enc.rate).astype(int) + shift
+            ok = (src >= 0) & (src < len(self.track))
+            v = np.zeros((Tf, self.track.shape[1]), np.float32)
+            v[:, ::15] = 1.0  # silence outside the recording
+            v[ok] = self.track[src[ok]]
+            feats = self.enc.encode(seg, warp=warp, visemes=torch.from_numpy(v))
         K = int(math.floor((L - 1) / speed)) + 1
         k = np.arange(K)
         targets = _interp_rows(self.Y, t0 + k * speed)
@@ -139,6 +151,29 @@ def _lip_fn(geo: LipGeometry, layout: TargetLayout, mean: np.ndarray, std: np.nd
     return fn
 
 
+#: Frames of evidence a viseme's own estimate needs to outweigh the prior (the subject's mean shape).
+VISEME_PRIOR_FRAMES = 3.0
+
+
+def init_viseme_table(model: AudioToRig, enc, wave: np.ndarray, track: np.ndarray, fps: float, Y: np.ndarray,
+                      train_ids: np.ndarray) -> np.ndarray:
+    """Start the viseme head at the subject's mean standardised target per viseme (weighted by each
+    training frame's viseme weights, shrunk towards the mean shape where a viseme is rare) and the
+    temporal network's output at zero: the model begins as a viseme-to-mouth table the training then
+    corrects.  Returns the table [15, dim]."""
+    with torch.no_grad():
+        feats = enc.encode(torch.from_numpy(np.asarray(wave, np.float32)), visemes=torch.from_numpy(track))
+        query = torch.from_numpy((np.asarray(train_ids) / fps * enc.rate).astype(np.float32))
+        W = model.viseme_weights(feats[None], query[None])[0].numpy().astype(np.float64)  # [N, 15]
+        y = Y[train_ids].astype(np.float64)
+        table = (W.T @ y) / (W.sum(0)[:, None] + VISEME_PRIOR_FRAMES)  # prior: 0 = the subject's mean
+        model.viseme_head.weight.copy_(torch.from_numpy(table.T.astype(np.float32)))
+        last = model.head[-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+    return table.astype(np.float32)
+
+
 def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids: np.ndarray,
                     layout: TargetLayout, cfg: DriverConfig, geo: LipGeometry | None = None,
                     rest: np.ndarray | None = None, rig_checksum: str = "", progress=None) -> Driver:
@@ -160,7 +195,11 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
         gate = silence_gate(wave, fps, len(targets))[train_ids]
         rest = (tr[gate > 0.5].mean(0) if (gate > 0.5).sum() >= 3 else np.percentile(tr, 10, axis=0)).astype(np.float32)
     sampler = WindowSampler(wave, fps, Y, train_ids, enc, cfg.window_s, cfg.augment, rng)
-    model = AudioToRig(enc.dim, layout.dim, hidden=cfg.hidden)
+    if sampler.track is None:
+        model = AudioToRig(enc.dim, layout.dim, hidden=cfg.hidden)
+    else:
+        model = AudioToRig(enc.dim, layout.dim, hidden=cfg.hidden, visemes=(enc.dim - enc.num_visemes, enc.dim))
+        init_viseme_table(model, enc, wave, sampler.track, fps, Y, train_ids)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     lip = _lip_fn(geo, layout, mean, std) if geo is not None and cfg.lambda_lip > 0 else None
