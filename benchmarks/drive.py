@@ -36,7 +36,7 @@ def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0
     from talksplat.avatar import init_avatar
     from talksplat.driving.predictor import choose_layout
     from talksplat.driving.train import train_predictor
-    from talksplat.driving.config import DriverConfig
+    from talksplat.driving.config import PredictorConfig
     from talksplat.fitting import fit_folder
     from talksplat.rigs import DEFAULT_RIG, RigSequence, load_rig
 
@@ -51,7 +51,7 @@ def make_bench_fit(out: Path, per_face: int, wave: np.ndarray, fps: float = 25.0
     seq.global_rot[:, 1] = 0.05 * np.sin(2 * np.pi * 0.2 * t)
     fit_folder.write_tuned(out, seq)
     layout = choose_layout(rig, expr)
-    drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout, DriverConfig(steps=10),
+    drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout, PredictorConfig(steps=10),
                           rig_checksum=rig.checksum)
     fit_folder.write_driver(out, drv)
     return out
@@ -61,7 +61,7 @@ def bench_drive(cfg: BenchDriveConfig) -> list[dict]:
     from talksplat.driving.audio import write_wav
     from talksplat.driving.config import DriveConfig
     from talksplat.driving.drive import run_drive
-    from talksplat.driving.predict import open_fit
+    from talksplat.driving.fit_reader import open_fit
 
     rows = []
     with tempfile.TemporaryDirectory() as d:

@@ -1,4 +1,4 @@
-"""Options of `talksplat drive` (DriveConfig) and of the audio-to-rig predictor's training (DriverConfig:
+"""Options of `talksplat drive` (DriveConfig) and of the audio-to-rig predictor's training (PredictorConfig:
 `talksplat fit --driver.*`, `talksplat run --driver.*`).
 
 Torch-free: the CLI reads these for `--help` without importing the code that runs them.
@@ -18,7 +18,7 @@ from talksplat.rigs.spec import RecordedRigSpec
 
 
 @dataclass
-class DriverConfig:
+class PredictorConfig:
     """The subject's audio-to-rig predictor (expression and jaw from speech), trained on the dataset's
     audio and the tracked (or fit-tuned) parameters, with voice augmentation."""
 

@@ -216,7 +216,8 @@ def _run_drive(cfg: DriveConfig) -> dict:
 
     from .audio import load_audio, synthesize_speech
     from .arkit_csv import check_arkit_rig, csv_path, write_arkit_csv
-    from .predict import avatar_rig, fit_files, fit_paths, open_fit, predict_sequence
+    from .fit_reader import avatar_rig, fit_files, fit_paths, open_fit
+    from .animate import predict_sequence
 
     yaw, pitch = parse_camera(cfg.camera)
     background = parse_background(cfg.background, cfg.resolution)
@@ -226,7 +227,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
     rig = avatar_rig(avatar_file, cfg.rig)
     if cfg.arkit_csv:
         check_arkit_rig(rig)  # before any work: one line naming the rig's units
-    fit = open_fit(cfg.avatar, need_driver=True, rig=rig)  # the avatar checked whole before the predictor
+    fit = open_fit(cfg.avatar, need_predictor=True, rig=rig)  # the avatar checked whole before the predictor
     avatar = fit.avatar
     fit.tracked.validate(rig)  # the identity and expression sizes are the rig's (InputError naming the file)
     video_out, npz, wav = output_paths(cfg.out)
@@ -235,7 +236,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
         visemes = None
         if cfg.audio is not None:
             src = cfg.audio
-        elif fit.driver.encoder_spec == "phonetic":  # espeak-ng tells its own phonemes: no recognition
+        elif fit.predictor.encoder_spec == "phonetic":  # espeak-ng tells its own phonemes: no recognition
             src, visemes = spoken_visemes(cfg.text, tmp / "tts.wav", voice=cfg.voice)
         else:
             src = synthesize_speech(cfg.text, tmp / "tts.wav", voice=cfg.voice)

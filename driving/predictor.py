@@ -1,6 +1,6 @@
 """The audio-to-rig predictor: audio features -> expression and jaw parameters at the video frame rate.
 
-    drv = load_driver("avatar/driver.safetensors", rig_checksum=rig.checksum)
+    drv = load_predictor("avatar/driver.safetensors", rig_checksum=rig.checksum)
     out = drv.predict(wave, fps=25.0, num_frames=T)   # {"expression": [T, E], "jaw": [T, 3]}
 
 Network (:class:`AudioToRig`): a stride-2 input projection (100 -> 50 Hz for log-mel), residual
@@ -39,7 +39,7 @@ SILENCE_LEVEL = -1.5
 MIN_SILENCE_S = 0.2
 
 
-class DriverFileError(InputError):
+class PredictorFileError(InputError):
     """A driver file that is missing, not a talksplat driver, or made for another rig."""
 
 
@@ -177,7 +177,7 @@ def silence_gate(wave: np.ndarray, fps: float, num_frames: int, sample_rate: int
     return np.clip(np.convolve(np.pad(gate, 1, mode="edge"), kernel, "valid"), 0, 1)
 
 
-class Driver:
+class AudioPredictor:
     """A trained predictor with its normalisation, layout, rest pose and encoder spec."""
 
     def __init__(self, model: AudioToRig, layout: TargetLayout, mean: np.ndarray, std: np.ndarray,
@@ -264,37 +264,37 @@ class Driver:
         return path
 
 
-def load_driver(path: str | os.PathLike, rig_checksum: str | None = None, avatar: str | os.PathLike | None = None) -> Driver:
-    """Read a driver file; :class:`DriverFileError` naming the file on any problem: damaged, made for
+def load_predictor(path: str | os.PathLike, rig_checksum: str | None = None, avatar: str | os.PathLike | None = None) -> AudioPredictor:
+    """Read a driver file; :class:`PredictorFileError` naming the file on any problem: damaged, made for
     another rig (``rig_checksum``), or trained beside another avatar than the file ``avatar`` (the fit
     was redone since: a fit folder never mixes two runs)."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise DriverFileError(f"{path}: no audio predictor here (train one with `talksplat fit DATASET "
+        raise PredictorFileError(f"{path}: no audio predictor here (train one with `talksplat fit DATASET "
                               f"--out {path.parent} --driver-only`)")
     try:
         with safe_open(str(path), "pt") as f:
             header = json.loads((f.metadata() or {})["talksplat"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - any damage is one message
-        raise DriverFileError(f"{path}: not a talksplat driver file ({type(e).__name__})") from None
+        raise PredictorFileError(f"{path}: not a talksplat driver file ({type(e).__name__})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise DriverFileError(f"{path}: not a talksplat driver file (format "
+        raise PredictorFileError(f"{path}: not a talksplat driver file (format "
                               f"{header.get('format') if isinstance(header, dict) else None!r})")
     if not isinstance(header.get("version", 0), int) or header.get("version", 0) > VERSION:
-        raise DriverFileError(f"{path}: driver format version {header.get('version')} is newer than this "
+        raise PredictorFileError(f"{path}: driver format version {header.get('version')} is newer than this "
                               f"talksplat reads ({VERSION}); upgrade talksplat")
     if rig_checksum is not None and header.get("rig_checksum") != rig_checksum:
-        raise DriverFileError(f"{path}: made for another rig (checksum {str(header.get('rig_checksum'))[:12]}, "
+        raise PredictorFileError(f"{path}: made for another rig (checksum {str(header.get('rig_checksum'))[:12]}, "
                               f"loaded rig {rig_checksum[:12]})")
     if avatar is not None and header.get("avatar_sha256") and header["avatar_sha256"] != file_digest(avatar):
-        raise DriverFileError(f"{path}: trained for another avatar than {avatar} (the avatar was fitted again "
+        raise PredictorFileError(f"{path}: trained for another avatar than {avatar} (the avatar was fitted again "
                               f"since); retrain it with `talksplat fit DATASET --out {path.parent} --driver-only`")
     bad = [k for k, v in tensors.items() if v.dtype.is_floating_point and not bool(torch.isfinite(v).all())]
     if bad:
-        raise DriverFileError(f"{path}: '{bad[0]}' holds non-finite values (NaN or Inf)")
+        raise PredictorFileError(f"{path}: '{bad[0]}' holds non-finite values (NaN or Inf)")
     try:
         layout = TargetLayout(list(header["expr_ids"]), int(header["num_expression"]),
                               tensors["fill_expression"].numpy(), list(header["blink_ids"]))
@@ -304,15 +304,15 @@ def load_driver(path: str | os.PathLike, rig_checksum: str | None = None, avatar
                            visemes=tuple(header["visemes"]) if header.get("visemes") else None,
                            viseme_lead=int(header.get("viseme_lead", 6)), viseme_width=int(header.get("viseme_width", 4)))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        drv = Driver(model, layout, tensors["mean"].numpy(), tensors["std"].numpy(), tensors["rest"].numpy(),
+        drv = AudioPredictor(model, layout, tensors["mean"].numpy(), tensors["std"].numpy(), tensors["rest"].numpy(),
                      str(header["encoder"]), float(header["fps"]), str(header["rig_checksum"]), header.get("meta", {}),
                      avatar_sha256=header.get("avatar_sha256"))
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-        raise DriverFileError(f"{path}: damaged driver file ({type(e).__name__}: {' '.join(str(e).split())[:200]})") \
+        raise PredictorFileError(f"{path}: damaged driver file ({type(e).__name__}: {' '.join(str(e).split())[:200]})") \
             from None
     E = layout.num_expression
     if not (0 < drv.fps < 1e4) or drv.mean.shape != (layout.dim,) or drv.std.shape != (layout.dim,) \
             or drv.rest.shape != (layout.dim,) or layout.fill_expression.shape != (E,) \
             or not all(0 <= i < E for i in layout.expr_ids + layout.blink_ids):
-        raise DriverFileError(f"{path}: damaged driver file (statistics do not match the model's {layout.dim} outputs)")
+        raise PredictorFileError(f"{path}: damaged driver file (statistics do not match the model's {layout.dim} outputs)")
     return drv

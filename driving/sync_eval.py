@@ -6,7 +6,7 @@ For each VIDEO (a real recording of someone speaking, its own truth):
    speaker's landmarks ([T, 478, 3] px; NaN in frames without a face);
 2. its audio drives the avatar three ways, T frames each, head still at the subject's median tracked pose,
    no blinks:
-   * ``predictor``: the fit's audio predictor (:func:`talksplat.driving.predict.predict_sequence`);
+   * ``predictor``: the fit's audio predictor (:func:`talksplat.driving.animate.predict_sequence`);
    * ``envelope``: the mean tracked expression, with the jaw (rotation and the rig's ``jaw_open`` units) moved
      from the subject's tracked closed mouth (mean of its 10 % least open frames) towards its open mouth (its
      10 % most open) by the audio's smoothed loudness envelope in [0, 1];
@@ -96,7 +96,7 @@ def real_landmarks(video: Path, fps: float, max_frames: int | None) -> np.ndarra
 def baseline_sequences(fit, rig, predicted, envelope: np.ndarray) -> dict:
     """The ``envelope`` and ``mean`` sequences (see the module doc) beside ``predicted`` (same length and pose).
 
-    fit: the :class:`~talksplat.driving.predict.FitFolder`; rig: its HeadRig; predicted: RigSequence [T];
+    fit: the :class:`~talksplat.driving.fit_reader.FitFolder`; rig: its HeadRig; predicted: RigSequence [T];
     envelope: [T] in [0, 1]."""
     from .evaluate import LipGeometry
 
@@ -178,7 +178,7 @@ def run_sync_eval(cfg: SyncEvalConfig) -> dict:
     OUT/metrics.json)."""
     from talksplat.core.outputs import check_output_dir, output_lock
 
-    from .predict import fit_files, fit_paths
+    from .fit_reader import fit_files, fit_paths
 
     fit_dir, avatar_file = fit_paths(cfg.avatar)
     infos = check_inputs(cfg)
@@ -196,12 +196,13 @@ def _run(cfg: SyncEvalConfig, infos: list) -> dict:
 
     from .audio import frame_rms, load_audio
     from .drive import drive_camera
-    from .predict import avatar_rig, fit_paths, open_fit, predict_sequence
+    from .fit_reader import avatar_rig, fit_paths, open_fit
+    from .animate import predict_sequence
 
     t0 = time.perf_counter()
     _, avatar_file = fit_paths(cfg.avatar)
     rig = avatar_rig(avatar_file, cfg.rig)
-    fit = open_fit(cfg.avatar, need_driver=True, rig=rig)  # the avatar checked whole before the predictor
+    fit = open_fit(cfg.avatar, need_predictor=True, rig=rig)  # the avatar checked whole before the predictor
     avatar = fit.avatar
     fit.tracked.validate(rig)
     device = pick_device(cfg.device)

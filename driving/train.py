@@ -1,6 +1,6 @@
 """Train the subject's audio-to-rig predictor on a prepared dataset (``talksplat fit``'s second stage).
 
-    drv, metrics = train_driver_on_dataset(load_dataset("dataset/"), "avatar/", rig, DriverConfig())
+    drv, metrics = train_predictor_on_dataset(load_dataset("dataset/"), "avatar/", rig, PredictorConfig())
 
 Training samples random windows (``window_s``) of the training time steps: the audio under the window
 (plus 0.4 s of context each side) and the per-frame targets.  Augmentation makes the predictor care
@@ -27,17 +27,17 @@ from talksplat.fitting import fit_folder
 from talksplat.rigs.base import HeadRig
 
 from .audio import SAMPLE_RATE, load_audio
-from .config import DriverConfig
+from .config import PredictorConfig
 from .evaluate import LipGeometry, lip_sync_metrics
 from .features import make_encoder
-from .predictor import AudioToRig, Driver, TargetLayout, choose_layout, silence_gate
+from .predictor import AudioToRig, AudioPredictor, TargetLayout, choose_layout, silence_gate
 
 CONTEXT_S = 0.4
 #: Frames per step that go through the rig for the lip loss.
 LIP_FRAMES = 256
 
 
-class DriverTrainingError(InputError):
+class PredictorTrainingError(InputError):
     """A dataset the audio predictor cannot be trained on (no audio, too short)."""
 
 
@@ -66,7 +66,7 @@ class WindowSampler:
         self.wave, self.fps, self.Y, self.enc, self.augment, self.rng = wave, fps, Y, encoder, augment, rng
         self.runs = _runs(train_ids)
         if not self.runs:
-            raise DriverTrainingError("no two consecutive training time steps to learn from")
+            raise PredictorTrainingError("no two consecutive training time steps to learn from")
         self.L = max(2, int(round(window_s * fps)))
         self.weights = np.array([len(r) for r in self.runs], np.float64)
         self.weights /= self.weights.sum()
@@ -175,12 +175,12 @@ def init_viseme_table(model: AudioToRig, enc, wave: np.ndarray, track: np.ndarra
 
 
 def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids: np.ndarray,
-                    layout: TargetLayout, cfg: DriverConfig, geo: LipGeometry | None = None,
-                    rest: np.ndarray | None = None, rig_checksum: str = "", progress=None) -> Driver:
+                    layout: TargetLayout, cfg: PredictorConfig, geo: LipGeometry | None = None,
+                    rest: np.ndarray | None = None, rig_checksum: str = "", progress=None) -> AudioPredictor:
     """Fit :class:`AudioToRig` to ``targets`` [T, layout.dim] (rig units) aligned with ``wave`` at ``fps``.
 
     ``train_ids``: time steps to learn from.  ``rest``: [dim] parameters of the closed, silent mouth
-    (default: the mean over the silent training frames).  Returns the :class:`Driver`."""
+    (default: the mean over the silent training frames).  Returns the :class:`AudioPredictor`."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train_ids = np.asarray(train_ids)
@@ -229,7 +229,7 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
         if progress is not None and (step % 50 == 0 or step == cfg.steps - 1):
             progress(step + 1, cfg.steps, loss.item(), (step + 1) / (time.perf_counter() - t0))
     model.eval()
-    return Driver(model, layout, mean, std, np.asarray(rest, np.float32), enc.spec, fps, rig_checksum,
+    return AudioPredictor(model, layout, mean, std, np.asarray(rest, np.float32), enc.spec, fps, rig_checksum,
                   meta={"steps": cfg.steps, "train_frames": int(len(train_ids)),
                         "seconds": round(time.perf_counter() - t0, 2)})
 
@@ -241,18 +241,18 @@ def _dataset_arrays(dataset, out_dir: Path | None, use_tuned: bool) -> tuple[dic
     train = tracked
     tuned = None if out_dir is None else fit_folder.path(out_dir, fit_folder.TUNED)
     if use_tuned and tuned is not None and tuned.is_file():
-        from .predict import read_tuned
+        from .fit_reader import read_tuned
 
         try:
             stored = read_tuned(tuned)
         except InputError as e:
-            raise DriverTrainingError(str(e)) from None
+            raise PredictorTrainingError(str(e)) from None
         if len(stored) == len(tracked) and stored.num_expression == tracked.num_expression:
             train = stored
     return dict(train.frames), dict(tracked.frames)
 
 
-def evaluate_driver(drv: Driver, geo: LipGeometry, wave: np.ndarray, fps: float, tracked: dict,
+def evaluate_predictor(drv: AudioPredictor, geo: LipGeometry, wave: np.ndarray, fps: float, tracked: dict,
                     eval_ids: np.ndarray, baseline_from: dict, baseline_ids: np.ndarray) -> dict:
     """Lip-sync metrics of ``drv`` on ``eval_ids`` (see :func:`lip_sync_metrics`); the baseline predicts
     the mean training expression and jaw (``baseline_from`` at ``baseline_ids``)."""
@@ -265,8 +265,8 @@ def evaluate_driver(drv: Driver, geo: LipGeometry, wave: np.ndarray, fps: float,
     return lip_sync_metrics(geo, sel(pred), sel(tracked), mean)
 
 
-def train_driver_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, cfg: DriverConfig,
-                            progress=None) -> tuple[Driver, dict]:
+def train_predictor_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, cfg: PredictorConfig,
+                            progress=None) -> tuple[AudioPredictor, dict]:
     """Train on a loaded talksplat dataset, save ``OUT/driver.safetensors``, add ``driver`` to
     ``OUT/metrics.json``.
 
@@ -274,13 +274,13 @@ def train_driver_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, cfg:
     correlation)."""
     out_dir = Path(out_dir)
     if ds.audio_path is None or not Path(ds.audio_path).is_file():
-        raise DriverTrainingError(f"{ds.root}: the dataset has no audio.wav (the video had no sound): the audio "
+        raise PredictorTrainingError(f"{ds.root}: the dataset has no audio.wav (the video had no sound): the audio "
                                   "predictor needs the subject's speech; use --driver.no-enabled to skip it")
     wave = load_audio(ds.audio_path)
     fps = float(ds.meta["fps"])
     T = ds.num_timesteps
     if len(wave) < 0.5 * T / fps * SAMPLE_RATE:
-        raise DriverTrainingError(f"{ds.audio_path}: {len(wave) / SAMPLE_RATE:.2f} s of audio for "
+        raise PredictorTrainingError(f"{ds.audio_path}: {len(wave) / SAMPLE_RATE:.2f} s of audio for "
                                   f"{T / fps:.2f} s of video")
     train_p, tracked = _dataset_arrays(ds, out_dir, cfg.use_tuned)
     dropped = set(ds.meta.get("dropped_timesteps", []))
@@ -293,8 +293,8 @@ def train_driver_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, cfg:
                           progress=progress)
     metrics = dict(drv.meta)
     if len(eval_ids):
-        metrics["heldout"] = evaluate_driver(drv, geo, wave, fps, tracked, eval_ids, train_p, train_ids)
-    metrics["train"] = evaluate_driver(drv, geo, wave, fps, tracked, train_ids, train_p, train_ids)
+        metrics["heldout"] = evaluate_predictor(drv, geo, wave, fps, tracked, eval_ids, train_p, train_ids)
+    metrics["train"] = evaluate_predictor(drv, geo, wave, fps, tracked, train_ids, train_p, train_ids)
     drv.meta = metrics
     avatar = fit_folder.path(out_dir, fit_folder.AVATAR)
     drv.avatar_sha256 = file_digest(avatar) if avatar.is_file() else None  # drive checks it belongs together

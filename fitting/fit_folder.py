@@ -9,7 +9,7 @@
     DIR/heldout/*.png           held-out comparisons
 
 Every writer of a fit folder goes through this module (the trainer, the predictor's training, the drive
-benchmark); every reader through :func:`talksplat.driving.predict.open_fit`, which takes the names from
+benchmark); every reader through :func:`talksplat.driving.fit_reader.open_fit`, which takes the names from
 here.  The layout is the same as before this module existed: old folders keep opening.
 """
 

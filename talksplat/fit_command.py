@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-from talksplat.driving.config import DriverConfig
+from talksplat.driving.config import PredictorConfig
 from talksplat.fitting.config import FitConfig
 
 
@@ -24,7 +24,7 @@ class FitCommandConfig(FitConfig):
     resumable checkpoint, and OUT/driver.safetensors (the audio predictor, see `talksplat drive`).
     """
 
-    driver: DriverConfig = field(default_factory=DriverConfig)
+    driver: PredictorConfig = field(default_factory=PredictorConfig)
     """The audio-to-rig predictor trained after the avatar (see `talksplat drive`)."""
     driver_only: bool = False
     """Train only the audio predictor (beside an existing avatar in --out, or alone)."""
@@ -34,7 +34,7 @@ def run_fit_command(cfg: FitCommandConfig, on_stage: Callable[[str], None] | Non
     """Fit the avatar (unless ``--driver-only``), then the audio predictor (unless disabled).
 
     Holds the lock of OUT throughout (talksplat.core.outputs).  ``on_stage`` gets each stage's line
-    (:func:`avatar_line`, :func:`driver_line`) as the stage ends.  Returns the metrics written to OUT/metrics.json."""
+    (:func:`avatar_line`, :func:`predictor_line`) as the stage ends.  Returns the metrics written to OUT/metrics.json."""
     from talksplat.core.outputs import output_lock
 
     metrics: dict = {}
@@ -42,7 +42,7 @@ def run_fit_command(cfg: FitCommandConfig, on_stage: Callable[[str], None] | Non
         if not cfg.driver_only:
             metrics = fit_avatar(cfg, on_stage)
         if cfg.driver.enabled or cfg.driver_only:
-            m = fit_driver(cfg, require_audio=cfg.driver_only, on_stage=on_stage)
+            m = fit_predictor(cfg, require_audio=cfg.driver_only, on_stage=on_stage)
             if m is not None:
                 metrics["driver"] = m
     return metrics
@@ -72,7 +72,7 @@ def heldout_text(h: dict) -> str:
             + (f", LPIPS {h['lpips']:.4f}" if "lpips" in h else ""))
 
 
-def driver_text(m: dict) -> str:
+def predictor_text(m: dict) -> str:
     """The audio predictor's held-out figures (metrics.json -> driver) as one phrase."""
     h = m.get("heldout")
     return (f"held-out lip vertex error {h['lve_mm2']:.2f} mm² (mean-expression baseline "
@@ -80,23 +80,23 @@ def driver_text(m: dict) -> str:
             if h else "no held-out time steps to evaluate")
 
 
-def fit_driver(cfg: FitCommandConfig, require_audio: bool = True,
+def fit_predictor(cfg: FitCommandConfig, require_audio: bool = True,
                on_stage: Callable[[str], None] | None = None) -> dict | None:
     """The audio-predictor stage of `talksplat fit`: trains OUT/driver.safetensors on the dataset's audio.
 
-    Returns the predictor's metrics (``on_stage`` gets their line, :func:`driver_line`), or None (with a
+    Returns the predictor's metrics (``on_stage`` gets their line, :func:`predictor_line`), or None (with a
     warning) when the dataset has no audio and ``require_audio`` is false; with ``require_audio`` the
     trainer's error names the dataset."""
     from talksplat.core.outputs import check_output_dir, output_lock, write_marker
     from talksplat.core.progress import warn
-    from talksplat.driving.train import DriverTrainingError, train_driver_on_dataset
+    from talksplat.driving.train import PredictorTrainingError, train_predictor_on_dataset
     from talksplat.fitting.trainer import load_dataset_rig, open_dataset
 
     with output_lock(cfg.out):
         ds = open_dataset(cfg.dataset)
         if ds.audio_path is None or not ds.audio_path.is_file():
             if require_audio:
-                raise DriverTrainingError(f"{ds.root}: the dataset has no audio.wav (the video had no sound): the "
+                raise PredictorTrainingError(f"{ds.root}: the dataset has no audio.wav (the video had no sound): the "
                                           "audio predictor needs the subject's speech; use --driver.no-enabled to "
                                           "skip it")
             warn(f"{ds.root} has no audio: skipping the audio predictor")
@@ -104,15 +104,15 @@ def fit_driver(cfg: FitCommandConfig, require_audio: bool = True,
         rig = load_dataset_rig(ds, cfg.rig)
         check_output_dir(cfg.out, "fit", overwrite=False, inputs=(cfg.dataset,), allow_existing=True)
         write_marker(cfg.out, "fit")
-        _, m = train_driver_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
+        _, m = train_predictor_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
     if on_stage is not None:
-        on_stage(driver_line(cfg.out, m))
+        on_stage(predictor_line(cfg.out, m))
     return m
 
 
-def driver_line(out, m: dict) -> str:
+def predictor_line(out, m: dict) -> str:
     """The audio-predictor stage's line: "wrote OUT/driver.safetensors: audio predictor, ..."."""
-    return f"wrote {out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s; {driver_text(m)}"
+    return f"wrote {out}/driver.safetensors: audio predictor, {m['steps']} steps in {m['seconds']:.1f} s; {predictor_text(m)}"
 
 
 def _progress(cfg: FitConfig):

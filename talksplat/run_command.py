@@ -25,7 +25,7 @@ from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
 from talksplat.core.errors import InputError, OptionError, OutputError
 from talksplat.core.files import write_json
-from talksplat.driving.config import DriverConfig
+from talksplat.driving.config import PredictorConfig
 from talksplat.rigs.spec import DEFAULT_RIG, RigSpec
 
 #: run preset -> (prep crop side px, fit preset, drive output side px)
@@ -69,7 +69,7 @@ class RunConfig(ProcessOptions):
     """Maximum number of Gaussians (default: the preset's) (at least 1)."""
     lpips_weights: Path | None = None
     """LPIPS weights for fitting and evaluation (see README: Fit); off without them."""
-    driver: DriverConfig = field(default_factory=DriverConfig)
+    driver: PredictorConfig = field(default_factory=PredictorConfig)
     """The audio-to-rig predictor (as `talksplat fit --driver.*`; `run` always trains it)."""
     drive_resolution: Annotated[int | None, Range(16, 8192)] = None
     """Output video width and height (default: the preset's) (16 to 8192)."""
@@ -190,9 +190,9 @@ def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
                 if k in m}
 
     def run_driver_stage() -> dict:
-        from talksplat.fit_command import fit_driver
+        from talksplat.fit_command import fit_predictor
 
-        return fit_driver(fit, require_audio=True, on_stage=say)
+        return fit_predictor(fit, require_audio=True, on_stage=say)
 
     def run_drive_stage() -> dict:
         from talksplat.driving.drive import describe_drive, run_drive
@@ -215,7 +215,7 @@ def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
         Stage("fit", {"lpips_weights": fit.lpips_weights}, fit_cfg,
               [fit.out / AVATAR, fit.out / TUNED], run_fit_stage, depends=("prep",),
               location=fit.out, resume=lambda: run_fit_stage(resume=True)),
-        Stage("driver", {}, _without(fit.driver), [fit.out / DRIVER], run_driver_stage,
+        Stage("driver", {}, _without(fit.predictor), [fit.out / DRIVER], run_driver_stage,
               depends=("prep", "fit")),
         Stage("drive", drive_inputs, drive_cfg, [drive.out, drive.out.with_suffix(".npz")], run_drive_stage,
               depends=("driver", "fit")),
@@ -258,7 +258,7 @@ def _run_stages(cfg: RunConfig, out: Path, say: Callable[[str], None]) -> dict:
 
 def summary_text(s: dict) -> str:
     """A run's summary (WORKDIR/metrics.json) as text: where everything is and the evaluation figures."""
-    from talksplat.fit_command import driver_text, heldout_text
+    from talksplat.fit_command import predictor_text, heldout_text
 
     prep, fit, drv, drive = s["prep"], s["fit"], s["driver"], s["drive"]
     lines = [f"talksplat run: {s['workdir']}"]
@@ -271,7 +271,7 @@ def summary_text(s: dict) -> str:
     h = fit.get("heldout", {})
     lines.append(f"  avatar   {s['outputs']['avatar']}: {fit['num_gaussians']:,} Gaussians{heldout_text(h)}"
                  + (f" (images: {s['outputs']['heldout_images']})" if "psnr" in h else ""))
-    lines.append(f"  driver   audio predictor: {driver_text(drv)}")
+    lines.append(f"  driver   audio predictor: {predictor_text(drv)}")
     lines.append(f"  video    {s['outputs']['video']}: {drive['frames']} frames, {drive['audio_seconds']:.2f} s "
                  f"(+ {Path(s['outputs']['params']).name}, {Path(s['outputs']['audio']).name})")
     lines.append(f"  figures  {Path(s['workdir']) / 'metrics.json'}")

@@ -240,7 +240,8 @@ def _fragment_in_source(fragment: str) -> bool:
     n = len(fragment)
     ends = lambda i: any(p.endswith(fragment[:i]) for p in pieces)  # noqa: E731 - fragment[:i] ends a literal
     starts = lambda i: any(p.startswith(fragment[i:]) for p in pieces)  # noqa: E731 - fragment[i:] starts one
-    inner = [p for p in pieces if p in fragment]
+    # whole literals in between; a one-letter literal (a table key such as a phoneme) composes nothing
+    inner = [p for p in pieces if p in fragment and not (len(p) == 1 and p.isalnum())]
     # states (position, a long part seen); the first part is a literal's end
     todo = [(i, i >= MIN_SEGMENT) for i in range(1, n) if ends(i)]
     seen = set(todo)

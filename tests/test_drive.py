@@ -50,14 +50,14 @@ def test_lip_sync_on_another_clip_of_the_same_speaker(grid_fit, open_rig):
     from talksplat.data_prep.dataset import load_dataset
     from talksplat.driving.audio import load_audio
     from talksplat.driving.evaluate import LipGeometry
-    from talksplat.driving.predictor import load_driver
-    from talksplat.driving.train import evaluate_driver
+    from talksplat.driving.predictor import load_predictor
+    from talksplat.driving.train import evaluate_predictor
 
-    drv = load_driver(grid_fit / "fit" / "driver.safetensors", rig_checksum=open_rig.checksum)
+    drv = load_predictor(grid_fit / "fit" / "driver.safetensors", rig_checksum=open_rig.checksum)
     train, test = load_dataset(grid_fit / "pwij3p"), load_dataset(grid_fit / "id2_vcd_swwp2s")
     tracked = {k: np.asarray(v, np.float32) for k, v in test.params.items()}
     ids = np.arange(test.num_timesteps)
-    m = evaluate_driver(drv, LipGeometry(open_rig, test.shape), load_audio(test.audio_path), 25.0, tracked, ids,
+    m = evaluate_predictor(drv, LipGeometry(open_rig, test.shape), load_audio(test.audio_path), 25.0, tracked, ids,
                         {k: np.asarray(v) for k, v in train.params.items()}, np.asarray(train.split["train"]))
     print(f"GRID pwij3p -> swwp2s: LVE {m['lve_mm2']:.2f} mm², mean baseline {m['lve_mean_baseline_mm2']:.2f} mm², "
           f"mouth-opening correlation {m['mouth_open_corr']:.3f}")
@@ -127,14 +127,14 @@ def test_drive_from_a_video_audio_track_and_replay(grid_fit, shared_data, tmp_pa
 
 def test_drive_silence_keeps_the_mouth_closed(grid_fit, tmp_path):
     from talksplat.driving.audio import write_wav
-    from talksplat.driving.predictor import load_driver
+    from talksplat.driving.predictor import load_predictor
 
     write_wav(tmp_path / "silence.wav", np.zeros(32000, np.float32))
     out = tmp_path / "quiet.mp4"  # not silence.mp4: its quiet.wav beside it would replace the input
     assert main(["drive", str(grid_fit / "fit"), "--audio", str(tmp_path / "silence.wav"), "--out", str(out),
                  "--resolution", "32", "--pose", "still", "--quiet"]) == 0
     z = np.load(out.with_suffix(".npz"))
-    drv = load_driver(grid_fit / "fit" / "driver.safetensors")
+    drv = load_predictor(grid_fit / "fit" / "driver.safetensors")
     ne = len(drv.layout.expr_ids)
     assert z["jaw"].shape == (50, 3)
     assert np.allclose(z["jaw"], drv.rest[ne:], atol=1e-5)  # every frame: the subject's silent mouth

@@ -133,12 +133,12 @@ def test_avatar_reader(small_inputs: Inputs, tmp_path, rig):
 
 
 def test_predictor_reader(small_inputs: Inputs, tmp_path, rig):
-    from talksplat.driving.predictor import load_driver
+    from talksplat.driving.predictor import load_predictor
 
     path = tmp_path / "driver.safetensors"
 
     def read():
-        d = load_driver(path, rig_checksum=rig.checksum)
+        d = load_predictor(path, rig_checksum=rig.checksum)
         return [d.mean, d.std, d.rest, *d.model.state_dict().values()]
 
     out = _check(read, path, small_inputs.fit / "driver.safetensors", tmp_path, seed=2)
@@ -146,7 +146,7 @@ def test_predictor_reader(small_inputs: Inputs, tmp_path, rig):
 
 
 def test_fit_folder_reader(small_inputs: Inputs, tmp_path):
-    from talksplat.driving.predict import open_fit
+    from talksplat.driving.fit_reader import open_fit
 
     fit = tmp_path / "fit"
     shutil.copytree(small_inputs.fit, fit)

@@ -1,5 +1,5 @@
 """The fit folder has one writer that names its files (talksplat.fitting.fit_folder) and one reader
-(talksplat.driving.predict.open_fit)."""
+(talksplat.driving.fit_reader.open_fit)."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def test_prep_tracks_a_flame_head(chain, rig):
 def test_fit_and_predictor_on_flame(chain, rig):
     """As test_fit / test_drive.test_fit_trains_and_evaluates_the_audio_predictor, on FLAME."""
     from talksplat.avatar.io import load_avatar, read_header
-    from talksplat.driving.predictor import load_driver
+    from talksplat.driving.predictor import load_predictor
 
     fit = chain[1]
     header = read_header(fit / "avatar.safetensors")
@@ -139,7 +139,7 @@ def test_fit_and_predictor_on_flame(chain, rig):
     assert tuned["expression"].shape == (75, rig.num_expression)
     # The predictor's layout comes from the rig's expression groups: FLAME has no blink or gaze units,
     # so every expression component that moved in training is predicted, none is held as a blink.
-    drv = load_driver(fit / "driver.safetensors", rig_checksum=rig.checksum, avatar=fit / "avatar.safetensors")
+    drv = load_predictor(fit / "driver.safetensors", rig_checksum=rig.checksum, avatar=fit / "avatar.safetensors")
     assert drv.layout.blink_ids == [] and drv.layout.num_expression == rig.num_expression
     assert len(drv.layout.expr_ids) > 0
 
@@ -182,7 +182,7 @@ def test_view_a_flame_avatar(chain, rig, speech, flame):
     from test_viewer import _free_port, viser_pose
 
     from talksplat.avatar.io import AvatarFileError, load_avatar
-    from talksplat.driving.predict import open_fit
+    from talksplat.driving.fit_reader import open_fit
     from talksplat.viewer.config import ViewConfig
     from talksplat.viewer.gui import UNBOUNDED_SLIDER_RANGE
     from talksplat.viewer.inputs import load_training, predict_sequence, resolve_avatar, view_rig

@@ -110,9 +110,9 @@ def test_phonetic_predictor_trains_saves_and_takes_known_visemes(tmp_path, open_
     output as recognition."""
     import torch
 
-    from talksplat.driving.config import DriverConfig
+    from talksplat.driving.config import PredictorConfig
     from talksplat.driving.features import make_encoder
-    from talksplat.driving.predictor import choose_layout, load_driver
+    from talksplat.driving.predictor import choose_layout, load_predictor
     from talksplat.driving.train import train_predictor
 
     fps = 25.0
@@ -128,11 +128,11 @@ def test_phonetic_predictor_trains_saves_and_takes_known_visemes(tmp_path, open_
     jaw = np.zeros((T, 3), np.float32)
     layout = choose_layout(open_rig, expr)
     drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout,
-                          DriverConfig(steps=5, encoder="phonetic", batch=2), rig_checksum=open_rig.checksum)
+                          PredictorConfig(steps=5, encoder="phonetic", batch=2), rig_checksum=open_rig.checksum)
     assert drv.encoder_spec == "phonetic"
     pred = drv.predict(wave, fps, T)
     drv.save(tmp_path / "driver.safetensors")
-    again = load_driver(tmp_path / "driver.safetensors", rig_checksum=open_rig.checksum)
+    again = load_predictor(tmp_path / "driver.safetensors", rig_checksum=open_rig.checksum)
     track = enc.visemes(wave).numpy()
     given = again.predict(wave, fps, T, visemes=track)
     assert np.allclose(given["jaw"], pred["jaw"], atol=1e-5)

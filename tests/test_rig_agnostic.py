@@ -191,7 +191,7 @@ def test_viewer_sliders_follow_the_expression_range(open_rig, flame_rig):
 
 # ------------------------------------------------------------------------------------------ specs
 def test_builtin_spec_from_a_header():
-    from talksplat.driving.predict import fit_rig_spec
+    from talksplat.driving.fit_reader import fit_rig_spec
     from talksplat.rigs import builtin_spec, load_rig_assets
 
     assert builtin_spec("open_head") == "open" and load_rig_assets(builtin_spec("open_head")).name == "open_head"

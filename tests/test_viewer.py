@@ -16,7 +16,7 @@ import torch
 
 from talksplat.avatar import init_avatar, save_avatar
 from talksplat.render.camera import look_at
-from talksplat.driving.predict import open_fit
+from talksplat.driving.fit_reader import open_fit
 from talksplat.viewer.config import ViewConfig
 from talksplat.viewer.inputs import Sequence, load_params_file, load_training, resolve_avatar
 from talksplat.viewer.renderer import (AvatarRenderer, RenderLoop, RenderRequest, intrinsics_from_fov, render_size,

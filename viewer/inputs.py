@@ -1,4 +1,4 @@
-"""What `talksplat view` shows: the avatar (through :func:`talksplat.driving.predict.open_fit`), its rig,
+"""What `talksplat view` shows: the avatar (through :func:`talksplat.driving.fit_reader.open_fit`), its rig,
 and the sequences to play (checked by :meth:`RigSequence.validate`): the fit's training sequence, a
 `talksplat drive` parameters file, or speech through the avatar's audio predictor.
 
@@ -21,7 +21,7 @@ import numpy as np
 from talksplat.core.errors import InputError
 
 if TYPE_CHECKING:
-    from talksplat.driving.predict import FitFolder
+    from talksplat.driving.fit_reader import FitFolder
     from talksplat.rigs.sequence import RigSequence
 
     from .config import ViewConfig
@@ -71,9 +71,9 @@ class TrainingCamera:
 
 # ---------------------------------------------------------------------------------------- the avatar
 def open_avatar(path: str | os.PathLike) -> FitFolder:
-    """AVATAR (a fit folder or an avatar file) -> its :class:`~talksplat.driving.predict.FitFolder`
+    """AVATAR (a fit folder or an avatar file) -> its :class:`~talksplat.driving.fit_reader.FitFolder`
     (the header read; the predictor and the tuned parameters only when used)."""
-    from talksplat.driving.predict import open_fit
+    from talksplat.driving.fit_reader import open_fit
 
     return open_fit(path)
 
@@ -87,7 +87,7 @@ def resolve_avatar(path: Path) -> tuple[Path, Path | None]:
 def view_rig(cfg: ViewConfig, avatar_file: Path):
     """The rig to view ``avatar_file`` with: ``--rig``, else the one recorded for the avatar (its dataset's,
     as `talksplat drive` reads it); checked against the avatar's rig checksum."""
-    from talksplat.driving.predict import avatar_rig
+    from talksplat.driving.fit_reader import avatar_rig
 
     return avatar_rig(avatar_file, cfg.rig)
 
@@ -135,19 +135,20 @@ def load_params_file(path: Path, rig, allow_external_paths: bool = False) -> Seq
 
 
 def predict_sequence(avatar: FitFolder | Path, audio: Path, fps: float, rig) -> Sequence:
-    """Run the avatar's audio predictor (`talksplat.driving.predict`) on ``audio`` (any format ffmpeg
+    """Run the avatar's audio predictor (`talksplat.driving.animate`) on ``audio`` (any format ffmpeg
     reads; a non-WAV file is played in the browser from a temporary WAV copy).  ``avatar``: its fit
     folder (opened or not), or the avatar file in one."""
     import atexit
     import tempfile
 
     from talksplat.driving.audio import load_audio, write_wav
-    from talksplat.driving.predict import open_fit, predict_sequence as predict
+    from talksplat.driving.fit_reader import open_fit
+    from talksplat.driving.animate import predict_sequence as predict
 
     if not audio.is_file():
         raise InputError(f"{audio}: audio file not found")
     wave = load_audio(audio)
-    fit = open_fit(avatar, need_driver=True) if isinstance(avatar, (str, os.PathLike)) else avatar
+    fit = open_fit(avatar, need_predictor=True) if isinstance(avatar, (str, os.PathLike)) else avatar
     params = predict(fit, wave, fps=fps)  # reads the predictor (if not yet) and the tuned parameters
     params.source = f"{audio} (predicted)"
     seq = check_sequence(params, rig, fps, f"driven: {audio.name}")

@@ -70,7 +70,7 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] | None = None) -> 
     """Do the work of `talksplat demo`; returns what it writes to OUT/metrics.json (its text: :func:`demo_text`).
     ``on_stage`` gets each stage's lines (the subject, then those of `talksplat run` and its summary)."""
     from talksplat.driving.audio import load_audio
-    from talksplat.driving.config import DriverConfig
+    from talksplat.driving.config import PredictorConfig
     from talksplat.core.files import atomic_write
     from talksplat.render.video import read_video
     from talksplat.rigs import RigSequence, load_rig
@@ -91,7 +91,7 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] | None = None) -> 
 
     run = run_pipeline(RunConfig(videos=(Path(subject["video"]),), audio=Path(subject["drive_speech"]),
                                  out=out / "run", preset="fast", resolution=cfg.resolution, steps=cfg.steps,
-                                 driver=DriverConfig(steps=cfg.driver_steps), drive_resolution=cfg.drive_resolution,
+                                 driver=PredictorConfig(steps=cfg.driver_steps), drive_resolution=cfg.drive_resolution,
                                  pose="replay", device=cfg.device, quiet=cfg.quiet), on_stage=say)
     say(summary_text(run))
 

@@ -22,7 +22,7 @@ def rerender_training_clip(fit_dir: Path, dataset_dir: Path, size: int,
 
     from talksplat.avatar.render import render_avatar
     from talksplat.data_prep.dataset import load_dataset
-    from talksplat.driving.predict import open_fit
+    from talksplat.driving.fit_reader import open_fit
     from talksplat.fitting.trainer import load_dataset_rig
     from talksplat.render.device import pick_device
     from talksplat.render.video import to_uint8

@@ -1,16 +1,10 @@
-"""From speech to a full per-frame rig parameter sequence for a fitted avatar.
+"""The one reader of a fit folder (`talksplat fit --out DIR`): drive, eval sync, the viewer, the demo.
 
-    fit = open_fit("avatar/", need_driver=True)                # avatar header, driver, tuned parameters, camera
-    seq = predict_sequence(fit, load_audio("speech.wav"), fps=25, pose="idle")
-    # seq: a RigSequence (shape [S], expression [T, E], jaw / global_rot / neck [T, 3] radians,
-    #      eyes [T, 2, 3], translation [T, 3] metres) with the extra fps
+    fit = open_fit("avatar/", need_predictor=True)   # avatar header, audio predictor, tuned parameters, camera
+    fit.predictor, fit.tracked, fit.camera, fit.load_avatar(rig)
 
-Expression and jaw come from the audio predictor (mouth closed in silences), head pose and gaze
-from :func:`talksplat.driving.motion.head_motion`, blinks at a natural rate on the rig's eyelid
-coefficients (the predictor does not produce them).
-
-:func:`open_fit` is the one reader of a fit folder (drive, the viewer, the demo); the names of its files
-and its one writer are in :mod:`talksplat.fitting.fit_folder`.
+The names of its files and its one writer are in :mod:`talksplat.fitting.fit_folder`; speech -> a
+sequence for the avatar is :mod:`talksplat.driving.animate`.
 """
 
 from __future__ import annotations
@@ -19,17 +13,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from talksplat.avatar.io import AvatarFileError, read_header
 from talksplat.core.errors import InputError, OptionError
 from talksplat.data_prep.dataset import DatasetError, Frame, first_training_frame, is_dataset, load_metadata
 from talksplat.fitting import fit_folder
 from talksplat.rigs.sequence import RigSequence
 
-from .audio import SAMPLE_RATE, load_audio
-from .motion import add_blinks, head_motion
-from .predictor import Driver, load_driver
+from .predictor import AudioPredictor, load_predictor
 
 
 @dataclass(eq=False)
@@ -37,7 +27,7 @@ class FitFolder:
     """A fit folder (`talksplat fit --out DIR`, or an avatar file on its own), as :func:`open_fit` reads it.
 
     The avatar's header and its dataset's metadata are read when the folder is opened; the audio predictor
-    and the tuned parameters when first used (:attr:`driver`, :attr:`tuned`, :attr:`tracked`), each with a
+    and the tuned parameters when first used (:attr:`predictor`, :attr:`tuned`, :attr:`tracked`), each with a
     one-line error naming the file that is missing or damaged.  File names: :mod:`talksplat.fitting.fit_folder`.
 
     Attributes:
@@ -61,13 +51,13 @@ class FitFolder:
     dataset_meta: dict | None = None
     camera: Frame | None = None
     dataset_problem: str | None = None
-    _driver: Driver | None = field(default=None, repr=False)
+    _predictor: AudioPredictor | None = field(default=None, repr=False)
     _tuned: RigSequence | None = field(default=None, repr=False)
     _tracked: RigSequence | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ files
     @property
-    def driver_file(self) -> Path:
+    def predictor_file(self) -> Path:
         return fit_folder.path(self.fit_dir, fit_folder.DRIVER)
 
     @property
@@ -75,9 +65,9 @@ class FitFolder:
         return fit_folder.path(self.fit_dir, fit_folder.TUNED)
 
     @property
-    def has_driver(self) -> bool:
+    def has_predictor(self) -> bool:
         """Whether DIR holds an audio predictor (it is not read here)."""
-        return self.driver_file.is_file()
+        return self.predictor_file.is_file()
 
     @property
     def has_tuned(self) -> bool:
@@ -92,13 +82,13 @@ class FitFolder:
         return load_avatar(self.avatar_file, rig=rig)
 
     @property
-    def driver(self) -> Driver:
-        """The audio predictor (DIR/driver.safetensors), trained beside this avatar; :class:`DriverFileError`
+    def predictor(self) -> AudioPredictor:
+        """The audio predictor (DIR/driver.safetensors), trained beside this avatar; :class:`PredictorFileError`
         naming the file when it is missing, damaged, or another avatar's."""
-        if self._driver is None:
-            self._driver = load_driver(self.driver_file, rig_checksum=self.header["rig_checksum"],
+        if self._predictor is None:
+            self._predictor = load_predictor(self.predictor_file, rig_checksum=self.header["rig_checksum"],
                                        avatar=self.avatar_file)
-        return self._driver
+        return self._predictor
 
     @property
     def tuned(self) -> RigSequence:
@@ -134,7 +124,7 @@ class FitFolder:
     def fps(self) -> float:
         """The training video's frame rate (the dataset's, else the one the predictor was trained at)."""
         fps = self.dataset_fps
-        return fps if fps is not None else self.driver.fps
+        return fps if fps is not None else self.predictor.fps
 
     @property
     def dataset_audio(self) -> Path | None:
@@ -227,15 +217,15 @@ def read_tuned(path: Path) -> RigSequence:
         raise AvatarFileError(str(e)) from None
 
 
-def open_fit(path: str | os.PathLike, need_driver: bool = False, rig=None) -> FitFolder:
+def open_fit(path: str | os.PathLike, need_predictor: bool = False, rig=None) -> FitFolder:
     """Read a fit folder (or its avatar file): the only reader of `talksplat fit --out DIR`.
 
     Reads the avatar's header and its dataset's metadata now; one-line errors naming what is missing or
     damaged.  ``rig``: the :class:`~talksplat.rigs.HeadRig` the avatar will be used with; the avatar is
     checked against it and loaded whole (:attr:`FitFolder.avatar`) before the predictor, so a mismatch or a
-    damaged avatar names the avatar file.  ``need_driver``: read the audio predictor now (DriverFileError
+    damaged avatar names the avatar file.  ``need_predictor``: read the audio predictor now (PredictorFileError
     when it is missing, damaged or another avatar's); else it is read on first use of
-    :attr:`FitFolder.driver`, and a folder without one opens (the viewer shows an avatar on its own)."""
+    :attr:`FitFolder.predictor`, and a folder without one opens (the viewer shows an avatar on its own)."""
     from talksplat.avatar.io import check_rig
 
     fit_dir, avatar_file = fit_paths(path)
@@ -247,32 +237,6 @@ def open_fit(path: str | os.PathLike, need_driver: bool = False, rig=None) -> Fi
     dataset, meta, frames, problem = _read_dataset(header)
     camera = first_training_frame(meta, frames) if meta is not None else None
     fit = FitFolder(avatar_file, fit_dir, header, avatar, dataset, meta, camera, problem)
-    if need_driver:
-        fit.driver  # noqa: B018 - read now: its error before anything else is done
+    if need_predictor:
+        fit.predictor  # noqa: B018 - read now: its error before anything else is done
     return fit
-
-
-def predict_sequence(fit: FitFolder, wave: np.ndarray, fps: float = 25.0, pose: str = "replay",
-                     blinks: bool = True, seed: int = 0, num_frames: int | None = None,
-                     visemes: np.ndarray | None = None) -> RigSequence:
-    """[N] loudness-normalised 16 kHz speech -> per-frame rig parameters (see the module doc), with
-    the extra ``fps``.
-
-    The sequence has ``round(duration * fps)`` frames unless ``num_frames`` is given.  ``visemes``
-    ([N // 160 + 1, 30], known phones such as text's) spare a phonetic predictor its recognition."""
-    if num_frames is None:
-        num_frames = max(1, int(round(len(wave) / SAMPLE_RATE * fps)))
-    mouth = fit.driver.predict(wave, fps, num_frames, visemes=visemes)
-    motion = head_motion(pose, fit.tracked.frames, num_frames, fps, seed=seed)
-    expr = mouth["expression"]
-    ids = fit.driver.layout.blink_ids
-    if blinks and ids:
-        amp = float(np.clip(np.percentile(fit.tracked.expression[:, ids], 97), 0.6, 1.0))
-        expr = add_blinks(expr, ids, fps, amplitude=amp, seed=seed)
-    return RigSequence(fit.tracked.shape, {"expression": expr, "jaw": mouth["jaw"], **motion},
-                       {"fps": np.float32(fps)}, source="predicted parameters")
-
-
-def predict_from_audio(avatar_path: Path, audio_path: Path, fps: float = 25.0, pose: str = "replay") -> RigSequence:
-    """Convenience for the viewer: a fit folder (or its avatar file) + any audio file -> the sequence."""
-    return predict_sequence(open_fit(avatar_path, need_driver=True), load_audio(audio_path), fps=fps, pose=pose)

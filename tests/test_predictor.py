@@ -189,7 +189,7 @@ def test_predictor_learns_mouth_opening_from_speech(shared_data, tmp_path, open_
     from talksplat.driving.evaluate import LipGeometry
     from talksplat.driving.predictor import choose_layout
     from talksplat.driving.train import train_predictor
-    from talksplat.driving.config import DriverConfig
+    from talksplat.driving.config import PredictorConfig
 
     fps = 25.0
     train, held = _speech_corpus(shared_data, tmp_path)
@@ -211,7 +211,7 @@ def test_predictor_learns_mouth_opening_from_speech(shared_data, tmp_path, open_
     expr, jaw = params(wave, T)
     layout = choose_layout(rig, expr)
     geo = LipGeometry(rig, np.zeros(rig.num_shape, np.float32))
-    cfg = DriverConfig(steps=600, seed=0)
+    cfg = PredictorConfig(steps=600, seed=0)
     drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout, cfg, geo=geo,
                           rig_checksum=rig.checksum)
     Th = int(len(held) / SAMPLE_RATE * fps)
@@ -236,9 +236,9 @@ def test_predictor_learns_mouth_opening_from_speech(shared_data, tmp_path, open_
             assert r_lang >= 0.85, lang
     # the saved driver predicts the same
     drv.save(tmp_path / "driver.safetensors")
-    from talksplat.driving.predictor import load_driver
+    from talksplat.driving.predictor import load_predictor
 
-    again = load_driver(tmp_path / "driver.safetensors", rig_checksum=rig.checksum).predict(held, fps, Th)
+    again = load_predictor(tmp_path / "driver.safetensors", rig_checksum=rig.checksum).predict(held, fps, Th)
     assert np.allclose(again["jaw"], pred["jaw"], atol=1e-5)
     # silence closes the mouth
     quiet = drv.predict(np.zeros(SAMPLE_RATE * 2, np.float32), fps)
@@ -265,9 +265,9 @@ def test_predictor_on_a_flame_layout_rig(sphere_rig, tmp_path):
     """A FLAME-like rig (numbered expression components, no eyelid units): the predictor trains, saves,
     reloads and predicts all moving components and the jaw; there are no blink coefficients to drive."""
     from talksplat.driving.evaluate import LipGeometry
-    from talksplat.driving.predictor import choose_layout, load_driver
+    from talksplat.driving.predictor import choose_layout, load_predictor
     from talksplat.driving.train import train_predictor
-    from talksplat.driving.config import DriverConfig
+    from talksplat.driving.config import PredictorConfig
 
     rig = sphere_rig
     fps = 25.0
@@ -282,11 +282,11 @@ def test_predictor_on_a_flame_layout_rig(sphere_rig, tmp_path):
     assert layout.expr_ids == [0] and layout.blink_ids == []
     geo = LipGeometry(rig, np.zeros(rig.num_shape, np.float32))
     drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout,
-                          DriverConfig(steps=150), geo=geo, rig_checksum=rig.checksum)
+                          PredictorConfig(steps=150), geo=geo, rig_checksum=rig.checksum)
     drv.save(tmp_path / "driver.safetensors")
-    again = load_driver(tmp_path / "driver.safetensors", rig_checksum=rig.checksum)
+    again = load_predictor(tmp_path / "driver.safetensors", rig_checksum=rig.checksum)
     pred = again.predict(wave, fps, T)
     assert pred["expression"].shape == (T, rig.num_expression) and pred["jaw"].shape == (T, 3)
     assert np.corrcoef(pred["jaw"][:, 0], jaw[:, 0])[0, 1] > 0.8  # seen audio: fits it
     with pytest.raises(ValueError, match="made for another rig"):
-        load_driver(tmp_path / "driver.safetensors", rig_checksum="0" * 64)
+        load_predictor(tmp_path / "driver.safetensors", rig_checksum="0" * 64)
