@@ -215,7 +215,7 @@ def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
         Stage("fit", {"lpips_weights": fit.lpips_weights}, fit_cfg,
               [fit.out / AVATAR, fit.out / TUNED], run_fit_stage, depends=("prep",),
               location=fit.out, resume=lambda: run_fit_stage(resume=True)),
-        Stage("driver", {}, _without(fit.predictor), [fit.out / DRIVER], run_driver_stage,
+        Stage("driver", {}, _without(fit.driver), [fit.out / DRIVER], run_driver_stage,
               depends=("prep", "fit")),
         Stage("drive", drive_inputs, drive_cfg, [drive.out, drive.out.with_suffix(".npz")], run_drive_stage,
               depends=("driver", "fit")),
