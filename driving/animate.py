@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from talksplat.core.errors import OptionError
 from talksplat.rigs.sequence import RigSequence
 
 from .audio import SAMPLE_RATE, load_audio
@@ -25,15 +26,21 @@ from .motion import add_blinks, head_motion
 
 def predict_sequence(fit: FitFolder, wave: np.ndarray, fps: float = 25.0, pose: str = "replay",
                      blinks: bool = True, seed: int = 0, num_frames: int | None = None,
-                     visemes: np.ndarray | None = None) -> RigSequence:
+                     visemes: np.ndarray | None = None, mouth_amplitude: str = "predicted") -> RigSequence:
     """[N] loudness-normalised 16 kHz speech -> per-frame rig parameters (see the module doc), with
     the extra ``fps``.
 
     The sequence has ``round(duration * fps)`` frames unless ``num_frames`` is given.  ``visemes``
-    ([N // 160 + 1, 30], known phones such as text's) spare a phonetic predictor its recognition."""
+    ([N // 160 + 1, 30], known phones such as text's) spare a phonetic predictor its recognition.
+    ``mouth_amplitude``: ``"predicted"`` as the predictor outputs it, or ``"subject"``: scaled to the subject's
+    own mouth motion (:meth:`~talksplat.driving.predictor.AudioPredictor.match_amplitude`)."""
     if num_frames is None:
         num_frames = max(1, int(round(len(wave) / SAMPLE_RATE * fps)))
-    mouth = fit.predictor.predict(wave, fps, num_frames, visemes=visemes)
+    if mouth_amplitude == "subject" and fit.predictor.amp_axis is None:
+        raise OptionError(f"--mouth-amplitude subject: {fit.predictor_file} predates amplitude matching; retrain "
+                          f"it with `talksplat fit DATASET --out {fit.fit_dir} --driver-only`")
+    mouth = fit.predictor.predict(wave, fps, num_frames, visemes=visemes,
+                                  match_amplitude=mouth_amplitude == "subject")
     motion = head_motion(pose, fit.tracked.frames, num_frames, fps, seed=seed)
     expr = mouth["expression"]
     ids = fit.predictor.layout.blink_ids

@@ -85,6 +85,10 @@ class DriveConfig(ProcessOptions):
     """Frames posed and rendered per batch (1 to 1024)."""
     voice: str = "en-us"
     """espeak-ng voice for --text."""
+    mouth_amplitude: Literal["predicted", "subject"] = "predicted"
+    """`predicted`: the mouth as the audio predictor outputs it; `subject`: its motion scaled (at most 2.5x,
+    never damped) so the mouth moves as much as the subject's own in training (livelier on voices the
+    predictor never heard, at some cost in lip vertex error)."""
     blinks: bool = True
     """Add blinks at a natural rate."""
     seed: Annotated[int, Range(0)] = 0
@@ -115,6 +119,10 @@ class SyncEvalConfig(ProcessOptions):
     """Also write VIDEO-STEM.png per video: the mouth-opening curves over time (real, predictor, envelope)."""
     max_frames: Annotated[int | None, Range(1)] = None
     """Use only the first N frames of each video (at least 1)."""
+    mouth_amplitude: Literal["predicted", "subject"] = "predicted"
+    """`predicted`: the mouth as the audio predictor outputs it; `subject`: its motion scaled (at most 2.5x,
+    never damped) so the mouth moves as much as the subject's own in training (livelier on voices the
+    predictor never heard, at some cost in lip vertex error)."""
     max_lag: Annotated[int, Range(0, 25)] = 3
     """Best-lag search range for the correlation, in frames either way (0 to 25)."""
     resolution: Annotated[int, Range(64, 2048)] = 256

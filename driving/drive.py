@@ -242,6 +242,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
             src = synthesize_speech(cfg.text, tmp / "tts.wav", voice=cfg.voice)
         wave = load_audio(src)
         seq = predict_sequence(fit, wave, fps=cfg.fps, pose=cfg.pose, blinks=cfg.blinks, seed=cfg.seed,
+                               mouth_amplitude=cfg.mouth_amplitude,
                                visemes=visemes)
         T = len(seq)
         cfg.out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,8 @@ FORMAT = "talksplat-driver"
 VERSION = 1
 #: Loudness-channel value under which a frame counts as silent (30 dB under the speech target).
 SILENCE_LEVEL = -1.5
+#: The most :meth:`AudioPredictor.match_amplitude` amplifies a prediction's motion.
+MAX_AMPLITUDE_GAIN = 2.5
 #: Shortest silence (seconds) that closes the mouth.
 MIN_SILENCE_S = 0.2
 
@@ -189,6 +191,10 @@ class AudioPredictor:
         self.meta = meta or {}
         #: sha256 of the avatar.safetensors this predictor was trained beside (None: trained alone)
         self.avatar_sha256 = avatar_sha256
+        #: The subject's dominant mouth motion in speech: a unit axis [D] of the standardised outputs and its
+        #: std over the training speech (None: no amplitude matching, as in files from before it existed).
+        self.amp_axis: np.ndarray | None = None
+        self.amp_std: float = 0.0
         self._encoder = None
 
     @property
@@ -227,19 +233,36 @@ class AudioPredictor:
         return out
 
     def predict(self, wave: np.ndarray, fps: float | None = None, num_frames: int | None = None,
-                close_in_silence: bool = True, visemes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                close_in_silence: bool = True, visemes: np.ndarray | None = None,
+                match_amplitude: bool = False) -> dict[str, np.ndarray]:
         """[N] loudness-normalised 16 kHz samples -> {"expression": [T, E], "jaw": [T, 3]} (rig units).
 
         ``num_frames`` defaults to round(duration * fps): the video lasts as long as the audio.
-        ``visemes``: known visemes for a phonetic predictor (see :meth:`predict_normalised`)."""
+        ``visemes``: known visemes for a phonetic predictor (see :meth:`predict_normalised`).
+        ``match_amplitude``: give the mouth the subject's own amplitude (:meth:`match_amplitude`)."""
         fps = fps or self.fps
         if num_frames is None:
             num_frames = max(1, int(round(len(wave) / SAMPLE_RATE * fps)))
-        y = self.predict_normalised(wave, fps, num_frames, visemes=visemes) * self.std + self.mean
+        gate = silence_gate(wave, fps, num_frames)
+        yn = self.predict_normalised(wave, fps, num_frames, visemes=visemes)
+        if match_amplitude:
+            yn = self.match_amplitude(yn, gate < 0.5)
+        y = yn * self.std + self.mean
         if close_in_silence:
-            g = silence_gate(wave, fps, num_frames)[:, None]
-            y = g * self.rest[None] + (1 - g) * y
+            y = gate[:, None] * self.rest[None] + (1 - gate[:, None]) * y
         return self.layout.unpack(y)
+
+    def match_amplitude(self, yn: np.ndarray, speech: np.ndarray) -> np.ndarray:
+        """Standardised outputs [T, D] -> the same, scaled about the subject's mean training pose (0) so that
+        the dominant mouth motion (:attr:`amp_axis`) over the ``speech`` frames [T] bool has the subject's own
+        std in training speech.  Only amplifies, by at most :data:`MAX_AMPLITUDE_GAIN`: a predictor is
+        most uncertain (and its output flattest) on voices it never heard, and this gives the avatar the
+        subject's own mouth movement back.  No-op without an axis or with under 10 speech frames."""
+        if self.amp_axis is None or self.amp_std <= 0 or int(speech.sum()) < 10:
+            return yn
+        p = (yn[speech] - yn[speech].mean(0)) @ self.amp_axis
+        gain = float(np.clip(self.amp_std / max(float(p.std()), 1e-6), 1.0, MAX_AMPLITUDE_GAIN))
+        return (gain * yn).astype(np.float32)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
@@ -248,6 +271,8 @@ class AudioPredictor:
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tensors.update({"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std),
                         "rest": torch.from_numpy(self.rest),
+                        **({"amp_axis": torch.from_numpy(self.amp_axis.astype(np.float32))}
+                           if self.amp_axis is not None else {}),
                         "fill_expression": torch.from_numpy(self.layout.fill_expression)})
         header = {"format": FORMAT, "version": VERSION, "encoder": self.encoder_spec, "fps": self.fps,
                   "rig_checksum": self.rig_checksum, "expr_ids": self.layout.expr_ids,
@@ -257,7 +282,7 @@ class AudioPredictor:
                   "kernel": self.model.blocks[0].conv1.kernel_size[0], "stride": self.model.stride,
                   "visemes": self.model.visemes, "viseme_lead": self.model.viseme_lead,
                   "viseme_width": self.model.viseme_width,
-                  "avatar_sha256": self.avatar_sha256, "meta": self.meta}
+                  "avatar_sha256": self.avatar_sha256, "amp_std": self.amp_std, "meta": self.meta}
         path = Path(path)
         with atomic_write(path) as tmp:
             save_file(tensors, str(tmp), metadata={"talksplat": json_text(header, indent=None)})
@@ -307,12 +332,15 @@ def load_predictor(path: str | os.PathLike, rig_checksum: str | None = None, ava
         drv = AudioPredictor(model, layout, tensors["mean"].numpy(), tensors["std"].numpy(), tensors["rest"].numpy(),
                      str(header["encoder"]), float(header["fps"]), str(header["rig_checksum"]), header.get("meta", {}),
                      avatar_sha256=header.get("avatar_sha256"))
+        if "amp_axis" in tensors:
+            drv.amp_axis, drv.amp_std = tensors["amp_axis"].numpy(), float(header["amp_std"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
         raise PredictorFileError(f"{path}: damaged driver file ({type(e).__name__}: {' '.join(str(e).split())[:200]})") \
             from None
     E = layout.num_expression
     if not (0 < drv.fps < 1e4) or drv.mean.shape != (layout.dim,) or drv.std.shape != (layout.dim,) \
             or drv.rest.shape != (layout.dim,) or layout.fill_expression.shape != (E,) \
-            or not all(0 <= i < E for i in layout.expr_ids + layout.blink_ids):
+            or not all(0 <= i < E for i in layout.expr_ids + layout.blink_ids) \
+            or (drv.amp_axis is not None and (drv.amp_axis.shape != (layout.dim,) or not 0 <= drv.amp_std < 1e3)):
         raise PredictorFileError(f"{path}: damaged driver file (statistics do not match the model's {layout.dim} outputs)")
     return drv

@@ -218,7 +218,8 @@ def _run(cfg: SyncEvalConfig, infos: list) -> dict:
             wave = load_audio(video)
             rms = frame_rms(wave)  # 10 ms steps
             level = sm.frame_levels_db(rms, 0.01, fps, T)
-            predicted = predict_sequence(fit, wave, fps=fps, pose="still", blinks=False, num_frames=T)
+            predicted = predict_sequence(fit, wave, fps=fps, pose="still", blinks=False, num_frames=T,
+                                         mouth_amplitude=cfg.mouth_amplitude)
             seqs = {"predictor": predicted,
                     **baseline_sequences(fit, rig, predicted, sm.loudness_envelope(rms, 0.01, fps, T))}
             viewmat, K = drive_camera(rig, predicted, fit.camera, cfg.resolution, 0.0, 0.0)
@@ -241,6 +242,7 @@ def _run(cfg: SyncEvalConfig, infos: list) -> dict:
     total = {m: sm.mean_metrics([v["methods"][m] for v in videos.values()]) for m in METHODS}
     result = {"avatar": str(avatar_file), "settings": {"resolution": cfg.resolution, "max_lag": cfg.max_lag,
                                                        "max_frames": cfg.max_frames, "pose": "still",
+                                                       "mouth_amplitude": cfg.mouth_amplitude,
                                                        "device": str(device)},
               "videos": videos, "total": total, "seconds": round(time.perf_counter() - t0, 1)}
     tmp = make_partial_dir(cfg.out)

@@ -229,9 +229,20 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
         if progress is not None and (step % 50 == 0 or step == cfg.steps - 1):
             progress(step + 1, cfg.steps, loss.item(), (step + 1) / (time.perf_counter() - t0))
     model.eval()
-    return AudioPredictor(model, layout, mean, std, np.asarray(rest, np.float32), enc.spec, fps, rig_checksum,
+    drv = AudioPredictor(model, layout, mean, std, np.asarray(rest, np.float32), enc.spec, fps, rig_checksum,
                   meta={"steps": cfg.steps, "train_frames": int(len(train_ids)),
                         "seconds": round(time.perf_counter() - t0, 2)})
+    speech = train_ids[silence_gate(wave, fps, len(targets))[train_ids] < 0.5]
+    drv.amp_axis, drv.amp_std = mouth_motion_axis(Y[speech] if len(speech) >= 10 else Y[train_ids])
+    return drv
+
+
+def mouth_motion_axis(yn: np.ndarray) -> tuple[np.ndarray, float]:
+    """Standardised training targets [N, D] in speech -> (the unit axis [D] of their largest variance: the
+    subject's dominant mouth motion, mostly opening; the std along it)."""
+    c = yn - yn.mean(0)
+    _, s, vt = np.linalg.svd(c.astype(np.float64), full_matrices=False)
+    return vt[0].astype(np.float32), float(s[0] / np.sqrt(max(len(yn), 1)))
 
 
 def _dataset_arrays(dataset, out_dir: Path | None, use_tuned: bool) -> tuple[dict, dict]:

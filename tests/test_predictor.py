@@ -290,3 +290,40 @@ def test_predictor_on_a_flame_layout_rig(sphere_rig, tmp_path):
     assert np.corrcoef(pred["jaw"][:, 0], jaw[:, 0])[0, 1] > 0.8  # seen audio: fits it
     with pytest.raises(ValueError, match="made for another rig"):
         load_predictor(tmp_path / "driver.safetensors", rig_checksum="0" * 64)
+
+
+def test_amplitude_matching_gives_back_the_subjects_own_mouth_motion(tmp_path):
+    """A prediction whose dominant mouth motion has half the subject's training amplitude is scaled about
+    the subject's mean pose to the subject's amplitude; a livelier one is left alone; the gain is capped; too few
+    speech frames change nothing; the axis survives the driver file."""
+    from talksplat.driving.predictor import (MAX_AMPLITUDE_GAIN, AudioPredictor, AudioToRig, TargetLayout,
+                                             load_predictor)
+    from talksplat.driving.train import mouth_motion_axis
+
+    rng = np.random.default_rng(0)
+    D = 4
+    train = rng.normal(0, 1, (200, 1)) * np.array([[1.0, 0.8, 0.1, 0.0]]) + rng.normal(0, 0.05, (200, D))
+    axis, amp = mouth_motion_axis(train)
+    assert abs(abs(axis[0]) - 1 / np.sqrt(1.64)) < 0.05 and amp > 1.0  # the correlated pair is the mode
+    mean, std = np.zeros(D, np.float32), np.ones(D, np.float32)
+    rest = np.full(D, -1.0, np.float32)
+    drv = AudioPredictor(AudioToRig(81, D, hidden=8), TargetLayout([0], 1, np.zeros(1, np.float32), []),
+                         mean, std, rest, "logmel", 25.0, "x")
+    drv.amp_axis, drv.amp_std = axis, amp
+    speech = np.ones(100, bool)
+    t = np.linspace(0, 6 * np.pi, 100)
+    flat = (0.5 * amp * np.sqrt(2) * np.sin(t)[:, None] * axis[None]).astype(np.float32)
+    out = drv.match_amplitude(flat, speech)
+    along = (out - out.mean(0)) @ axis
+    assert abs(along.std() / amp - 1) < 0.02  # the subject's own amplitude
+    assert np.allclose(out, 2.0 * flat, rtol=0.02, atol=1e-6)  # one gain (2), about the mean pose
+    lively = (2 * amp * np.sqrt(2) * np.sin(t)[:, None] * axis[None]).astype(np.float32)
+    assert np.allclose(drv.match_amplitude(lively, speech), lively)  # never damped
+    tiny = (0.01 * np.sin(t)[:, None] * axis[None]).astype(np.float32)
+    assert np.allclose(drv.match_amplitude(tiny, speech), MAX_AMPLITUDE_GAIN * tiny, atol=1e-6)
+    short = speech.copy()
+    short[9:] = False
+    assert np.array_equal(drv.match_amplitude(flat, short), flat)
+    drv.save(tmp_path / "driver.safetensors")
+    again = load_predictor(tmp_path / "driver.safetensors")
+    assert np.allclose(again.amp_axis, axis) and again.amp_std == pytest.approx(amp)
