@@ -190,6 +190,22 @@ def run_drive(cfg: DriveConfig) -> dict:
         return _run_drive(cfg)
 
 
+def render_batches(avatar, rig, seq: RigSequence, viewmat: torch.Tensor, K: torch.Tensor, resolution: int,
+                   batch: int, background: torch.Tensor | None = None):
+    """Render ``seq`` [T] in batches of ``batch`` frames on ``viewmat``'s device: yields [B, resolution,
+    resolution, 3] uint8 RGB (converted on the device, then downloaded) over ``background`` [H, W, 3] in
+    [0, 1] (None: white)."""
+    from talksplat.avatar.render import render_avatar
+
+    device = viewmat.device
+    for s in range(0, len(seq), batch):
+        with torch.no_grad():
+            colors, alphas, _ = render_avatar(avatar, rig, seq[s:s + batch].to_params(device), viewmat[None], K[None],
+                                              resolution, resolution)
+            out = colors[:, 0] + (1 - alphas[:, 0]) * (1.0 if background is None else background[None])
+            yield (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+
 def spoken_visemes(text: str, out_wav: Path, voice: str = "en-us") -> tuple[Path, np.ndarray]:
     """Speak ``text`` with espeak-ng into ``out_wav``; returns (the WAV, its visemes [N // 160 + 1, 30] at
     100 frames per second, from the phonemes espeak-ng spoke)."""
@@ -208,7 +224,6 @@ def spoken_visemes(text: str, out_wav: Path, voice: str = "en-us") -> tuple[Path
 
 
 def _run_drive(cfg: DriveConfig) -> dict:
-    from talksplat.avatar.render import render_avatar
     from talksplat.core.files import atomic_write, scratch_dir
     from talksplat.core.progress import Bars
     from talksplat.render.device import pick_device
@@ -258,16 +273,11 @@ def _run_drive(cfg: DriveConfig) -> dict:
                 frame_pipeline(video_out, cfg.resolution, cfg.resolution, fps=cfg.fps, audio_path=mux,
                                shortest=False, queue_size=2 * cfg.batch) as video:
             advance, _ = bars.task("drive", T)
-            for s in range(0, T, cfg.batch):  # rendered in batches of cfg.batch on device, encoded on a thread
-                e = min(T, s + cfg.batch)
-                with torch.no_grad():
-                    colors, alphas, _ = render_avatar(avatar, rig, seq[s:e].to_params(device), viewmat[None], K[None],
-                                                      cfg.resolution, cfg.resolution)
-                    out = colors[:, 0] + (1 - alphas[:, 0]) * background[None]
-                    frames = (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+            # rendered in batches on the device while a thread encodes
+            for frames in render_batches(avatar, rig, seq, viewmat, K, cfg.resolution, cfg.batch, background):
                 for frame in frames:
                     video.write(frame)
-                advance(e - s)
+                advance(len(frames))
         with atomic_write(wav) as t:
             shutil.copyfile(mux, t)
         seq.extras["audio"] = np.asarray(wav.name)  # beside fps: what `talksplat view --params` plays

@@ -140,19 +140,18 @@ class PhoneticEncoder(LogMelEncoder):
         silence to the frame count) or None to recognise them from ``wave``."""
         feats = super().encode(wave, warp)
         v = self.visemes(wave) if visemes is None else torch.as_tensor(visemes, dtype=torch.float32)
-        v = fit_rows(v, feats.shape[0], silence=True)
+        v = fit_rows(v, feats.shape[0])
         return torch.cat([feats, v], 1)
 
 
-def fit_rows(v: torch.Tensor, rows: int, silence: bool = False) -> torch.Tensor:
-    """``v`` [T, D] cropped or padded to [rows, D]; padding rows are zeros, or with ``silence`` the
-    ``sil`` one-hot of each 15-viseme block."""
+def fit_rows(v: torch.Tensor, rows: int) -> torch.Tensor:
+    """Viseme rows ``v`` [T, D] cropped, or padded with silence
+    (:func:`~talksplat.driving.phonetic.silent_visemes`), to [rows, D]."""
+    from .phonetic import silent_visemes
+
     if v.shape[0] >= rows:
         return v[:rows]
-    pad = v.new_zeros(rows - v.shape[0], v.shape[1])
-    if silence:
-        pad[:, ::15] = 1.0  # channel 0 of each VISEMES block is sil
-    return torch.cat([v, pad], 0)
+    return torch.cat([v, torch.from_numpy(silent_visemes(rows - v.shape[0], v.shape[1])).to(v)], 0)
 
 
 class HFEncoder:

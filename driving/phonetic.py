@@ -34,6 +34,14 @@ from talksplat.core.ffmpeg import SAMPLE_RATE
 #: The viseme classes, in channel order.
 VISEMES: tuple[str, ...] = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "I", "O", "U")
 VISEME_INDEX = {v: i for i, v in enumerate(VISEMES)}
+NUM_VISEMES = len(VISEMES)
+
+
+def silent_visemes(rows: int, channels: int) -> np.ndarray:
+    """[rows, channels] float32: ``sil`` in every block of :data:`NUM_VISEMES` one-hot channels."""
+    out = np.zeros((rows, channels), np.float32)
+    out[:, ::NUM_VISEMES] = 1.0  # sil is channel 0 of each block
+    return out
 
 #: CMU ARPAbet (pocketsphinx's en-us phones, noise units included) -> viseme.
 ARPABET_VISEME: dict[str, str] = {

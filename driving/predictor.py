@@ -30,6 +30,7 @@ from talksplat.core.ffmpeg import SAMPLE_RATE
 from talksplat.core.files import atomic_write, file_digest, json_text
 
 from .features import loudness_channel, make_encoder
+from .phonetic import NUM_VISEMES
 
 FORMAT = "talksplat-driver"
 VERSION = 1
@@ -76,14 +77,14 @@ class AudioToRig(nn.Module):
         self.head = nn.Sequential(nn.Conv1d(hidden, hidden, 3, padding=1), nn.GELU(), nn.Conv1d(hidden, out_dim, 1))
         self.visemes, self.viseme_lead, self.viseme_width = visemes, viseme_lead, viseme_width
         if visemes is not None:
-            self.viseme_head = nn.Linear(15, out_dim, bias=False)
+            self.viseme_head = nn.Linear(NUM_VISEMES, out_dim, bias=False)
             nn.init.zeros_(self.viseme_head.weight)
 
     def viseme_weights(self, feats: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """[B, T_f, D], [B, T] -> [B, T, 15]: the viseme weights the viseme head sees at each query."""
         a, b = self.visemes
         v = feats[..., a:b]
-        v = v.reshape(*v.shape[:2], -1, 15).mean(2).transpose(1, 2)  # [B, 15, T_f]
+        v = v.reshape(*v.shape[:2], -1, NUM_VISEMES).mean(2).transpose(1, 2)  # [B, 15, T_f]
         w = self.viseme_width
         v = torch.nn.functional.avg_pool1d(v, 2 * w + 1, stride=1, padding=w, count_include_pad=False)
         Tf = v.shape[-1]
@@ -91,8 +92,8 @@ class AudioToRig(nn.Module):
         i0 = q.floor().long().clamp(max=Tf - 1)
         i1 = (i0 + 1).clamp(max=Tf - 1)
         f = (q - i0.float())[:, None]
-        out = torch.gather(v, 2, i0[:, None].expand(-1, 15, -1)) * (1 - f) + \
-            torch.gather(v, 2, i1[:, None].expand(-1, 15, -1)) * f
+        out = torch.gather(v, 2, i0[:, None].expand(-1, NUM_VISEMES, -1)) * (1 - f) + \
+            torch.gather(v, 2, i1[:, None].expand(-1, NUM_VISEMES, -1)) * f
         return out.transpose(1, 2)
 
     def forward(self, feats: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -243,7 +244,7 @@ class AudioPredictor:
         fps = fps or self.fps
         if num_frames is None:
             num_frames = max(1, int(round(len(wave) / SAMPLE_RATE * fps)))
-        gate = silence_gate(wave, fps, num_frames)
+        gate = silence_gate(wave, fps, num_frames) if close_in_silence or match_amplitude else None
         yn = self.predict_normalised(wave, fps, num_frames, visemes=visemes)
         if match_amplitude:
             yn = self.match_amplitude(yn, gate < 0.5)

@@ -23,6 +23,7 @@ built beside OUT and renamed into place when complete.
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import time
@@ -119,21 +120,6 @@ def baseline_sequences(fit, rig, predicted, envelope: np.ndarray) -> dict:
                                           jaw=np.repeat(mean_jaw[None], T, 0).astype(np.float32))}
 
 
-def render_frames(avatar, rig, seq, viewmat, K, resolution: int, batch: int):
-    """[T] rig parameters -> [resolution, resolution, 3] uint8 RGB frames on a white background (a generator)."""
-    import torch
-
-    from talksplat.avatar.render import render_avatar
-
-    device = viewmat.device
-    for s in range(0, len(seq), batch):
-        with torch.no_grad():
-            colors, alphas, _ = render_avatar(avatar, rig, seq[s:s + batch].to_params(device), viewmat[None], K[None],
-                                              resolution, resolution)
-            out = colors[:, 0] + (1 - alphas[:, 0])
-            yield from (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-
-
 def plot_curves(path: Path, curves: dict[str, np.ndarray], fps: float, silence: np.ndarray, title: str,
                 width: int = 960, height: int = 320) -> None:
     """A PNG of mouth-opening curves over time (cv2): ``curves`` name -> [T] IOD units (NaN gaps), silence
@@ -195,7 +181,7 @@ def _run(cfg: SyncEvalConfig, infos: list) -> dict:
     from talksplat.render.device import pick_device
 
     from .audio import frame_rms, load_audio
-    from .drive import drive_camera
+    from .drive import drive_camera, render_batches
     from .fit_reader import avatar_rig, fit_paths, open_fit
     from .animate import predict_sequence
 
@@ -226,8 +212,8 @@ def _run(cfg: SyncEvalConfig, infos: list) -> dict:
             viewmat, K = viewmat.to(device), K.to(device)
             methods, openings = {}, {"real": sm.mouth_opening(real)}
             for name in METHODS:
-                lm, found = _landmarks(render_frames(avatar, render_rig, seqs[name], viewmat, K, cfg.resolution,
-                                                     cfg.batch))
+                batches = render_batches(avatar, render_rig, seqs[name], viewmat, K, cfg.resolution, cfg.batch)
+                lm, found = _landmarks(itertools.chain.from_iterable(batches))
                 if found == 0:
                     raise InputError(f"{avatar_file}: FaceMesh finds no face in the avatar's renders ({name}, "
                                      f"driven by {video}); is the fit complete?")

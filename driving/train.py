@@ -30,6 +30,7 @@ from .audio import SAMPLE_RATE, load_audio
 from .config import PredictorConfig
 from .evaluate import LipGeometry, lip_sync_metrics
 from .features import make_encoder
+from .phonetic import silent_visemes
 from .predictor import AudioToRig, AudioPredictor, TargetLayout, choose_layout, silence_gate
 
 CONTEXT_S = 0.4
@@ -105,8 +106,7 @@ class WindowSampler:
             shift = rng.integers(-2, 3) if self.augment else 0  # +-20 ms recogniser timing jitter
             src = np.round((a + np.arange(Tf) * (self.enc.hop / SAMPLE_RATE) * speed) * self.enc.rate).astype(int) + shift
             ok = (src >= 0) & (src < len(self.track))
-            v = np.zeros((Tf, self.track.shape[1]), np.float32)
-            v[:, ::15] = 1.0  # silence outside the recording
+            v = silent_visemes(Tf, self.track.shape[1])  # silence outside the recording
             v[ok] = self.track[src[ok]]
             feats = self.enc.encode(seg, warp=warp, visemes=torch.from_numpy(v))
         K = int(math.floor((L - 1) / speed)) + 1
@@ -191,8 +191,8 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
     floor[len(layout.expr_ids):] = 0.01  # jaw radians
     std = np.maximum(tr.std(0), floor).astype(np.float32)
     Y = (targets - mean) / std
+    gate = silence_gate(wave, fps, len(targets))[train_ids]  # [N] 1 in silences
     if rest is None:
-        gate = silence_gate(wave, fps, len(targets))[train_ids]
         rest = (tr[gate > 0.5].mean(0) if (gate > 0.5).sum() >= 3 else np.percentile(tr, 10, axis=0)).astype(np.float32)
     sampler = WindowSampler(wave, fps, Y, train_ids, enc, cfg.window_s, cfg.augment, rng)
     if sampler.track is None:
@@ -232,7 +232,7 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
     drv = AudioPredictor(model, layout, mean, std, np.asarray(rest, np.float32), enc.spec, fps, rig_checksum,
                   meta={"steps": cfg.steps, "train_frames": int(len(train_ids)),
                         "seconds": round(time.perf_counter() - t0, 2)})
-    speech = train_ids[silence_gate(wave, fps, len(targets))[train_ids] < 0.5]
+    speech = train_ids[gate < 0.5]
     drv.amp_axis, drv.amp_std = mouth_motion_axis(Y[speech] if len(speech) >= 10 else Y[train_ids])
     return drv
 
