@@ -42,7 +42,7 @@ The layout is the one Epic's Live Link Face iPhone app writes for a take (63 col
 
 Which rig qualifies is read from the rig itself: its expression units must include all 52 ARKit names
 (matched case-insensitively, so ARKit's ``eyeBlinkLeft`` fills ``EyeBlinkLeft``).  FLAME's PCA
-components do not map to blendshapes: its avatars keep OUT.npz.  Numpy only (no torch).
+components do not map to blendshapes: its avatars keep OUT.npz.  Rotations through :mod:`talksplat.render.rotation`.
 """
 
 from __future__ import annotations
@@ -135,16 +135,14 @@ def jaw_open_angle(rig) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------ rows
-def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
-    """[..., 3] axis-angle (radians) -> [..., 3, 3] rotation matrices (Rodrigues), numpy."""
-    aa = np.asarray(aa, np.float64)
-    theta = np.linalg.norm(aa, axis=-1, keepdims=True)
-    k = aa / np.maximum(theta, 1e-12)
-    x, y, z = k[..., 0], k[..., 1], k[..., 2]
-    zero = np.zeros_like(x)
-    K = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(aa.shape[:-1] + (3, 3))
-    s, c = np.sin(theta)[..., None], np.cos(theta)[..., None]
-    return np.eye(3) + s * K + (1 - c) * (K @ K)
+def rotation_matrices(aa) -> np.ndarray:
+    """[..., 3] axis-angle (radians, numpy) -> [..., 3, 3] float64 rotation matrices
+    (:func:`talksplat.render.rotation.axis_angle_to_matrix`)."""
+    import torch
+
+    from talksplat.render.rotation import axis_angle_to_matrix
+
+    return axis_angle_to_matrix(torch.as_tensor(np.asarray(aa, np.float64))).numpy()
 
 
 def yaw_pitch_roll(R: np.ndarray) -> np.ndarray:
@@ -187,8 +185,8 @@ def arkit_rows(seq, rig, fps: float) -> list[list[str]]:
             for j in np.flatnonzero(np.asarray(cols) == unit):
                 curves[:, j] += opening
     curves = np.clip(curves, 0.0, 1.0)
-    head = axis_angle_to_matrix(seq.global_rot) @ axis_angle_to_matrix(seq.neck)
-    eyes = axis_angle_to_matrix(seq.eyes)  # [T, 2, 3, 3]
+    head = rotation_matrices(seq.global_rot) @ rotation_matrices(seq.neck)
+    eyes = rotation_matrices(seq.eyes)  # [T, 2, 3, 3]
     rot = np.concatenate([yaw_pitch_roll(head), yaw_pitch_roll(eyes[:, 0]), yaw_pitch_roll(eyes[:, 1])], 1) / math.pi
     return [[timecode(t, fps), str(BLENDSHAPE_COUNT), *(f"{v:.6f}" for v in curves[t]), *(f"{v:.6f}" for v in rot[t])]
             for t in range(len(seq))]

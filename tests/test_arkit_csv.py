@@ -11,7 +11,7 @@ import pytest
 from talksplat.core.errors import OptionError
 from talksplat.driving.arkit_csv import (BLENDSHAPE_COUNT, CURVES, HEADER, ROTATIONS, check_arkit_rig, is_own_csv,
                                          npz_to_arkit_csv, timecode, write_arkit_csv, yaw_pitch_roll,
-                                         axis_angle_to_matrix)
+                                         rotation_matrices)
 from talksplat.rigs.open_head import ARKIT_NAMES
 from talksplat.rigs.sequence import RigSequence
 
@@ -107,7 +107,7 @@ def test_timecode_rolls_over_and_stays_monotonic():
 def test_rotation_signs():
     """Head yaw/pitch/roll in the rig frame (+x the subject's left, +y up, +z out of the face)."""
     a = 0.3
-    ypr = yaw_pitch_roll(axis_angle_to_matrix(np.array([[0, a, 0], [a, 0, 0], [0, 0, a]])))
+    ypr = yaw_pitch_roll(rotation_matrices(np.array([[0, a, 0], [a, 0, 0], [0, 0, a]])))
     assert np.allclose(ypr, [[-a, 0, 0], [0, -a, 0], [0, 0, a]], atol=1e-6)  # FRotator: yaw right, chin up +
 
 
