@@ -199,11 +199,23 @@ def csv_path(out: str | os.PathLike) -> Path:
 
 
 def is_own_csv(path: str | os.PathLike) -> bool:
-    """Whether ``path`` starts with this format's header row (a file this module wrote, or a take)."""
+    """Whether ``path`` is a CSV a drive wrote: this format's header, and as many rows as the frames of the
+    drive's OUT.npz beside it.  The header alone is not enough: a Live Link Face take has it too, and a
+    take is the user's file, never replaced."""
+    from .drive import is_own_npz
+
+    path = Path(path)
+    npz = path.with_suffix(".npz")
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            return f.readline().rstrip("\r\n") == HEADER_LINE
-    except (OSError, UnicodeDecodeError):
+            if f.readline().rstrip("\r\n") != HEADER_LINE:
+                return False
+            rows = sum(1 for line in f if line.strip())
+        if not is_own_npz(npz):
+            return False
+        with np.load(npz, allow_pickle=False) as z:
+            return rows == len(z["expression"])
+    except (OSError, UnicodeDecodeError, KeyError, ValueError):
         return False
 
 

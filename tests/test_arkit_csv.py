@@ -64,6 +64,8 @@ def test_rows_of_an_open_head_sequence(open_rig, tmp_path):
     seq = seq.with_frames(expression=expr)
     path = write_arkit_csv(tmp_path / "talk.csv", seq, open_rig, fps=25.0)
     rows = _read(path)
+    drive_npz = RigSequence(seq.shape, seq.frames, {"fps": np.float32(25.0), "audio": np.asarray("talk.wav")})
+    drive_npz.save(tmp_path / "talk.npz")  # the drive's OUT.npz beside it
     assert rows[0] == list(HEADER) and is_own_csv(path)
     body = rows[1:]
     assert len(body) == len(seq)
@@ -140,8 +142,17 @@ def test_csv_output_is_checked_with_the_others(tmp_path):
     cfg.overwrite = True
     with pytest.raises(OutputError, match="not written by talksplat"):
         check_drive_outputs(cfg, [])
-    (tmp_path / "talk.csv").write_text(",".join(HEADER) + "\n")
-    check_drive_outputs(cfg, [])  # ours: replaced with --overwrite
+    (tmp_path / "talk.csv").write_text(",".join(HEADER) + "\n" + "00:00:00:00.000,61\n")
+    with pytest.raises(OutputError, match="not written by talksplat"):
+        check_drive_outputs(cfg, [])  # a Live Link Face take has the header too: the user's file
+    seq = RigSequence.zeros(2, 52, np.zeros(3, np.float32))
+    seq.extras.update(fps=np.float32(25.0), audio=np.asarray("talk.wav"))  # as drive writes OUT.npz
+    seq.save(tmp_path / "talk.npz")
+    (tmp_path / "talk.csv").write_text(",".join(HEADER) + "\n" + "00:00:00:00.000,61\n" * 2)
+    check_drive_outputs(cfg, [])  # ours (rows = the frames of the drive's OUT.npz beside it): replaced
+    (tmp_path / "talk.csv").write_text(",".join(HEADER) + "\n" + "00:00:00:00.000,61\n" * 3)
+    with pytest.raises(OutputError, match="not written by talksplat"):
+        check_drive_outputs(cfg, [])  # another length: not the CSV of this drive
     cfg.arkit_csv = False
     (tmp_path / "talk.csv").write_text("name,value\n")
     check_drive_outputs(cfg, [])  # without the flag OUT.csv is not an output
