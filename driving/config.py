@@ -45,6 +45,10 @@ class PredictorConfig:
     """Weight of the frame-to-frame velocity loss (0 to 1e+06)."""
     use_tuned: bool = True
     """Train on the fit-tuned parameters (tuned_params.npz) when present, else the tracked ones."""
+    extra_data: tuple[Path, ...] = ()
+    """More prepared datasets (`talksplat prep` folders, same rig and frame rate) whose speech and tracked
+    parameters join the training, every time step: more videos of the subject, or other speakers' (their
+    mouth motion in this rig's units) for a predictor that has heard more voices."""
     seed: Annotated[int, Range(0)] = 0
     """Random seed (at least 0)."""
 

@@ -6,10 +6,12 @@ An encoder turns a 16 kHz waveform into a feature sequence at its own frame rate
     feats = enc.encode(torch.from_numpy(wave))   # [T_f, enc.dim] at enc.rate frames per second
 
 * :class:`LogMelEncoder` (default): 80 log-mel bands from ``torch.stft`` (25 ms windows, 10 ms hop),
-  each band normalised by its mean over the active speech of a sliding 3 s window and by the
-  utterance's spread, so the features describe phonetic content (spectral shape) rather than one
-  voice or microphone, plus one absolute loudness channel (the input is loudness-normalised, so
-  silence stays recognisable).  ``warp`` rescales the frequency axis (vocal-tract-length
+  each band normalised by its mean over the active speech of the preceding 3 s and by the spread of
+  that speech, so the features describe phonetic content (spectral shape) rather than one voice or
+  microphone, plus one absolute loudness channel (the input is loudness-normalised, so silence stays
+  recognisable).  The normalisation looks back only (``norm="trailing"``, the default: a frame's
+  features depend on the audio up to 12.5 ms after it, as a live mode needs); predictor files from
+  before it use ``norm="centred"`` (a ±1.5 s window and the utterance's spread).  ``warp`` rescales the frequency axis (vocal-tract-length
   perturbation) for training augmentation.
 * :class:`PhoneticEncoder` (``"phonetic"``): the log-mel features plus 30 channels of visemes (what is
   said, not who says it: :mod:`talksplat.driving.phonetic`), recognised offline by pocketsphinx or,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -60,14 +63,21 @@ def loudness_channel(wave: torch.Tensor, hop: int, frames: int) -> torch.Tensor:
     return torch.from_numpy(np.maximum((db - TARGET_DBFS) / 20.0, -3.0).astype(np.float32))
 
 
-def sliding_mean(x: torch.Tensor, weight: torch.Tensor, half: int) -> torch.Tensor:
-    """Weighted mean of ``x`` [T, D] over a window of ±``half`` frames; ``weight`` [T] >= 0."""
+def sliding_mean(x: torch.Tensor, weight: torch.Tensor, before: int, after: int | None = None) -> torch.Tensor:
+    """Weighted mean of ``x`` [T, D] over the frames [t - ``before``, t + ``after``] (``after`` defaults to
+    ``before``: a centred window); ``weight`` [T] >= 0."""
     T = x.shape[0]
+    after = before if after is None else after
     cs = torch.cat([x.new_zeros(1, x.shape[1]), torch.cumsum(x * weight[:, None], 0)])
     cw = torch.cat([x.new_zeros(1), torch.cumsum(weight, 0)])
     i = torch.arange(T, device=x.device)
-    lo, hi = (i - half).clamp(min=0), (i + half + 1).clamp(max=T)
+    lo, hi = (i - before).clamp(min=0), (i + after + 1).clamp(max=T)
     return (cs[hi] - cs[lo]) / (cw[hi] - cw[lo]).clamp(min=1e-6)[:, None]
+
+
+#: Smallest spread (natural-log units) the trailing normalisation divides by: the first frames of speech
+#: have few frames of statistics behind them.
+MIN_SPREAD = 0.5
 
 
 class LogMelEncoder:
@@ -77,8 +87,11 @@ class LogMelEncoder:
     rate = 100.0
 
     def __init__(self, n_mels: int = 80, n_fft: int = 512, win: int = 400, hop: int = 160,
-                 fmin: float = 60.0, fmax: float = 7600.0, norm_window_s: float = 3.0):
-        self.n_mels, self.n_fft, self.win, self.hop = n_mels, n_fft, win, hop
+                 fmin: float = 60.0, fmax: float = 7600.0, norm_window_s: float = 3.0,
+                 norm: Literal["trailing", "centred"] = "trailing"):
+        if norm not in ("trailing", "centred"):
+            raise EncoderError(f"unknown feature normalisation '{norm}': use 'trailing' or 'centred'")
+        self.n_mels, self.n_fft, self.win, self.hop, self.norm = n_mels, n_fft, win, hop, norm
         self.fb = mel_filterbank(n_fft, n_mels, SAMPLE_RATE, fmin, fmax)
         self.window = torch.hann_window(win)
         self.half = int(norm_window_s * self.rate / 2)
@@ -104,13 +117,29 @@ class LogMelEncoder:
         mel = torch.log(self.fb @ spec + 1e-8).T  # [T, n_mels]
         T = mel.shape[0]
         loud = loudness_channel(wave, self.hop, T)
-        active = (loud > loud.max() - 1.5).float()  # within 30 dB of the loudest frame
-        if active.sum() < 1:
-            active = torch.ones_like(active)
-        mel = mel - sliding_mean(mel, active, self.half)
-        spread = (mel[active > 0].std() if active.sum() > 1 else mel.std()).clamp(min=1e-3)
-        mel = mel / spread
+        if self.norm == "trailing":
+            mel = self._normalise_trailing(mel, loud)
+        else:
+            active = (loud > loud.max() - 1.5).float()  # within 30 dB of the loudest frame
+            if active.sum() < 1:
+                active = torch.ones_like(active)
+            mel = mel - sliding_mean(mel, active, self.half)
+            spread = (mel[active > 0].std() if active.sum() > 1 else mel.std()).clamp(min=1e-3)
+            mel = mel / spread
         return torch.cat([mel.clamp(-6, 6), loud[:, None]], 1)
+
+    def _normalise_trailing(self, mel: torch.Tensor, loud: torch.Tensor) -> torch.Tensor:
+        """[T, n_mels] log-mel -> normalised by the statistics of the active speech (within 30 dB of the
+        normalisation target: the input is loudness-normalised) in the preceding 2 * ``half`` frames and
+        the frame itself; quiet frames weigh 1/1000 of a speech frame, so before the first speech the
+        statistics are the quiet input's own.  A frame never sees the audio after its own STFT window."""
+        weight = (loud > -1.5).float() + 1e-3
+        before = 2 * self.half
+        mean = sliding_mean(mel, weight, before, 0)
+        # the mean square deviation from that mean, over bands and the same frames
+        sq = sliding_mean((mel - mean).pow(2).mean(1, keepdim=True), weight, before, 0)[:, 0]
+        spread = sq.sqrt().clamp(min=MIN_SPREAD)
+        return (mel - mean) / spread[:, None]
 
 
 class PhoneticEncoder(LogMelEncoder):
@@ -121,10 +150,10 @@ class PhoneticEncoder(LogMelEncoder):
 
     spec = "phonetic"
 
-    def __init__(self):
+    def __init__(self, norm: Literal["trailing", "centred"] = "trailing"):
         from .phonetic import VISEMES
 
-        super().__init__()
+        super().__init__(norm=norm)
         self.num_visemes = 2 * len(VISEMES)
         self.dim = self.n_mels + 1 + self.num_visemes
 
@@ -212,12 +241,14 @@ class HFEncoder:
         return torch.cat([h, loud[:, None]], 1)
 
 
-def make_encoder(spec: str = "logmel", device: str | torch.device = "cpu"):
-    """``"logmel"``, ``"phonetic"`` or ``"hf:/path/to/dir"`` -> an encoder with ``dim``, ``rate``, ``spec``, ``encode()``."""
+def make_encoder(spec: str = "logmel", device: str | torch.device = "cpu",
+                 norm: Literal["trailing", "centred"] = "trailing"):
+    """``"logmel"``, ``"phonetic"`` or ``"hf:/path/to/dir"`` -> an encoder with ``dim``, ``rate``, ``spec``,
+    ``encode()``.  ``norm``: the log-mel normalisation (:class:`LogMelEncoder`)."""
     if spec == "logmel":
-        return LogMelEncoder()
+        return LogMelEncoder(norm=norm)
     if spec == "phonetic":
-        return PhoneticEncoder()
+        return PhoneticEncoder(norm=norm)
     if spec.startswith("hf:"):
         return HFEncoder(spec[3:], device=device)
     raise EncoderError(f"unknown audio encoder '{spec}': use 'logmel', 'phonetic' or 'hf:/path/to/local/model'")

@@ -4,8 +4,16 @@
     out = drv.predict(wave, fps=25.0, num_frames=T)   # {"expression": [T, E], "jaw": [T, 3]}
 
 Network (:class:`AudioToRig`): a stride-2 input projection (100 -> 50 Hz for log-mel), residual
-dilated 1-D convolutions (receptive field about ±0.3 s), the hidden sequence sampled at the video
-frame times (linear interpolation), and a small convolutional head at the video rate.  Targets are
+dilated 1-D convolutions (0.42 s behind, 0.14 s ahead; each time step normalised on its own), the
+hidden sequence sampled at the video frame times (linear interpolation), and a small convolutional
+head at the video rate that looks back only.
+
+Lookahead (streaming-ready): an output at time t depends on the audio up to t + 0.18 s (features
+12.5 ms, network 165 ms; the phonetic viseme head 110 ms), and the silence gate on t + 0.2 s.  Not
+streaming: the input's loudness normalisation (per utterance, in :func:`~talksplat.driving.audio.load_audio`),
+the phonetic encoder's recognition (pocketsphinx decodes the utterance) and ``match_amplitude`` (the
+utterance's spread).  Predictor files from before (``streaming`` absent) keep their centred ±0.3 s
+network and ±1.5 s feature normalisation.  Targets are
 the rig's speech-related expression coefficients plus the jaw rotation, standardised with the
 training statistics; eye-related expression coefficients are not predicted (blinks come from
 :mod:`talksplat.driving.motion`) and keep their training median.
@@ -46,16 +54,36 @@ class PredictorFileError(InputError):
     """A driver file that is missing, not a talksplat driver, or made for another rig."""
 
 
-class ResBlock(nn.Module):
-    def __init__(self, ch: int, kernel: int, dilation: int, dropout: float):
+class FrameNorm(nn.Module):
+    """LayerNorm over the channels of each time step of [B, C, T] (no statistics across time)."""
+
+    def __init__(self, ch: int):
         super().__init__()
-        self.conv1 = nn.Conv1d(ch, ch, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+        self.weight = nn.Parameter(torch.ones(ch))
+        self.bias = nn.Parameter(torch.zeros(ch))
+
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x.transpose(1, 2), (x.shape[1],), self.weight, self.bias).transpose(1, 2)
+
+
+class ResBlock(nn.Module):
+    """A residual dilated convolution.  ``streaming``: its ``kernel`` taps reach one tap ahead and the rest
+    behind, and it normalises each time step on its own (:class:`FrameNorm`), so the block's output at t
+    depends on its input up to ``dilation`` steps after t; otherwise (predictor files from before) the
+    taps are centred and GroupNorm normalises over the whole sequence."""
+
+    def __init__(self, ch: int, kernel: int, dilation: int, dropout: float, streaming: bool = True):
+        super().__init__()
+        future = 1 if streaming else kernel // 2
+        self.pad = (dilation * (kernel - 1 - future), dilation * future)
+        self.conv1 = nn.Conv1d(ch, ch, kernel, dilation=dilation)
         self.conv2 = nn.Conv1d(ch, ch, 1)
-        self.norm = nn.GroupNorm(1, ch)
+        self.norm = FrameNorm(ch) if streaming else nn.GroupNorm(1, ch)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
-        return x + self.conv2(self.drop(torch.nn.functional.gelu(self.norm(self.conv1(x)))))
+        h = self.conv1(torch.nn.functional.pad(x, self.pad))
+        return x + self.conv2(self.drop(torch.nn.functional.gelu(self.norm(h))))
 
 
 class AudioToRig(nn.Module):
@@ -69,16 +97,29 @@ class AudioToRig(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, kernel: int = 5,
                  dilations: tuple[int, ...] = (1, 2, 4), dropout: float = 0.1, stride: int = 2,
-                 visemes: tuple[int, int] | None = None, viseme_lead: int = 6, viseme_width: int = 4):
+                 visemes: tuple[int, int] | None = None, viseme_lead: int = 6, viseme_width: int = 4,
+                 streaming: bool = True):
         super().__init__()
-        self.stride = stride
+        self.stride, self.streaming = stride, streaming
         self.inp = nn.Conv1d(in_dim, hidden, stride, stride=stride)
-        self.blocks = nn.Sequential(*[ResBlock(hidden, kernel, d, dropout) for d in dilations])
-        self.head = nn.Sequential(nn.Conv1d(hidden, hidden, 3, padding=1), nn.GELU(), nn.Conv1d(hidden, out_dim, 1))
+        self.blocks = nn.Sequential(*[ResBlock(hidden, kernel, d, dropout, streaming) for d in dilations])
+        # the head's 3-tap convolution runs over the video frames: centred before, looking back when streaming
+        self.head_pad = (2, 0) if streaming else (1, 1)
+        self.head = nn.Sequential(nn.Conv1d(hidden, hidden, 3), nn.GELU(), nn.Conv1d(hidden, out_dim, 1))
         self.visemes, self.viseme_lead, self.viseme_width = visemes, viseme_lead, viseme_width
         if visemes is not None:
             self.viseme_head = nn.Linear(NUM_VISEMES, out_dim, bias=False)
             nn.init.zeros_(self.viseme_head.weight)
+
+    def lookahead_frames(self) -> float:
+        """How far (in input feature frames) an output at query q reads the features past q: the input
+        projection and the linear sampling of its output (1.5 stride - 0.5), each block's one tap ahead
+        (its dilation, in strides), the head (1 video frame unless streaming: not counted here, it is
+        at the video rate) and the viseme head (``viseme_lead`` + ``viseme_width`` + 1)."""
+        per_block = sum(b.pad[1] for b in self.blocks)
+        net = 1.5 * self.stride - 0.5 + per_block * self.stride
+        vis = self.viseme_lead + self.viseme_width + 1 if self.visemes is not None else 0
+        return float(max(net, vis))
 
     def viseme_weights(self, feats: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """[B, T_f, D], [B, T] -> [B, T, 15]: the viseme weights the viseme head sees at each query."""
@@ -109,7 +150,7 @@ class AudioToRig(nn.Module):
         idx0 = i0[:, None].expand(-1, h.shape[1], -1)
         idx1 = i1[:, None].expand(-1, h.shape[1], -1)
         hv = torch.gather(h, 2, idx0) * (1 - a) + torch.gather(h, 2, idx1) * a  # [B, H, T]
-        out = self.head(hv).transpose(1, 2)
+        out = self.head(torch.nn.functional.pad(hv, self.head_pad)).transpose(1, 2)
         if self.visemes is not None:
             out = out + self.viseme_head(self.viseme_weights(feats, query))
         return out
@@ -201,7 +242,7 @@ class AudioPredictor:
     @property
     def encoder(self):
         if self._encoder is None:
-            self._encoder = make_encoder(self.encoder_spec)
+            self._encoder = make_encoder(self.encoder_spec, norm="trailing" if self.model.streaming else "centred")
         return self._encoder
 
     @torch.no_grad()
@@ -282,7 +323,7 @@ class AudioPredictor:
                   "dilations": [b.conv1.dilation[0] for b in self.model.blocks],
                   "kernel": self.model.blocks[0].conv1.kernel_size[0], "stride": self.model.stride,
                   "visemes": self.model.visemes, "viseme_lead": self.model.viseme_lead,
-                  "viseme_width": self.model.viseme_width,
+                  "viseme_width": self.model.viseme_width, "streaming": self.model.streaming,
                   "avatar_sha256": self.avatar_sha256, "amp_std": self.amp_std, "meta": self.meta}
         path = Path(path)
         with atomic_write(path) as tmp:
@@ -328,7 +369,8 @@ def load_predictor(path: str | os.PathLike, rig_checksum: str | None = None, ava
                            kernel=int(header["kernel"]), dilations=tuple(header["dilations"]),
                            stride=int(header.get("stride", 1)),
                            visemes=tuple(header["visemes"]) if header.get("visemes") else None,
-                           viseme_lead=int(header.get("viseme_lead", 6)), viseme_width=int(header.get("viseme_width", 4)))
+                           viseme_lead=int(header.get("viseme_lead", 6)), viseme_width=int(header.get("viseme_width", 4)),
+                           streaming=bool(header.get("streaming", False)))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         drv = AudioPredictor(model, layout, tensors["mean"].numpy(), tensors["std"].numpy(), tensors["rest"].numpy(),
                      str(header["encoder"]), float(header["fps"]), str(header["rig_checksum"]), header.get("meta", {}),

@@ -176,14 +176,18 @@ def init_viseme_table(model: AudioToRig, enc, wave: np.ndarray, track: np.ndarra
 
 def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids: np.ndarray,
                     layout: TargetLayout, cfg: PredictorConfig, geo: LipGeometry | None = None,
-                    rest: np.ndarray | None = None, rig_checksum: str = "", progress=None) -> AudioPredictor:
+                    rest: np.ndarray | None = None, rig_checksum: str = "", progress=None,
+                    own_ids: np.ndarray | None = None) -> AudioPredictor:
     """Fit :class:`AudioToRig` to ``targets`` [T, layout.dim] (rig units) aligned with ``wave`` at ``fps``.
 
-    ``train_ids``: time steps to learn from.  ``rest``: [dim] parameters of the closed, silent mouth
-    (default: the mean over the silent training frames).  Returns the :class:`AudioPredictor`."""
+    ``train_ids``: time steps to learn from.  ``own_ids``: those of them that are the subject's own (the
+    rest and the mouth amplitude are the subject's; default: all of ``train_ids``).  ``rest``: [dim]
+    parameters of the closed, silent mouth (default: the mean over the subject's silent training frames).
+    Returns the :class:`AudioPredictor`."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train_ids = np.asarray(train_ids)
+    own_ids = train_ids if own_ids is None else np.asarray(own_ids)
     enc = make_encoder(cfg.encoder)
     tr = targets[train_ids]
     mean = tr.mean(0).astype(np.float32)
@@ -191,9 +195,10 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
     floor[len(layout.expr_ids):] = 0.01  # jaw radians
     std = np.maximum(tr.std(0), floor).astype(np.float32)
     Y = (targets - mean) / std
-    gate = silence_gate(wave, fps, len(targets))[train_ids]  # [N] 1 in silences
+    gate = silence_gate(wave, fps, len(targets))[own_ids]  # [N] 1 in the subject's silences
+    own = targets[own_ids]
     if rest is None:
-        rest = (tr[gate > 0.5].mean(0) if (gate > 0.5).sum() >= 3 else np.percentile(tr, 10, axis=0)).astype(np.float32)
+        rest = (own[gate > 0.5].mean(0) if (gate > 0.5).sum() >= 3 else np.percentile(own, 10, axis=0)).astype(np.float32)
     sampler = WindowSampler(wave, fps, Y, train_ids, enc, cfg.window_s, cfg.augment, rng)
     if sampler.track is None:
         model = AudioToRig(enc.dim, layout.dim, hidden=cfg.hidden)
@@ -232,8 +237,8 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
     drv = AudioPredictor(model, layout, mean, std, np.asarray(rest, np.float32), enc.spec, fps, rig_checksum,
                   meta={"steps": cfg.steps, "train_frames": int(len(train_ids)),
                         "seconds": round(time.perf_counter() - t0, 2)})
-    speech = train_ids[gate < 0.5]
-    drv.amp_axis, drv.amp_std = mouth_motion_axis(Y[speech] if len(speech) >= 10 else Y[train_ids])
+    speech = own_ids[gate < 0.5]
+    drv.amp_axis, drv.amp_std = mouth_motion_axis(Y[speech] if len(speech) >= 10 else Y[own_ids])
     return drv
 
 
@@ -261,6 +266,50 @@ def _dataset_arrays(dataset, out_dir: Path | None, use_tuned: bool) -> tuple[dic
         if len(stored) == len(tracked) and stored.num_expression == tracked.num_expression:
             train = stored
     return dict(train.frames), dict(tracked.frames)
+
+
+#: Seconds of silence between the subject's recording and each extra dataset's in the joined training audio.
+EXTRA_GAP_S = 1.0
+
+
+def join_extra_data(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids: np.ndarray,
+                    layout: TargetLayout, extra: tuple[Path, ...], rig: HeadRig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The subject's training audio [N], targets [T, dim] and time steps [K] with each ``extra`` dataset's
+    (all of its time steps but dropped ones, its tracked parameters) appended after ``EXTRA_GAP_S`` of
+    silence, frame-aligned.  A dataset of another rig, frame rate or without audio is a
+    :class:`PredictorTrainingError` naming it; with no ``extra`` the inputs come back unchanged."""
+    if not extra:
+        return wave, targets, train_ids
+    from talksplat.data_prep.dataset import load_dataset
+
+    gap = int(round(EXTRA_GAP_S * fps))
+    pieces = [(wave, targets, np.asarray(train_ids))]
+    for path in extra:
+        ds = load_dataset(path)
+        if ds.meta.get("rig", {}).get("checksum") != rig.checksum:
+            raise PredictorTrainingError(f"{path}: tracked with another rig ({ds.meta.get('rig', {}).get('name')}) "
+                                      f"than the subject's ({rig.name}): extra data must share the rig")
+        if abs(float(ds.meta["fps"]) - fps) > 1e-6:
+            raise PredictorTrainingError(f"{path}: {ds.meta['fps']} frames/s, the subject's dataset has {fps}: "
+                                      "extra data must share the frame rate")
+        if ds.audio_path is None or not Path(ds.audio_path).is_file():
+            raise PredictorTrainingError(f"{path}: the dataset has no audio.wav: extra data needs speech")
+        dropped = set(ds.meta.get("dropped_timesteps", []))
+        ids = np.array([t for t in range(ds.num_timesteps) if t not in dropped])
+        p = ds.params
+        pieces.append((load_audio(ds.audio_path), layout.pack(p["expression"], p["jaw"]), ids))
+    T = sum(len(y) for _, y, _ in pieces) + gap * (len(pieces) - 1)
+    out_wave = np.zeros(int(round(T / fps * SAMPLE_RATE)) + 1, np.float32)
+    out_targets = np.repeat(targets.mean(0, keepdims=True), T, 0).astype(np.float32)
+    out_ids, f0 = [], 0
+    for w, y, ids in pieces:
+        s0 = int(round(f0 / fps * SAMPLE_RATE))
+        n = min(len(w), int(round(len(y) / fps * SAMPLE_RATE)), len(out_wave) - s0)
+        out_wave[s0:s0 + n] = w[:n]
+        out_targets[f0:f0 + len(y)] = y
+        out_ids.append(ids + f0)
+        f0 += len(y) + gap
+    return out_wave, out_targets, np.concatenate(out_ids)
 
 
 def evaluate_predictor(drv: AudioPredictor, geo: LipGeometry, wave: np.ndarray, fps: float, tracked: dict,
@@ -300,9 +349,13 @@ def train_predictor_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, c
     layout = choose_layout(rig, train_p["expression"][train_ids])
     targets = layout.pack(train_p["expression"], train_p["jaw"])
     geo = LipGeometry(rig.cpu(), ds.shape)
-    drv = train_predictor(wave, fps, targets, train_ids, layout, cfg, geo=geo, rig_checksum=rig.checksum,
-                          progress=progress)
+    all_wave, all_targets, all_ids = join_extra_data(wave, fps, targets, train_ids, layout, cfg.extra_data, rig)
+    drv = train_predictor(all_wave, fps, all_targets, all_ids, layout, cfg, geo=geo, rig_checksum=rig.checksum,
+                          progress=progress, own_ids=train_ids)
     metrics = dict(drv.meta)
+    if cfg.extra_data:
+        metrics["own_frames"] = int(len(train_ids))
+        metrics["extra_data"] = [str(p) for p in cfg.extra_data]
     if len(eval_ids):
         metrics["heldout"] = evaluate_predictor(drv, geo, wave, fps, tracked, eval_ids, train_p, train_ids)
     metrics["train"] = evaluate_predictor(drv, geo, wave, fps, tracked, train_ids, train_p, train_ids)

@@ -327,3 +327,47 @@ def test_amplitude_matching_gives_back_the_subjects_own_mouth_motion(tmp_path):
     drv.save(tmp_path / "driver.safetensors")
     again = load_predictor(tmp_path / "driver.safetensors")
     assert np.allclose(again.amp_axis, axis) and again.amp_std == pytest.approx(amp)
+
+
+@pytest.mark.parametrize("encoder", ["logmel", "phonetic"])
+def test_predictor_looks_ahead_at_most_200_ms(encoder):
+    """Streaming-ready: replacing the audio after t + 0.2 s changes no prediction at or before t (features,
+    network, viseme head); the centred network of older predictor files does look further (the check can
+    fail)."""
+    from talksplat.driving.features import make_encoder
+    from talksplat.driving.predictor import AudioPredictor, AudioToRig, TargetLayout
+
+    torch.manual_seed(0)
+    fps, T = 25.0, 100
+    wave = _tone_speech(4.0, SAMPLE_RATE, seed=1)
+    other = wave.copy()
+    t_cut = 2.0
+    other[int((t_cut + 0.2) * SAMPLE_RATE):] = _tone_speech(4.0, SAMPLE_RATE, seed=2)[int((t_cut + 0.2) * SAMPLE_RATE):] * 0.5
+    layout = TargetLayout([0, 1], 2, np.zeros(2, np.float32), [])
+
+    def outputs(streaming: bool, w: np.ndarray) -> np.ndarray:
+        torch.manual_seed(0)
+        enc = make_encoder(encoder, norm="trailing" if streaming else "centred")
+        vis = (enc.dim - enc.num_visemes, enc.dim) if encoder == "phonetic" else None
+        model = AudioToRig(enc.dim, layout.dim, hidden=16, visemes=vis, streaming=streaming)
+        if vis is not None:
+            torch.nn.init.normal_(model.viseme_head.weight)
+        drv = AudioPredictor(model, layout, np.zeros(layout.dim, np.float32), np.ones(layout.dim, np.float32),
+                             np.zeros(layout.dim, np.float32), encoder, fps, "x")
+        track = None
+        if encoder == "phonetic":  # a known viseme track (as from text) that changes where the audio does
+            from talksplat.driving.phonetic import silent_visemes
+
+            track = silent_visemes(enc.num_frames(len(w)), enc.num_visemes)
+            n = int((t_cut + 0.2) * enc.rate)
+            track[n:, 0], track[n:, 10] = (0.0, 1.0) if w is other else (1.0, 0.0)
+        return drv.predict_normalised(w, fps, T, visemes=track)
+
+    ahead = AudioToRig(81, 5, streaming=True).lookahead_frames() / 100.0 + 0.0125  # seconds
+    assert ahead <= 0.2
+    keep = int(t_cut * fps) + 1  # frames at or before t_cut
+    a, b = outputs(True, wave), outputs(True, other)
+    assert np.allclose(a[:keep], b[:keep], atol=1e-5), np.abs(a[:keep] - b[:keep]).max()
+    assert not np.allclose(a[keep + 10:], b[keep + 10:], atol=1e-3)  # it does hear the change later
+    a, b = outputs(False, wave), outputs(False, other)
+    assert not np.allclose(a[:keep], b[:keep], atol=1e-5)
