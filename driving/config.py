@@ -43,6 +43,9 @@ class PredictorConfig:
     """Weight of the lip-vertex loss (mm², relative to the parameter loss) (0 to 1e+06)."""
     lambda_velocity: Annotated[float, Range(0.0, 1e6)] = 0.5
     """Weight of the frame-to-frame velocity loss (0 to 1e+06)."""
+    lambda_viseme_prior: Annotated[float, Range(0.0, 1e6)] = 0.1
+    """Weight of the pull of the viseme head (`--driver.encoder phonetic`) towards the rig's hand-set viseme
+    prior (the open head's ARKit mouth shapes; FLAME has none); 0: the prior only starts it (0 to 1e+06)."""
     use_tuned: bool = True
     """Train on the fit-tuned parameters (tuned_params.npz) when present, else the tracked ones."""
     extra_data: tuple[Path, ...] = ()

@@ -7,7 +7,9 @@ Training samples random windows (``window_s``) of the training time steps: the a
 about what is said rather than who says it: tempo (the audio is resampled by 0.85-1.15 and the targets
 follow in time, which also moves the pitch), a frequency-axis warp of 0.85-1.18 (formants, i.e. a
 different vocal tract), white noise at 10-40 dB SNR and ±6 dB gain.  Loss: smooth-L1 on standardised
-parameters, lip-vertex distance (cm², through the rig), and frame-to-frame velocity.
+parameters, lip-vertex distance (cm², through the rig), and frame-to-frame velocity; with a viseme head
+(``phonetic``) on a rig with a viseme prior (the open head's hand-set ARKit mouth shapes), the head starts at
+the prior where the subject's frames are few and is pulled towards it (``lambda_viseme_prior``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .audio import SAMPLE_RATE, load_audio
 from .config import PredictorConfig
 from .evaluate import LipGeometry, lip_sync_metrics
 from .features import make_encoder
-from .phonetic import silent_visemes
+from .phonetic import NUM_VISEMES, VISEMES, silent_visemes
 from .predictor import AudioToRig, AudioPredictor, TargetLayout, choose_layout, silence_gate
 
 CONTEXT_S = 0.4
@@ -151,22 +153,83 @@ def _lip_fn(geo: LipGeometry, layout: TargetLayout, mean: np.ndarray, std: np.nd
     return fn
 
 
-#: Frames of evidence a viseme's own estimate needs to outweigh the prior (the subject's mean shape).
+#: Frames of evidence a viseme's own estimate needs to outweigh the prior (the rig's hand-set shape of the
+#: viseme when it has one, else the subject's mean shape).
 VISEME_PRIOR_FRAMES = 3.0
+#: The farthest (in the subject's training standard deviations) the rig's viseme prior may put a predicted
+#: value from its training mean: a unit the subject barely moves is not pulled far by the prior.
+VISEME_PRIOR_MAX_STD = 3.0
+
+
+def _opening_fit(tr: np.ndarray, layout: TargetLayout, unit: int | None, angle: float | None):
+    """How the subject splits a mouth opening between the jaw-opening unit (expression index ``unit``) and the
+    jaw rotation: ``tr`` [N, dim] raw training targets -> a function opening (in the unit's coefficients: the
+    unit plus the jaw's rotation about +x over ``angle``, the rotation the unit amounts to) -> {output column:
+    value} for the unit's column (when predicted) and the 3 jaw columns (least squares on the training
+    frames), or None when the training frames do not open the mouth."""
+    ne = len(layout.expr_ids)
+    col = layout.expr_ids.index(unit) if unit is not None and unit in layout.expr_ids else None
+    u = tr[:, col] if col is not None else np.full(len(tr), layout.fill_expression[unit] if unit is not None else 0.0)
+    o = u + (tr[:, ne] / angle if angle else 0.0)
+    if len(tr) < 2 or o.std() < 1e-4:
+        return None
+    cols = ([col] if col is not None else []) + [ne, ne + 1, ne + 2]
+    z = tr[:, cols].astype(np.float64)
+    slope = ((o - o.mean())[:, None] * (z - z.mean(0))).mean(0) / o.var()
+    icpt = z.mean(0) - slope * o.mean()
+    return lambda p: dict(zip(cols, icpt + slope * p))
+
+
+def viseme_prior_targets(prior: dict[str, dict[str, float]], expression_names: list[str], layout: TargetLayout,
+                         tr: np.ndarray, mean: np.ndarray, std: np.ndarray, rest: np.ndarray,
+                         jaw_unit: int | None = None, jaw_angle: float | None = None) -> np.ndarray:
+    """The rig's viseme prior (:meth:`~talksplat.rigs.base.HeadRig.viseme_prior`) in the predictor's
+    standardised outputs: [15, dim], rows in :data:`~talksplat.driving.phonetic.VISEMES` order.
+
+    Each viseme starts at the subject's training mean ``mean`` [dim] (``sil``: the subject's ``rest``, and
+    nothing else) and the predicted units it names take its values; a unit that is not predicted (it does not
+    move in training) is skipped.  The jaw-opening unit (expression index ``jaw_unit``: the rig's ``jaw_open``
+    group) names the whole opening: it is split between the unit and the jaw rotation (``jaw_angle``: radians
+    about +x that the unit at 1.0 amounts to, None when the rig's unit is no rotation) as the subject's
+    training targets ``tr`` [N, dim] split it (a least-squares line); when they do not open the mouth, the
+    unit takes the value and the jaw stays at the mean.  Then standardised with ``mean`` and ``std`` and kept
+    within :data:`VISEME_PRIOR_MAX_STD` of 0.  A viseme the prior does not name gets 0 (the mean)."""
+    index = {n: i for i, n in enumerate(expression_names)}
+    col = {e: j for j, e in enumerate(layout.expr_ids)}
+    jaw_name = expression_names[jaw_unit] if jaw_unit is not None else None
+    opening = _opening_fit(np.asarray(tr, np.float64), layout, jaw_unit, jaw_angle)
+    out = np.zeros((NUM_VISEMES, layout.dim), np.float64)
+    for v, name in enumerate(VISEMES):
+        if name not in prior:
+            continue
+        if name == "sil":
+            row = np.asarray(rest, np.float64).copy()
+        else:
+            row = np.asarray(mean, np.float64).copy()
+            for u, value in prior[name].items():
+                if u in index and index[u] in col:
+                    row[col[index[u]]] = value
+            if jaw_name in prior[name] and opening is not None:
+                for c, value in opening(prior[name][jaw_name]).items():
+                    row[c] = value
+        out[v] = (row - mean) / std
+    return np.clip(out, -VISEME_PRIOR_MAX_STD, VISEME_PRIOR_MAX_STD).astype(np.float32)
 
 
 def init_viseme_table(model: AudioToRig, enc, wave: np.ndarray, track: np.ndarray, fps: float, Y: np.ndarray,
-                      train_ids: np.ndarray) -> np.ndarray:
+                      train_ids: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
     """Start the viseme head at the subject's mean standardised target per viseme (weighted by each
-    training frame's viseme weights, shrunk towards the mean shape where a viseme is rare) and the
-    temporal network's output at zero: the model begins as a viseme-to-mouth table the training then
-    corrects.  Returns the table [15, dim]."""
+    training frame's viseme weights, shrunk towards the prior where a viseme is rare: ``prior`` [15, dim], the
+    rig's standardised viseme prior (:func:`viseme_prior_targets`), or, without one, 0 = the subject's mean
+    shape) and the temporal network's output at zero: the model begins as a viseme-to-mouth table the training
+    then corrects.  Returns the table [15, dim]."""
     with torch.no_grad():
         feats = enc.encode(torch.from_numpy(np.asarray(wave, np.float32)), visemes=torch.from_numpy(track))
         query = torch.from_numpy((np.asarray(train_ids) / fps * enc.rate).astype(np.float32))
         W = model.viseme_weights(feats[None], query[None])[0].numpy().astype(np.float64)  # [N, 15]
         y = Y[train_ids].astype(np.float64)
-        table = (W.T @ y) / (W.sum(0)[:, None] + VISEME_PRIOR_FRAMES)  # prior: 0 = the subject's mean
+        p = np.zeros((W.shape[1], y.shape[1])) if prior is None else np.asarray(prior, np.float64)
+        table = (W.T @ y + VISEME_PRIOR_FRAMES * p) / (W.sum(0)[:, None] + VISEME_PRIOR_FRAMES)
         model.viseme_head.weight.copy_(torch.from_numpy(table.T.astype(np.float32)))
         last = model.head[-1]
         torch.nn.init.zeros_(last.weight)
@@ -177,13 +240,15 @@ def init_viseme_table(model: AudioToRig, enc, wave: np.ndarray, track: np.ndarra
 def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids: np.ndarray,
                     layout: TargetLayout, cfg: PredictorConfig, geo: LipGeometry | None = None,
                     rest: np.ndarray | None = None, rig_checksum: str = "", progress=None,
-                    own_ids: np.ndarray | None = None) -> AudioPredictor:
+                    own_ids: np.ndarray | None = None, rig: HeadRig | None = None) -> AudioPredictor:
     """Fit :class:`AudioToRig` to ``targets`` [T, layout.dim] (rig units) aligned with ``wave`` at ``fps``.
 
     ``train_ids``: time steps to learn from.  ``own_ids``: those of them that are the subject's own (the
     rest and the mouth amplitude are the subject's; default: all of ``train_ids``).  ``rest``: [dim]
     parameters of the closed, silent mouth (default: the mean over the subject's silent training frames).
-    Returns the :class:`AudioPredictor`."""
+    ``rig`` (default: ``geo``'s): the rig of the targets; with a viseme head (the ``phonetic`` encoder),
+    its viseme prior (:meth:`HeadRig.viseme_prior`, the open head's), when it has one, starts the head
+    (:func:`init_viseme_table`) and pulls it (``cfg.lambda_viseme_prior``).  Returns the :class:`AudioPredictor`."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train_ids = np.asarray(train_ids)
@@ -200,11 +265,21 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
     if rest is None:
         rest = (own[gate > 0.5].mean(0) if (gate > 0.5).sum() >= 3 else np.percentile(own, 10, axis=0)).astype(np.float32)
     sampler = WindowSampler(wave, fps, Y, train_ids, enc, cfg.window_s, cfg.augment, rng)
+    prior = prior_t = None  # the rig's viseme prior [15, dim] standardised, and as the head's weight
     if sampler.track is None:
         model = AudioToRig(enc.dim, layout.dim, hidden=cfg.hidden)
     else:
         model = AudioToRig(enc.dim, layout.dim, hidden=cfg.hidden, visemes=(enc.dim - enc.num_visemes, enc.dim))
-        init_viseme_table(model, enc, wave, sampler.track, fps, Y, train_ids)
+        rig = rig if rig is not None else (geo.rig if geo is not None else None)
+        table = rig.viseme_prior() if rig is not None else None
+        if table is not None:
+            from .arkit_csv import jaw_open_angle
+
+            jaw_unit = (rig.expression_group("jaw_open") or [None])[0]
+            prior = viseme_prior_targets(table, rig.expression_names, layout, tr, mean, std, rest, jaw_unit,
+                                         jaw_open_angle(rig))
+        init_viseme_table(model, enc, wave, sampler.track, fps, Y, train_ids, prior)
+        prior_t = None if prior is None or cfg.lambda_viseme_prior <= 0 else torch.from_numpy(prior).T  # [dim, 15]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     lip = _lip_fn(geo, layout, mean, std) if geo is not None and cfg.lambda_lip > 0 else None
@@ -226,6 +301,8 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
             with torch.no_grad():
                 b = lip(target.reshape(-1, layout.dim)[sel])
             loss = loss + cfg.lambda_lip * (a - b).mul(100.0).pow(2).sum(-1).mean()  # cm²
+        if prior_t is not None:
+            loss = loss + cfg.lambda_viseme_prior * (model.viseme_head.weight - prior_t).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -234,9 +311,11 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
         if progress is not None and (step % 50 == 0 or step == cfg.steps - 1):
             progress(step + 1, cfg.steps, loss.item(), (step + 1) / (time.perf_counter() - t0))
     model.eval()
+    meta = {"steps": cfg.steps, "train_frames": int(len(train_ids)), "seconds": round(time.perf_counter() - t0, 2)}
+    if model.visemes is not None:
+        meta["viseme_prior"] = prior is not None
     drv = AudioPredictor(model, layout, mean, std, np.asarray(rest, np.float32), enc.spec, fps, rig_checksum,
-                  meta={"steps": cfg.steps, "train_frames": int(len(train_ids)),
-                        "seconds": round(time.perf_counter() - t0, 2)})
+                         meta=meta)
     speech = own_ids[gate < 0.5]
     drv.amp_axis, drv.amp_std = mouth_motion_axis(Y[speech] if len(speech) >= 10 else Y[own_ids])
     return drv
@@ -351,7 +430,7 @@ def train_predictor_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, c
     geo = LipGeometry(rig.cpu(), ds.shape)
     all_wave, all_targets, all_ids = join_extra_data(wave, fps, targets, train_ids, layout, cfg.extra_data, rig)
     drv = train_predictor(all_wave, fps, all_targets, all_ids, layout, cfg, geo=geo, rig_checksum=rig.checksum,
-                          progress=progress, own_ids=train_ids)
+                          progress=progress, own_ids=train_ids, rig=rig)
     metrics = dict(drv.meta)
     if cfg.extra_data:
         metrics["own_frames"] = int(len(train_ids))

@@ -29,6 +29,8 @@ from torch import nn
 
 from talksplat.render.rotation import axis_angle_to_matrix
 
+from .visemes import arkit_viseme_prior
+
 #: The semantic joints every rig exposes, in the order of :class:`RigParams` rotations.
 SEMANTIC_JOINTS = ("global", "neck", "jaw", "eye_left", "eye_right")
 
@@ -272,6 +274,17 @@ class HeadRig(nn.Module):
             return self.expression_names.index(name)
         except ValueError:
             raise KeyError(f"rig '{self.name}' has no expression '{name}'") from None
+
+    def viseme_prior(self) -> dict[str, dict[str, float]] | None:
+        """A hand-set mouth shape per viseme: viseme name (the MPEG-4 / Oculus set: ``"sil"``, ``"PP"``, ...,
+        ``"U"``) -> {expression unit name: coefficient}, or None when the rig has none.
+
+        Rigs with ARKit-named units (the open head) get :data:`~talksplat.rigs.visemes.ARKIT_VISEME_PRIOR`
+        (ARKit coefficients 0..1; its ``jaw_open`` group's unit names the whole mouth opening, which callers
+        split between the unit and the jaw rotation as the subject does); rigs without named units (FLAME)
+        get None: their viseme shapes are learned from data only.  The audio predictor starts its viseme
+        head there and pulls it towards it while the subject's data corrects it."""
+        return arkit_viseme_prior(self.expression_names)
 
     # ------------------------------------------------------------------ params
     def zero_params(self, batch_size: int = 1, device=None) -> RigParams:

@@ -128,8 +128,9 @@ def test_phonetic_predictor_trains_saves_and_takes_known_visemes(tmp_path, open_
     jaw = np.zeros((T, 3), np.float32)
     layout = choose_layout(open_rig, expr)
     drv = train_predictor(wave, fps, layout.pack(expr, jaw), np.arange(T), layout,
-                          PredictorConfig(steps=5, encoder="phonetic", batch=2), rig_checksum=open_rig.checksum)
-    assert drv.encoder_spec == "phonetic"
+                          PredictorConfig(steps=5, encoder="phonetic", batch=2), rig_checksum=open_rig.checksum,
+                          rig=open_rig)
+    assert drv.encoder_spec == "phonetic" and drv.meta["viseme_prior"] is True
     pred = drv.predict(wave, fps, T)
     drv.save(tmp_path / "driver.safetensors")
     again = load_predictor(tmp_path / "driver.safetensors", rig_checksum=open_rig.checksum)
@@ -139,3 +140,157 @@ def test_phonetic_predictor_trains_saves_and_takes_known_visemes(tmp_path, open_
     assert np.allclose(given["expression"], pred["expression"], atol=1e-5)
     other = again.predict(wave, fps, T, visemes=np.roll(track, 40, axis=0), close_in_silence=False)
     assert not np.allclose(other["expression"], pred["expression"], atol=1e-4)  # the visemes are used
+
+
+# ------------------------------------------------------------------------------ the rig's viseme prior
+def test_open_head_viseme_prior_is_a_plausible_arkit_table(open_rig, sphere_rig):
+    """Every viseme, only the rig's own units, ARKit's 0..1: rest in silence, lips closed for p/b/m with the
+    jaw nearly shut, lower lip rolled for f/v, rounding for o/u/w; a rig without named units has none."""
+    prior = open_rig.viseme_prior()
+    assert prior is not None and set(prior) == set(VISEMES)
+    named = {u for shape in prior.values() for u in shape}
+    assert named <= set(open_rig.expression_names)
+    assert all(0.0 <= x <= 1.0 for shape in prior.values() for x in shape.values())
+    assert all(x == 0.0 for x in prior["sil"].values())
+    assert prior["PP"]["mouthClose"] > 0 and prior["PP"]["mouthPressLeft"] == prior["PP"]["mouthPressRight"] > 0
+    assert prior["PP"]["jawOpen"] < prior["aa"]["jawOpen"] and prior["PP"]["jawOpen"] <= 0.1
+    assert prior["aa"]["jawOpen"] == max(s.get("jawOpen", 0.0) for s in prior.values())
+    assert prior["FF"]["mouthRollLower"] > 0
+    assert prior["O"]["mouthFunnel"] > 0 and prior["U"]["mouthPucker"] > 0
+    assert all("jawOpen" in s for v, s in prior.items() if v != "sil")
+    prior["PP"]["mouthClose"] = 5.0  # a copy: the rig's table stays as it is
+    assert open_rig.viseme_prior()["PP"]["mouthClose"] < 1.0
+    assert sphere_rig.viseme_prior() is None  # numbered units (FLAME): learned from data only
+
+
+def _prior_layout():
+    """A small ARKit-named layout: jawOpen, mouthClose, mouthFunnel predicted; mouthPucker still in training
+    (not predicted); training frames that open by the unit plus a jaw rotation of 0.1 rad per unit."""
+    from talksplat.driving.predictor import TargetLayout
+
+    names = ["jawOpen", "mouthClose", "mouthFunnel", "mouthPucker"]
+    rng = np.random.default_rng(0)
+    N = 400
+    expr = np.zeros((N, 4), np.float32)
+    expr[:, 0] = rng.uniform(0, 0.6, N)
+    expr[:, 1] = rng.uniform(0, 0.4, N)
+    expr[:, 2] = rng.uniform(0.1, 0.5, N)
+    jaw = np.zeros((N, 3), np.float32)
+    jaw[:, 0] = 0.1 * expr[:, 0]
+    layout = TargetLayout([0, 1, 2], 4, np.zeros(4, np.float32), [])
+    tr = layout.pack(expr, jaw)
+    mean, std = tr.mean(0), np.maximum(tr.std(0), 0.01)
+    rest = np.percentile(tr, 10, axis=0).astype(np.float32)
+    return names, layout, tr, mean, std, rest
+
+
+def test_viseme_prior_in_standardised_outputs():
+    from talksplat.driving.train import VISEME_PRIOR_MAX_STD, viseme_prior_targets
+
+    names, layout, tr, mean, std, rest = _prior_layout()
+    prior = {"sil": {"jawOpen": 0.0}, "PP": {"jawOpen": 0.05, "mouthClose": 0.3},
+             "O": {"jawOpen": 0.4, "mouthFunnel": 0.45}, "U": {"mouthPucker": 0.6, "mouthFunnel": 0.3}}
+    angle = 0.33
+    P = viseme_prior_targets(prior, names, layout, tr, mean, std, rest, 0, angle)
+    assert P.shape == (len(VISEMES), layout.dim)
+    raw = P * std + mean
+    i = VISEME_INDEX
+    assert np.allclose(raw[i["sil"]], rest, atol=1e-5)  # silence: the subject's rest
+    assert np.allclose(P[i["aa"]], 0.0)  # a viseme the prior does not name: the subject's mean
+    # named units take the prior; the opening is split as the subject splits it (unit + rotation / angle)
+    assert raw[i["PP"], 1] == pytest.approx(0.3, abs=1e-5)
+    assert raw[i["O"], 2] == pytest.approx(0.45, abs=1e-5)
+    for v, o in (("PP", 0.05), ("O", 0.4)):
+        unit, rot = raw[i[v], 0], raw[i[v], 3]
+        assert unit + rot / angle == pytest.approx(o, abs=1e-4)
+        assert rot == pytest.approx(0.1 * unit, abs=1e-4)
+    # U: mouthPucker is not predicted (skipped); funnel set; no jawOpen named: the mean opening
+    assert raw[i["U"], 2] == pytest.approx(0.3, abs=1e-5)
+    assert np.allclose(P[i["U"]][[0, 1, 3, 4, 5]], 0.0, atol=1e-5)
+    # a value far outside the subject's motion is held within VISEME_PRIOR_MAX_STD of its mean
+    far = viseme_prior_targets({"O": {"mouthFunnel": 100.0}}, names, layout, tr, mean, std, rest, 0, angle)
+    assert far[i["O"], 2] == pytest.approx(VISEME_PRIOR_MAX_STD)
+
+
+def test_viseme_table_starts_at_the_prior_where_there_are_no_frames():
+    """A viseme never heard keeps exactly the prior (without one: the subject's mean, 0); one heard in every
+    frame gets nearly the subject's mean target over its frames."""
+    import torch
+
+    from talksplat.driving.features import make_encoder
+    from talksplat.driving.predictor import AudioToRig
+    from talksplat.driving.train import VISEME_PRIOR_FRAMES, init_viseme_table
+
+    enc = make_encoder("phonetic")
+    fps, T, D = 25.0, 250, 4
+    wave = np.random.default_rng(1).normal(0, 0.05, int(T / fps * SAMPLE_RATE)).astype(np.float32)
+    track = np.zeros((enc.num_frames(len(wave)), enc.num_visemes), np.float32)
+    track[:, [VISEME_INDEX["aa"], len(VISEMES) + VISEME_INDEX["aa"]]] = 1.0  # "aa" all along
+    Y = np.random.default_rng(2).normal(0.5, 1.0, (T, D)).astype(np.float32)
+    ids = np.arange(T)
+    prior = np.random.default_rng(3).uniform(-2, 2, (len(VISEMES), D)).astype(np.float32)
+
+    def table(p):
+        torch.manual_seed(0)
+        model = AudioToRig(enc.dim, D, hidden=8, visemes=(enc.dim - enc.num_visemes, enc.dim))
+        t = init_viseme_table(model, enc, wave, track, fps, Y, ids, p)
+        assert np.allclose(model.viseme_head.weight.detach().numpy(), t.T)
+        return t
+
+    with_prior, without = table(prior), table(None)
+    a, o = VISEME_INDEX["aa"], VISEME_INDEX["O"]
+    assert np.allclose(with_prior[o], prior[o], atol=1e-6)
+    assert np.allclose(without[o], 0.0)
+    # aa: (sum of its frames + k * prior) / (frames + k)
+    expect = (Y.sum(0) + VISEME_PRIOR_FRAMES * prior[a]) / (T + VISEME_PRIOR_FRAMES)
+    assert np.allclose(with_prior[a], expect, atol=0.02)
+    assert np.abs(with_prior[a] - Y.mean(0)).max() < 0.1 * np.abs(prior[a] - Y.mean(0)).max()
+    assert np.allclose(without[a], Y.sum(0) / (T + VISEME_PRIOR_FRAMES), atol=0.02)
+
+
+def test_viseme_prior_pulls_the_trained_head_and_flame_has_none(open_rig, sphere_rig, monkeypatch):
+    """Training (recognition replaced by a fixed viseme track): the open head's prior is recorded and its
+    pull keeps the viseme head nearer to it; a rig without a prior trains as before, recorded as none."""
+    from talksplat.driving.arkit_csv import jaw_open_angle
+    from talksplat.driving.config import PredictorConfig
+    from talksplat.driving.features import PhoneticEncoder
+    from talksplat.driving.predictor import choose_layout
+    from talksplat.driving.train import train_predictor, viseme_prior_targets
+
+    def fixed_track(self, wave):  # cycles through the visemes, 80 ms each
+        import torch
+
+        n = self.num_frames(len(wave))
+        v = np.zeros((n, self.num_visemes), np.float32)
+        k = (np.arange(n) // 8) % len(VISEMES)
+        v[np.arange(n), k] = v[np.arange(n), len(VISEMES) + k] = 1.0
+        return torch.from_numpy(v)
+
+    monkeypatch.setattr(PhoneticEncoder, "visemes", fixed_track)
+    fps, T = 25.0, 100
+    rng = np.random.default_rng(0)
+    wave = rng.normal(0, 0.05, int(T / fps * SAMPLE_RATE)).astype(np.float32)
+    E = open_rig.num_expression
+    expr = np.zeros((T, E), np.float32)
+    for unit in ("jawOpen", "mouthFunnel", "mouthClose"):
+        expr[:, open_rig.expression_index(unit)] = rng.uniform(0, 0.5, T)
+    jaw = np.zeros((T, 3), np.float32)
+    jaw[:, 0] = 0.05 * expr[:, open_rig.expression_index("jawOpen")]
+    layout = choose_layout(open_rig, expr)
+    targets, ids = layout.pack(expr, jaw), np.arange(T)
+
+    def train(weight, rig):
+        cfg = PredictorConfig(steps=30, encoder="phonetic", batch=2, hidden=16, augment=False, lr=0.03,
+                              lambda_viseme_prior=weight)
+        return train_predictor(wave, fps, targets, ids, layout, cfg, rig=rig)
+
+    free, pulled = train(0.0, open_rig), train(1e3, open_rig)
+    assert free.meta["viseme_prior"] is True and pulled.meta["viseme_prior"] is True
+    prior = viseme_prior_targets(open_rig.viseme_prior(), open_rig.expression_names, layout, targets[ids],
+                                 free.mean, free.std, free.rest, open_rig.expression_group("jaw_open")[0],
+                                 jaw_open_angle(open_rig))
+    dist = {k: float(((d.model.viseme_head.weight.detach().numpy().T - prior) ** 2).mean())
+            for k, d in (("free", free), ("pulled", pulled))}
+    assert dist["pulled"] < 0.9 * dist["free"], dist
+    flame = train(1e3, sphere_rig)  # numbered units: the head starts at the subject's data only
+    assert flame.meta["viseme_prior"] is False
