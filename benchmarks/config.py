@@ -1,6 +1,6 @@
 """Options of `talksplat bench ...` (torch-free, so `talksplat --help` does not import torch).
 
-Each benchmark's code lives in its own module (render, rig, prep, fit, drive, contention) and imports its
+Each benchmark's code lives in its own module (render, rig, prep, fit, drive, contention, text_sync) and imports its
 config from here.
 """
 
@@ -12,7 +12,9 @@ from typing import Annotated, Literal
 
 from talksplat.core.checks import Range
 from talksplat.core.config import ProcessOptions
-from talksplat.rigs.spec import DEFAULT_RIG, RigSpec
+import tyro
+
+from talksplat.rigs.spec import DEFAULT_RIG, RecordedRigSpec, RigSpec
 
 
 @dataclass
@@ -104,3 +106,33 @@ class BenchLoadConfig(ProcessOptions):
     """Timed frames per measurement (1 to 1000)."""
     warmup: Annotated[int, Range(0, 100)] = 3
     """Untimed frames first (0 to 100)."""
+
+
+@dataclass
+class BenchTextSyncConfig(ProcessOptions):
+    """Articulation on espeak-ng speech in several languages: `talksplat bench text-sync AVATAR`.
+
+    Drives the avatar with fixed sentences per voice as `talksplat drive --text` does (still pose, no blinks),
+    measures the mouth opening with FaceMesh on the renders and compares it with espeak-ng's own phoneme times:
+    lips closed at p/b/m, open at open vowels."""
+
+    avatar: tyro.conf.Positional[Path]
+    """A `talksplat fit` output folder (avatar, audio predictor, tuned parameters)."""
+    voices: tuple[str, ...] = ("en-us", "de", "fr", "es")
+    """espeak-ng voices to measure, space- or comma-separated (those with built-in sentences: en-us, de, fr,
+    es, it)."""
+    sentences: Annotated[int, Range(1, 3)] = 3
+    """Sentences per voice (1 to 3)."""
+    envelope: bool = True
+    """Also measure the loudness-envelope baseline (the jaw follows the audio's loudness)."""
+    mouth_amplitude: Literal["predicted", "subject"] = "predicted"
+    """As `talksplat drive --mouth-amplitude`."""
+    resolution: Annotated[int, Range(64, 2048)] = 256
+    """Square render size in pixels for FaceMesh (64 to 2048)."""
+    rig: RecordedRigSpec = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: CUDA (gsplat) when available, else the CPU rasterizer."""
+    batch: Annotated[int, Range(1, 1024)] = 8
+    """Frames posed and rendered per batch (1 to 1024)."""
+    quiet: bool = False
+    """No progress display."""

@@ -206,9 +206,13 @@ def render_batches(avatar, rig, seq: RigSequence, viewmat: torch.Tensor, K: torc
             yield (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 
-def spoken_visemes(text: str, out_wav: Path, voice: str = "en-us") -> tuple[Path, np.ndarray]:
-    """Speak ``text`` with espeak-ng into ``out_wav``; returns (the WAV, its visemes [N // 160 + 1, 30] at
-    100 frames per second, from the phonemes espeak-ng spoke)."""
+def spoken_visemes(text: str, out_wav: Path, voice: str = "en-us",
+                   pad_s: float = 0.0) -> tuple[Path, np.ndarray, list]:
+    """Speak ``text`` with espeak-ng into ``out_wav``, with ``pad_s`` seconds of silence before and after;
+    returns (the WAV, its visemes [N // 160 + 1, 30] at 100 frames per second, from the phonemes espeak-ng
+    spoke, and those phonemes: [:class:`~talksplat.driving.phonetic.PhoneSegment`], times in the WAV's)."""
+    from dataclasses import replace
+
     from .audio import AudioError, write_wav
     from .phonetic import PhoneticError, speak_with_phonemes, text_track
 
@@ -218,9 +222,13 @@ def spoken_visemes(text: str, out_wav: Path, voice: str = "en-us") -> tuple[Path
         raw, rate, segs = speak_with_phonemes(text, voice)
     except PhoneticError as e:
         raise AudioError(f"--text: {e}") from None
+    pad = int(round(pad_s * rate))
+    if pad > 0:
+        raw = np.concatenate([np.zeros(pad, raw.dtype), raw, np.zeros(pad, raw.dtype)])
+        segs = [replace(s, start=s.start + pad / rate, end=s.end + pad / rate) for s in segs]
     write_wav(out_wav, raw, rate)
     frames = int(len(raw) / rate * 100) + 1
-    return out_wav, text_track(segs, frames)
+    return out_wav, text_track(segs, frames), segs
 
 
 def _run_drive(cfg: DriveConfig) -> dict:
@@ -252,7 +260,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
         if cfg.audio is not None:
             src = cfg.audio
         elif fit.predictor.encoder_spec == "phonetic":  # espeak-ng tells its own phonemes: no recognition
-            src, visemes = spoken_visemes(cfg.text, tmp / "tts.wav", voice=cfg.voice)
+            src, visemes, _ = spoken_visemes(cfg.text, tmp / "tts.wav", voice=cfg.voice)
         else:
             src = synthesize_speech(cfg.text, tmp / "tts.wav", voice=cfg.voice)
         wave = load_audio(src)

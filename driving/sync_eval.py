@@ -79,6 +79,32 @@ def _landmarks(frames, num: int | None = None) -> tuple[np.ndarray, int]:
     return lm, int(np.isfinite(lm).all((1, 2)).sum())
 
 
+def open_avatar(avatar: Path, rig_spec=None):
+    """A fit folder (or its avatar file) for driving: (the :class:`~talksplat.driving.fit_reader.FitFolder`
+    with its predictor, its HeadRig, the avatar file); the avatar is checked whole before the predictor is
+    read, the tracked parameters against the rig (InputError naming the file)."""
+    from .fit_reader import avatar_rig, fit_paths, open_fit
+
+    _, avatar_file = fit_paths(avatar)
+    rig = avatar_rig(avatar_file, rig_spec)
+    fit = open_fit(avatar, need_predictor=True, rig=rig)
+    fit.tracked.validate(rig)
+    return fit, rig, avatar_file
+
+
+def avatar_landmarks(avatar, render_rig, seq, viewmat, K, resolution: int, batch: int, what: str) -> np.ndarray:
+    """Render ``seq`` as `talksplat drive` does (:func:`talksplat.driving.drive.render_batches`) and find the
+    avatar's FaceMesh landmarks: [T, 478, 3] px, NaN where no face; InputError (``what`` names the avatar and
+    the drive) when FaceMesh finds it in no frame."""
+    from .drive import render_batches
+
+    batches = render_batches(avatar, render_rig, seq, viewmat, K, resolution, batch)
+    lm, found = _landmarks(itertools.chain.from_iterable(batches))
+    if found == 0:
+        raise InputError(f"{what}: FaceMesh finds no face in the avatar's renders; is the fit complete?")
+    return lm
+
+
 def real_landmarks(video: Path, fps: float, max_frames: int | None) -> np.ndarray:
     """[T, 478, 3] px of the speaker in ``video`` at ``fps``; InputError naming it when FaceMesh finds a face in
     fewer than :data:`MIN_FACE_FRACTION` of the frames."""
@@ -181,16 +207,12 @@ def _run(cfg: SyncEvalConfig, infos: list) -> dict:
     from talksplat.render.device import pick_device
 
     from .audio import frame_rms, load_audio
-    from .drive import drive_camera, render_batches
-    from .fit_reader import avatar_rig, fit_paths, open_fit
+    from .drive import drive_camera
     from .animate import predict_sequence
 
     t0 = time.perf_counter()
-    _, avatar_file = fit_paths(cfg.avatar)
-    rig = avatar_rig(avatar_file, cfg.rig)
-    fit = open_fit(cfg.avatar, need_predictor=True, rig=rig)  # the avatar checked whole before the predictor
+    fit, rig, avatar_file = open_avatar(cfg.avatar, cfg.rig)
     avatar = fit.avatar
-    fit.tracked.validate(rig)
     device = pick_device(cfg.device)
     render_rig, avatar = rig.to(device), avatar.to(device)
     videos, curves = {}, {}
@@ -212,13 +234,10 @@ def _run(cfg: SyncEvalConfig, infos: list) -> dict:
             viewmat, K = viewmat.to(device), K.to(device)
             methods, openings = {}, {"real": sm.mouth_opening(real)}
             for name in METHODS:
-                batches = render_batches(avatar, render_rig, seqs[name], viewmat, K, cfg.resolution, cfg.batch)
-                lm, found = _landmarks(itertools.chain.from_iterable(batches))
-                if found == 0:
-                    raise InputError(f"{avatar_file}: FaceMesh finds no face in the avatar's renders ({name}, "
-                                     f"driven by {video}); is the fit complete?")
+                lm = avatar_landmarks(avatar, render_rig, seqs[name], viewmat, K, cfg.resolution, cfg.batch,
+                                      f"{avatar_file} ({name}, driven by {video})")
                 methods[name] = {**sm.sync_metrics(real, lm, level, fps, cfg.max_lag),
-                                 "avatar_face_frames": found}
+                                 "avatar_face_frames": int(np.isfinite(lm).all((1, 2)).sum())}
                 openings[name] = sm.mouth_opening(lm)
                 advance()
             _, silence = sm.speech_masks(level, fps)

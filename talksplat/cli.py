@@ -23,7 +23,7 @@ from typing import Annotated, Callable, Union
 import tyro
 
 from talksplat.benchmarks.config import (BenchDriveConfig, BenchFitConfig, BenchLoadConfig, BenchPrepConfig,
-                                         BenchRenderConfig, BenchRigConfig)
+                                         BenchRenderConfig, BenchRigConfig, BenchTextSyncConfig)
 from talksplat.data_prep.config import PrepConfig
 from talksplat.demo.command import DemoConfig
 from talksplat.driving.config import DriveConfig, SyncEvalConfig
@@ -40,6 +40,7 @@ Bench = Union[
     Annotated[BenchFitConfig, tyro.conf.subcommand("fit")],
     Annotated[BenchDriveConfig, tyro.conf.subcommand("drive")],
     Annotated[BenchLoadConfig, tyro.conf.subcommand("load")],
+    Annotated[BenchTextSyncConfig, tyro.conf.subcommand("text-sync")],
 ]
 
 @dataclasses.dataclass
@@ -62,7 +63,7 @@ Command = Union[
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
     Annotated[ViewConfig, tyro.conf.subcommand("view")],
     Annotated[Eval, tyro.conf.subcommand("eval", description="Evaluations: lip sync of a fitted avatar against real speakers.")],
-    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving; slowdown under CPU load.")],
+    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving; slowdown under CPU load; articulation on speech in several languages.")],
 ]
 
 
@@ -188,6 +189,7 @@ COMMANDS: dict[type, tuple[str, Callable | str | None, bool]] = {
     BenchFitConfig: ("talksplat.benchmarks.fit:bench_fit", ROWS, False),
     BenchDriveConfig: ("talksplat.benchmarks.drive:bench_drive", ROWS, False),
     BenchLoadConfig: ("talksplat.benchmarks.contention:bench_load", ROWS, False),
+    BenchTextSyncConfig: ("talksplat.benchmarks.text_sync:bench_text_sync", ROWS, False),
 }
 
 
