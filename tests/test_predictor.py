@@ -371,3 +371,55 @@ def test_predictor_looks_ahead_at_most_200_ms(encoder):
     assert not np.allclose(a[keep + 10:], b[keep + 10:], atol=1e-3)  # it does hear the change later
     a, b = outputs(False, wave), outputs(False, other)
     assert not np.allclose(a[:keep], b[:keep], atol=1e-5)
+
+
+def test_extra_data_joins_the_predictor_training(small_inputs, tmp_path):
+    """--driver.extra-data: each extra dataset's audio and tracked parameters are appended frame-aligned after
+    a gap of silence, its time steps join training, the subject's own stay first; another rig's or a silent
+    dataset is a one-line error naming it; `fit --driver-only` records what it used."""
+    import json
+    import shutil
+
+    from talksplat.cli import main
+    from talksplat.data_prep.dataset import load_dataset
+    from talksplat.driving.predictor import choose_layout
+    from talksplat.driving.train import EXTRA_GAP_S, PredictorTrainingError, join_extra_data
+    from talksplat.rigs import load_rig
+
+    rig = load_rig("open")
+    ds = load_dataset(small_inputs.dataset)
+    fps, T = float(ds.meta["fps"]), ds.num_timesteps
+    wave = load_audio(ds.audio_path)
+    p = ds.params
+    layout = choose_layout(rig, p["expression"])
+    targets = layout.pack(p["expression"], p["jaw"])
+    own = np.arange(T - 2)
+    w, y, ids = join_extra_data(wave, fps, targets, own, layout, (), rig)
+    assert w is wave and y is targets and ids is own
+    w, y, ids = join_extra_data(wave, fps, targets, own, layout, (small_inputs.dataset,) * 2, rig)
+    gap = int(round(EXTRA_GAP_S * fps))
+    assert len(y) == 3 * T + 2 * gap and np.array_equal(ids[:len(own)], own)
+    second = 2 * (T + gap)
+    assert np.array_equal(ids[len(own):], np.concatenate([np.arange(T) + T + gap, np.arange(T) + second]))
+    assert np.allclose(y[second:second + T], targets) and np.allclose(y[T:T + gap], targets.mean(0))
+    s0 = int(round(second / fps * SAMPLE_RATE))
+    n = int(round(T / fps * SAMPLE_RATE))
+    assert np.array_equal(w[s0:s0 + n], wave[:n]) and not w[int(round(T / fps * SAMPLE_RATE)) + 10:
+                                                             int(round((T + gap) / fps * SAMPLE_RATE))].any()
+    other = tmp_path / "other"
+    shutil.copytree(small_inputs.dataset, other)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "rig": {**meta["rig"], "checksum": "0" * 64}}))
+    with pytest.raises(PredictorTrainingError, match=f"{other}: tracked with another rig"):
+        join_extra_data(wave, fps, targets, own, layout, (other,), rig)
+    (other / "meta.json").write_text(json.dumps({**meta, "audio": None}))
+    with pytest.raises(PredictorTrainingError, match=f"{other}: the dataset has no audio.wav"):
+        join_extra_data(wave, fps, targets, own, layout, (other,), rig)
+    fit = tmp_path / "fit"
+    shutil.copytree(small_inputs.fit, fit)
+    assert main(["fit", str(small_inputs.dataset), "--out", str(fit), "--driver-only", "--quiet",
+                 "--driver.steps", "2", "--driver.extra-data", str(small_inputs.dataset)]) == 0
+    m = json.loads((fit / "metrics.json").read_text())["driver"]
+    assert m["extra_data"] == [str(small_inputs.dataset)] and m["train_frames"] == m["own_frames"] + T
+    assert main(["fit", str(small_inputs.dataset), "--out", str(fit), "--driver-only", "--quiet",
+                 "--driver.steps", "2", "--driver.extra-data", str(other)]) != 0
