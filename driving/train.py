@@ -261,8 +261,9 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
     std = np.maximum(tr.std(0), floor).astype(np.float32)
     Y = (targets - mean) / std
     gate = silence_gate(wave, fps, len(targets))[own_ids]  # [N] 1 in the subject's silences
+    own = targets[own_ids]
     if rest is None:
-        rest = silent_rest(targets[own_ids], gate)
+        rest = (own[gate > 0.5].mean(0) if (gate > 0.5).sum() >= 3 else np.percentile(own, 10, axis=0)).astype(np.float32)
     sampler = WindowSampler(wave, fps, Y, train_ids, enc, cfg.window_s, cfg.augment, rng)
     prior = prior_t = None  # the rig's viseme prior [15, dim] standardised, and as the head's weight
     if sampler.track is None:
@@ -346,13 +347,6 @@ def _dataset_arrays(dataset, out_dir: Path | None, use_tuned: bool) -> tuple[dic
     return dict(train.frames), dict(tracked.frames)
 
 
-def silent_rest(targets: np.ndarray, gate: np.ndarray) -> np.ndarray:
-    """The closed, silent mouth [dim]: the mean of ``targets`` [N, dim] over the frames whose silence
-    ``gate`` [N] is above 0.5 (at least 3 of them), else their 10th percentile."""
-    quiet = gate > 0.5
-    return (targets[quiet].mean(0) if quiet.sum() >= 3 else np.percentile(targets, 10, axis=0)).astype(np.float32)
-
-
 #: Seconds of silence between the subject's recording and each extra dataset's in the joined training audio.
 EXTRA_GAP_S = 1.0
 
@@ -361,16 +355,13 @@ def join_extra_data(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
                     layout: TargetLayout, extra: tuple[Path, ...], rig: HeadRig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The subject's training audio [N], targets [T, dim] and time steps [K] with each ``extra`` dataset's
     (all of its time steps but dropped ones, its tracked parameters) appended after ``EXTRA_GAP_S`` of
-    silence, frame-aligned.  Each extra dataset's parameters are moved by the difference of the silent
-    mouths (:func:`silent_rest`: the subject's over ``train_ids``, the dataset's over its own frames), so
-    what joins is another speaker's mouth *motion* about this subject's rest, not their resting face.  A dataset of another rig, frame rate or without audio is a
+    silence, frame-aligned.  A dataset of another rig, frame rate or without audio is a
     :class:`PredictorTrainingError` naming it; with no ``extra`` the inputs come back unchanged."""
     if not extra:
         return wave, targets, train_ids
     from talksplat.data_prep.dataset import load_dataset
 
     gap = int(round(EXTRA_GAP_S * fps))
-    rest = silent_rest(targets[train_ids], silence_gate(wave, fps, len(targets))[train_ids])
     pieces = [(wave, targets, np.asarray(train_ids))]
     for path in extra:
         ds = load_dataset(path)
@@ -385,10 +376,7 @@ def join_extra_data(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
         dropped = set(ds.meta.get("dropped_timesteps", []))
         ids = np.array([t for t in range(ds.num_timesteps) if t not in dropped])
         p = ds.params
-        w = load_audio(ds.audio_path)
-        y = layout.pack(p["expression"], p["jaw"])
-        y = y + (rest - silent_rest(y[ids], silence_gate(w, fps, len(y))[ids]))[None]
-        pieces.append((w, y.astype(np.float32), ids))
+        pieces.append((load_audio(ds.audio_path), layout.pack(p["expression"], p["jaw"]), ids))
     T = sum(len(y) for _, y, _ in pieces) + gap * (len(pieces) - 1)
     out_wave = np.zeros(int(round(T / fps * SAMPLE_RATE)) + 1, np.float32)
     out_targets = np.repeat(targets.mean(0, keepdims=True), T, 0).astype(np.float32)
