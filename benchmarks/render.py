@@ -8,6 +8,7 @@ ceil(N / F) Gaussians and keeping a fixed random subset of N.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -28,27 +29,42 @@ def avatar_with_n_gaussians(rig, n: int, seed: int = 0):
                           sd["sh_rest"], sd["opacity_logits"], full.rig_name, full.rig_checksum, full.sh_degree)
 
 
+def bench_device(backend: str) -> torch.device:
+    """The device a backend's rows run on: "cpu" -> CPU, "cuda" -> CUDA, or the CPU in the gsplat
+    reference test mode (``TALKSPLAT_GSPLAT_REFERENCE=1``, :mod:`talksplat.render.gsplat_reference`)."""
+    from talksplat.render.gsplat_reference import reference_mode
+
+    if backend == "cuda" and not torch.cuda.is_available() and reference_mode():
+        return torch.device("cpu")
+    return torch.device(backend)
+
+
 def bench_render(cfg: BenchRenderConfig) -> list[dict]:
-    """Run the benchmark; returns one row per (backend, gaussians, resolution)."""
+    """Run the benchmark; returns one row per (backend, gaussians, resolution).
+
+    The rig from ``load_rig`` stays on the CPU: each backend gets its own copy on its device (a
+    module's ``.to`` moves it in place), and avatars are initialised from the CPU rig."""
     from talksplat.avatar.render import render_avatar
     from talksplat.render.camera import framing_camera
+    from talksplat.render.gsplat_reference import reference_mode
     from talksplat.rigs import load_rig
 
     rows = []
     base_rig = load_rig(cfg.rig)
+    with torch.no_grad():
+        neutral = base_rig(base_rig.zero_params(1)).vertices[0]  # [V, 3] metres, CPU
     for backend in cfg.backend:
-        if backend == "cuda" and not torch.cuda.is_available():
+        if backend == "cuda" and not torch.cuda.is_available() and not reference_mode():
             rows.append({"backend": "cuda", "skipped": "no CUDA device"})
             continue
-        device = torch.device(backend)
-        rig = base_rig.to(device)
+        device = bench_device(backend)
+        rig = copy.deepcopy(base_rig).to(device)
         jaw_open = (rig.expression_group("jaw_open") or [0])[0]
-        verts = rig(rig.zero_params(1, device=device)).vertices[0].detach()
         for n in cfg.gaussians:
             avatar = avatar_with_n_gaussians(base_rig, n).to(device)
             for res in cfg.resolution:
-                viewmat, K = framing_camera(verts, res, res, yaw_deg=20, pitch_deg=5)
-                viewmat, K = viewmat[None], K[None]
+                viewmat, K = framing_camera(neutral, res, res, yaw_deg=20, pitch_deg=5)
+                viewmat, K = viewmat[None].to(device), K[None].to(device)
                 times = []
                 for it in range(cfg.warmup + cfg.iters):
                     params = rig.zero_params(1, device=device)
@@ -58,7 +74,7 @@ def bench_render(cfg: BenchRenderConfig) -> list[dict]:
                         torch.cuda.synchronize()
                     t0 = time.perf_counter()
                     with torch.set_grad_enabled(cfg.backward):
-                        colors, _, _ = render_avatar(avatar, rig, params, viewmat, K, res, res)
+                        colors, _, _ = render_avatar(avatar, rig, params, viewmat, K, res, res, backend=backend)
                         if cfg.backward:
                             colors.mean().backward()
                     if device.type == "cuda":

@@ -128,6 +128,25 @@ def prepare_fit_dir(cfg: FitConfig) -> None:
     write_marker(out, "fit")
 
 
+def rng_state_tensors() -> dict[str, torch.Tensor]:
+    """The random generators' states for a checkpoint: "rng.torch" (CPU generator, uint8), and
+    "rng.cuda" [G, S] uint8 (one row per visible GPU) only when CUDA is available."""
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["rng.cuda"] = torch.stack([s.cpu() for s in torch.cuda.get_rng_state_all()])
+    return out
+
+
+def restore_rng_state(tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`rng_state_tensors`.  "rng.cuda" is restored when present and CUDA is available
+    (on as many GPUs as both have); a CPU checkpoint resumed on a GPU leaves the CUDA generators as they are."""
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = tensors.get("rng.cuda")
+    if cuda is not None and torch.cuda.is_available():
+        n = min(int(cuda.shape[0]), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all([cuda[i] for i in range(n)])
+
+
 class Trainer:
     """Fits a :class:`GaussianAvatar` to a dataset; see :class:`FitConfig` for every knob.
 
@@ -327,7 +346,7 @@ class Trainer:
                 tensors[f"strategy.{k}"] = v
             else:
                 extra_state[k] = v
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update(rng_state_tensors())
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         header = {"format": "talksplat-fit-checkpoint", "version": 1, "step": self.step, "steps": self.steps,
                   "dataset_fingerprint": self.fingerprint, "dataset": str(Path(self.cfg.dataset).resolve()),
@@ -376,7 +395,7 @@ class Trainer:
             if k.startswith("strategy."):
                 state[k[len("strategy."):]] = t[k].to(dev)
         self.strategy_state = state
-        torch.set_rng_state(t["rng.torch"])
+        restore_rng_state(t)
         self.sampler.load_state(header["sampler"])
         self.step = int(header["step"])
         self.steps = max(self.steps, self.step) if self.cfg.steps is None else self.cfg.steps

@@ -1,7 +1,10 @@
 """CUDA backend: a thin wrapper over ``gsplat.rasterization`` (gsplat 1.5.3).
 
-UNVERIFIED: written against gsplat 1.5.3's ``rendering.py`` without a GPU in the
-development session; the CPU backend is the tested one.
+Not yet run with gsplat's CUDA kernels (no GPU so far).  Its code path is tested on the CPU: with
+``TALKSPLAT_GSPLAT_REFERENCE=1`` this wrapper accepts CPU tensors and calls gsplat 1.5.3's own
+``rasterization`` with the same arguments, its kernels replaced by torch twins
+(:mod:`talksplat.render.gsplat_reference`), so the signature and the meta consumed here come from
+gsplat's code (tests/test_gsplat_reference.py).
 """
 
 from __future__ import annotations
@@ -39,14 +42,20 @@ def rasterization_cuda(
     depth channel for "RGB+ED" (rendering.py, "Rasterize to pixels" section), so padding
     it here would break the channel count.
     """
-    import gsplat  # imported lazily: importing is cheap but keeps CPU-only users safe
+    from .gsplat_reference import reference_mode, reference_rasterization
 
-    if not means.is_cuda:
-        raise RuntimeError("rasterization_cuda needs CUDA tensors")
+    if means.is_cuda:
+        import gsplat  # imported lazily: importing is cheap but keeps CPU-only users safe
+
+        gsplat_rasterization = gsplat.rasterization
+    elif reference_mode():
+        gsplat_rasterization = reference_rasterization()  # test mode: gsplat's code, torch kernels
+    else:
+        raise RuntimeError("rasterization_cuda needs CUDA tensors (or TALKSPLAT_GSPLAT_REFERENCE=1 for the CPU test mode)")
     if means.dtype != torch.float32:
         raise TypeError("gsplat's CUDA kernels need float32 tensors")
     ts = int(tile_size or 16)
-    render, alphas, meta = gsplat.rasterization(
+    render, alphas, meta = gsplat_rasterization(
         means=means,
         quats=quats,
         scales=scales,
@@ -79,4 +88,5 @@ def rasterization_cuda(
     meta.setdefault("n_cameras", viewmats.shape[0])
     meta["tile_size"] = ts
     meta["backend"] = "cuda"
+    meta["gsplat_reference"] = not means.is_cuda
     return colors_out, alphas, meta

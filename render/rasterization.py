@@ -13,11 +13,17 @@ __all__ = ["rasterization", "resolve_backend"]
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """"auto" -> "cuda" for CUDA tensors, else "cpu". "cuda" with non-CUDA tensors raises."""
+    """"auto" -> "cuda" for CUDA tensors, else "cpu". "cuda" with non-CUDA tensors raises.
+
+    Test mode ``TALKSPLAT_GSPLAT_REFERENCE=1`` (:mod:`talksplat.render.gsplat_reference`): "auto" and
+    "cuda" give "cuda" for CPU tensors too (gsplat's own code with torch kernels); "cpu" stays "cpu".
+    """
+    from .gsplat_reference import reference_mode
+
     if backend == "auto":
-        return "cuda" if device.type == "cuda" else "cpu"
+        return "cuda" if device.type == "cuda" or (device.type == "cpu" and reference_mode()) else "cpu"
     if backend == "cuda":
-        if device.type != "cuda":
+        if device.type != "cuda" and not (device.type == "cpu" and reference_mode()):
             raise ValueError(
                 f"backend='cuda' needs tensors on a CUDA device, got {device}; "
                 "use backend='cpu' or 'auto', or move the tensors to CUDA"
@@ -72,7 +78,9 @@ def rasterization(
         absgrad: CUDA: gsplat's ``meta["means2d"].absgrad``. CPU: after backward,
             ``meta["means2d"].absgrad`` [C, N, 2] holds sum over pixels of |dL/dmeans2d|
             per pixel contribution (same definition as gsplat's kernel).
-        backend: "auto" (CUDA if tensors are on CUDA, else CPU), "cpu" or "cuda".
+        backend: "auto" (CUDA if tensors are on CUDA, else CPU), "cpu" or "cuda". With
+            ``TALKSPLAT_GSPLAT_REFERENCE=1`` "auto"/"cuda" run the CUDA backend's code on CPU
+            tensors through gsplat's torch reference (a test mode; see ``resolve_backend``).
 
     Returns:
         colors [C, H, W, 3], alphas [C, H, W, 1], meta dict with

@@ -115,8 +115,15 @@ class AvatarRenderer:
 
     @property
     def backend(self) -> str:
-        """'CUDA (gsplat)' or 'CPU (talksplat rasterizer)'."""
-        return "CUDA (gsplat)" if self.device.type == "cuda" else "CPU (talksplat rasterizer)"
+        """'CUDA (gsplat)', 'CPU (talksplat rasterizer)' or, in the TALKSPLAT_GSPLAT_REFERENCE test mode,
+        'CUDA code path (gsplat torch reference, CPU)'."""
+        from talksplat.render import resolve_backend
+
+        if self.device.type == "cuda":
+            return "CUDA (gsplat)"
+        if resolve_backend("auto", self.device) == "cuda":
+            return "CUDA code path (gsplat torch reference, CPU)"
+        return "CPU (talksplat rasterizer)"
 
     @property
     def num_gaussians(self) -> int:
