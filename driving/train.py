@@ -31,7 +31,7 @@ from talksplat.rigs.base import HeadRig
 from .audio import SAMPLE_RATE, load_audio
 from .config import PredictorConfig
 from .evaluate import LipGeometry, lip_sync_metrics
-from .features import make_encoder
+from .features import loudness_channel, make_encoder
 from .phonetic import NUM_VISEMES, VISEMES, silent_visemes
 from .predictor import AudioToRig, AudioPredictor, TargetLayout, choose_layout, silence_gate
 
@@ -347,6 +347,20 @@ def _dataset_arrays(dataset, out_dir: Path | None, use_tuned: bool) -> tuple[dic
     return dict(train.frames), dict(tracked.frames)
 
 
+#: Share of a recording's frames, the quietest, whose median pose is its speaker's resting mouth.
+QUIET_FRACTION = 0.2
+
+
+def quiet_pose(wave: np.ndarray, fps: float, targets: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """[dim]: the median of ``targets`` [T, dim] over the quietest :data:`QUIET_FRACTION` of the time steps
+    ``ids`` (loudness of ``wave`` [N] 16 kHz at each frame): the speaker's mouth at rest, measured relative
+    to the recording's own level, so it holds for recordings whose pauses are not silent (room noise)."""
+    hop = int(round(SAMPLE_RATE / fps))
+    loud = loudness_channel(torch.from_numpy(np.asarray(wave, np.float32)), hop, len(targets)).numpy()[ids]
+    k = max(1, int(round(QUIET_FRACTION * len(ids))))
+    return np.median(targets[ids[np.argsort(loud, kind="stable")[:k]]], 0).astype(np.float32)
+
+
 #: Seconds of silence between the subject's recording and each extra dataset's in the joined training audio.
 EXTRA_GAP_S = 1.0
 
@@ -355,13 +369,16 @@ def join_extra_data(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
                     layout: TargetLayout, extra: tuple[Path, ...], rig: HeadRig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The subject's training audio [N], targets [T, dim] and time steps [K] with each ``extra`` dataset's
     (all of its time steps but dropped ones, its tracked parameters) appended after ``EXTRA_GAP_S`` of
-    silence, frame-aligned.  A dataset of another rig, frame rate or without audio is a
+    silence, frame-aligned.  Each extra dataset's parameters are moved so that its quiet mouth is the
+    subject's (:func:`quiet_pose`), so what joins is another speaker's mouth *motion* about this subject's
+    resting face, not theirs.  A dataset of another rig, frame rate or without audio is a
     :class:`PredictorTrainingError` naming it; with no ``extra`` the inputs come back unchanged."""
     if not extra:
         return wave, targets, train_ids
     from talksplat.data_prep.dataset import load_dataset
 
     gap = int(round(EXTRA_GAP_S * fps))
+    rest = quiet_pose(wave, fps, targets, np.asarray(train_ids))
     pieces = [(wave, targets, np.asarray(train_ids))]
     for path in extra:
         ds = load_dataset(path)
@@ -376,7 +393,10 @@ def join_extra_data(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
         dropped = set(ds.meta.get("dropped_timesteps", []))
         ids = np.array([t for t in range(ds.num_timesteps) if t not in dropped])
         p = ds.params
-        pieces.append((load_audio(ds.audio_path), layout.pack(p["expression"], p["jaw"]), ids))
+        w = load_audio(ds.audio_path)
+        y = layout.pack(p["expression"], p["jaw"])
+        y = y + (rest - quiet_pose(w, fps, y, ids))[None]
+        pieces.append((w, y.astype(np.float32), ids))
     T = sum(len(y) for _, y, _ in pieces) + gap * (len(pieces) - 1)
     out_wave = np.zeros(int(round(T / fps * SAMPLE_RATE)) + 1, np.float32)
     out_targets = np.repeat(targets.mean(0, keepdims=True), T, 0).astype(np.float32)

@@ -401,7 +401,19 @@ def test_extra_data_joins_the_predictor_training(small_inputs, tmp_path):
     assert len(y) == 3 * T + 2 * gap and np.array_equal(ids[:len(own)], own)
     second = 2 * (T + gap)
     assert np.array_equal(ids[len(own):], np.concatenate([np.arange(T) + T + gap, np.arange(T) + second]))
-    assert np.allclose(y[second:second + T], targets) and np.allclose(y[T:T + gap], targets.mean(0))
+    # the same recording as extra data: its motion joins unchanged (moved by one constant: the subject's
+    # quiet pose is over its training steps, the extra's over all of them)
+    shift = y[second:second + T] - targets
+    assert np.allclose(shift, shift[:1], atol=1e-6) and np.allclose(y[T:T + gap], targets.mean(0))
+    # another speaker whose resting face differs (every parameter offset): only the motion joins
+    from talksplat.rigs.sequence import RigSequence
+
+    moved = tmp_path / "moved"
+    shutil.copytree(small_inputs.dataset, moved)
+    seq = RigSequence.load(moved / "rig_params.npz")
+    seq.with_frames(expression=seq.frames["expression"] + 0.2, jaw=seq.frames["jaw"] + 0.05).save(moved / "rig_params.npz")
+    _, y2, _ = join_extra_data(wave, fps, targets, np.arange(T), layout, (moved,), rig)
+    assert np.allclose(y2[T + gap:], targets, atol=1e-5)
     s0 = int(round(second / fps * SAMPLE_RATE))
     n = int(round(T / fps * SAMPLE_RATE))
     assert np.array_equal(w[s0:s0 + n], wave[:n]) and not w[int(round(T / fps * SAMPLE_RATE)) + 10:
