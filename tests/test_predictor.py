@@ -435,3 +435,33 @@ def test_extra_data_joins_the_predictor_training(small_inputs, tmp_path):
     assert m["extra_data"] == [str(small_inputs.dataset)] and m["train_frames"] == m["own_frames"] + T
     assert main(["fit", str(small_inputs.dataset), "--out", str(fit), "--driver-only", "--quiet",
                  "--driver.steps", "2", "--driver.extra-data", str(other)]) != 0
+
+
+def test_predictor_files_from_before_the_lookahead_keep_their_centred_network(tmp_path):
+    """A driver file without the ``streaming`` key (written before the bounded lookahead) loads as the centred
+    network with the centred feature normalisation, and predicts as it did; a new file round-trips as
+    streaming."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from talksplat.driving.predictor import AudioPredictor, AudioToRig, TargetLayout, load_predictor
+
+    layout = TargetLayout([0, 1], 2, np.zeros(2, np.float32), [])
+    wave = _tone_speech(2.0, SAMPLE_RATE)
+    for streaming in (True, False):
+        torch.manual_seed(0)
+        drv = AudioPredictor(AudioToRig(81, layout.dim, hidden=8, streaming=streaming), layout,
+                             np.zeros(layout.dim, np.float32), np.ones(layout.dim, np.float32),
+                             np.zeros(layout.dim, np.float32), "logmel", 25.0, "x")
+        path = drv.save(tmp_path / f"driver_{streaming}.safetensors")
+        if not streaming:  # as an old file: no "streaming" key
+            with safe_open(str(path), "pt") as f:
+                header = json.loads(f.metadata()["talksplat"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            del header["streaming"]
+            save_file(tensors, str(path), metadata={"talksplat": json.dumps(header)})
+        again = load_predictor(path)
+        assert again.model.streaming is streaming and again.encoder.norm == ("trailing" if streaming else "centred")
+        assert np.allclose(again.predict_normalised(wave, 25.0, 50), drv.predict_normalised(wave, 25.0, 50), atol=1e-5)
