@@ -136,7 +136,7 @@ def thresholds(openings: list[np.ndarray], truths: list[Truth]) -> dict:
     r = float(np.median(rest)) if rest.size else math.nan
     w = float(np.percentile(speech, 95)) if speech.size else math.nan
     span = max(w - r, 0.0)
-    return {"rest": r, "wide": w, "closed": r + CLOSED_FRACTION * span, "open": r + OPEN_FRACTION * span}
+    return {"rest": r, "wide": w, "closed": r + CLOSED_FRACTION * span, "opened": r + OPEN_FRACTION * span}
 
 
 def _window(frames: np.ndarray, tolerance: int, num_frames: int) -> np.ndarray:
@@ -230,8 +230,8 @@ def bench_text_sync(cfg: BenchTextSyncConfig) -> dict:
         th = thresholds(all_o, all_t)
         report["thresholds"][m] = th
         for v in voices:
-            report["voices"][v][m] = articulation(curves[m][v], truths[v], th["closed"], th["open"])
-        report["all"][m] = articulation(all_o, all_t, th["closed"], th["open"])
+            report["voices"][v][m] = articulation(curves[m][v], truths[v], th["closed"], th["opened"])
+        report["all"][m] = articulation(all_o, all_t, th["closed"], th["opened"])
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     return report
 
@@ -255,7 +255,7 @@ def rows_text(report: dict) -> str:
                           f"{_f(f['closure_recall'], 2)} ({f['bilabials']})",
                           f"{_f(f['vowel_recall'], 2)} ({f['vowels']})")
     th = "; ".join(f"{m}: rest {_f(t['rest'])}, wide {_f(t['wide'])}, closed < {_f(t['closed'])}, "
-                   f"open > {_f(t['open'])}" for m, t in report["thresholds"].items())
+                   f"open > {_f(t['opened'])}" for m, t in report["thresholds"].items())
     return (table_text(table) + f"\n{report['avatar']}: mean mouth opening (FaceMesh on "
             f"{report['settings']['resolution']} px renders, inter-ocular distances) at p/b/m and at open vowels, "
             f"ratio = p/b/m / open vowels; recall (of how many phonemes); thresholds {th}; "

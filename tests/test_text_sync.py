@@ -48,8 +48,8 @@ def test_articulating_mouth_scores_well():
     o = curve([15, 16, 21], [17, 18, 19, 20, 22, 23, 24])
     th = ts.thresholds([o], [t])
     assert th["rest"] == 0.0 and th["wide"] == pytest.approx(0.2)
-    assert th["closed"] == pytest.approx(0.05) and th["open"] == pytest.approx(0.1)
-    f = ts.articulation([o], [t], th["closed"], th["open"])
+    assert th["closed"] == pytest.approx(0.05) and th["opened"] == pytest.approx(0.1)
+    f = ts.articulation([o], [t], th["closed"], th["opened"])
     assert f["bilabial"] == 0.0 and f["vowel"] == pytest.approx(0.2) and f["ratio"] == 0.0
     assert f["closure_recall"] == 1.0 and f["vowel_recall"] == 1.0
     assert (f["bilabials"], f["vowels"]) == (2, 2)
@@ -69,12 +69,12 @@ def test_mouth_open_at_bilabials_fails():
     o[14:27] = 0.06
     o[[15, 16, 21]] = 0.2
     th = ts.thresholds([o], [t])
-    assert th["closed"] == pytest.approx(0.05) and th["open"] == pytest.approx(0.1)
-    f = ts.articulation([o], [t], th["closed"], th["open"])
+    assert th["closed"] == pytest.approx(0.05) and th["opened"] == pytest.approx(0.1)
+    f = ts.articulation([o], [t], th["closed"], th["opened"])
     assert f["ratio"] == pytest.approx(0.2 / 0.06)
     assert f["closure_recall"] == 0.0
     assert f["vowel_recall"] == 1.0  # each vowel touches a wide bilabial frame within ±1 ...
-    f0 = ts.articulation([o], [t], th["closed"], th["open"], tolerance=0)
+    f0 = ts.articulation([o], [t], th["closed"], th["opened"], tolerance=0)
     assert f0["vowel_recall"] == 0.0 and f0["closure_recall"] == 0.0  # ... but not on its own frames
 
 
@@ -82,7 +82,7 @@ def test_static_mouth_has_ratio_one_and_nan_without_faces():
     t = ts.truth_frames(MAPA, T, fps=25.0)
     o = np.full(T, 0.03)
     th = ts.thresholds([o], [t])
-    f = ts.articulation([o], [t], th["closed"], th["open"])
+    f = ts.articulation([o], [t], th["closed"], th["opened"])
     assert f["ratio"] == 1.0 and f["closure_recall"] == 0.0 and f["vowel_recall"] == 0.0
     f = ts.articulation([np.full(T, np.nan)], [t], 0.01, 0.02)
     assert math.isnan(f["ratio"]) and math.isnan(f["closure_recall"]) and f["bilabials"] == 0
