@@ -63,7 +63,8 @@ class FrameNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(ch))
 
     def forward(self, x):
-        return torch.nn.functional.layer_norm(x.transpose(1, 2), (x.shape[1],), self.weight, self.bias).transpose(1, 2)
+        y = torch.nn.functional.layer_norm(x.transpose(1, 2), (x.shape[1],), self.weight, self.bias)
+        return y.transpose(1, 2).contiguous()  # the convolutions after it run faster on contiguous input
 
 
 class ResBlock(nn.Module):
