@@ -11,8 +11,8 @@ An encoder turns a 16 kHz waveform into a feature sequence at its own frame rate
   microphone, plus one absolute loudness channel (the input is loudness-normalised, so silence stays
   recognisable).  The normalisation looks back only (``norm="trailing"``, the default: a frame's
   features depend on the audio up to 12.5 ms after it, as a live mode needs); predictor files from
-  before it use ``norm="centred"`` (a ±1.5 s window and the utterance's spread).  ``warp`` rescales the frequency axis (vocal-tract-length
-  perturbation) for training augmentation.
+  before it use ``norm="centred"`` (a ±1.5 s window and the utterance's spread).  ``warp`` rescales
+  the frequency axis (vocal-tract-length perturbation) for training augmentation.
 * :class:`PhoneticEncoder` (``"phonetic"``): the log-mel features plus 30 channels of visemes (what is
   said, not who says it: :mod:`talksplat.driving.phonetic`), recognised offline by pocketsphinx or,
   for text, taken from espeak-ng's own phoneme timings.

@@ -13,9 +13,10 @@ Lookahead (streaming-ready): an output at time t depends on the audio up to t + 
 streaming: the input's loudness normalisation (per utterance, in :func:`~talksplat.driving.audio.load_audio`),
 the phonetic encoder's recognition (pocketsphinx decodes the utterance) and ``match_amplitude`` (the
 utterance's spread).  Predictor files from before (``streaming`` absent) keep their centred ±0.3 s
-network and ±1.5 s feature normalisation.  Targets are
-the rig's speech-related expression coefficients plus the jaw rotation, standardised with the
-training statistics; eye-related expression coefficients are not predicted (blinks come from
+network and ±1.5 s feature normalisation.
+
+Targets are the rig's speech-related expression coefficients plus the jaw rotation, standardised with
+the training statistics; eye-related expression coefficients are not predicted (blinks come from
 :mod:`talksplat.driving.motion`) and keep their training median.
 
 Silence: frames in a run of at least 0.2 s whose loudness is 30 dB under the speech level blend
