@@ -201,11 +201,16 @@ def choose_layout(rig, expression: np.ndarray) -> TargetLayout:
     return TargetLayout(ids, expression.shape[1], np.median(expression, 0).astype(np.float32), blinks)
 
 
+def frame_loudness(wave: np.ndarray, fps: float, num_frames: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """[num_frames] loudness channel (:func:`~talksplat.driving.features.loudness_channel`) of ``wave`` [N] at
+    each video frame ``fps``."""
+    hop = int(round(sample_rate / fps))
+    return loudness_channel(torch.from_numpy(np.asarray(wave, np.float32)), hop, num_frames).numpy()
+
+
 def silence_gate(wave: np.ndarray, fps: float, num_frames: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """[num_frames] in [0, 1]: 1 inside silences of at least MIN_SILENCE_S, ramping over 3 frames."""
-    hop = int(round(sample_rate / fps))
-    loud = loudness_channel(torch.from_numpy(np.asarray(wave, np.float32)), hop, num_frames).numpy()
-    silent = loud < SILENCE_LEVEL
+    silent = frame_loudness(wave, fps, num_frames, sample_rate) < SILENCE_LEVEL
     gate = np.zeros(num_frames, np.float32)
     min_run = max(1, int(round(MIN_SILENCE_S * fps)))
     t = 0

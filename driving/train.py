@@ -31,9 +31,9 @@ from talksplat.rigs.base import HeadRig
 from .audio import SAMPLE_RATE, load_audio
 from .config import PredictorConfig
 from .evaluate import LipGeometry, lip_sync_metrics
-from .features import loudness_channel, make_encoder
+from .features import make_encoder
 from .phonetic import NUM_VISEMES, VISEMES, silent_visemes
-from .predictor import AudioToRig, AudioPredictor, TargetLayout, choose_layout, silence_gate
+from .predictor import AudioToRig, AudioPredictor, TargetLayout, choose_layout, frame_loudness, silence_gate
 
 CONTEXT_S = 0.4
 #: Frames per step that go through the rig for the lip loss.
@@ -355,8 +355,7 @@ def quiet_pose(wave: np.ndarray, fps: float, targets: np.ndarray, ids: np.ndarra
     """[dim]: the median of ``targets`` [T, dim] over the quietest :data:`QUIET_FRACTION` of the time steps
     ``ids`` (loudness of ``wave`` [N] 16 kHz at each frame): the speaker's mouth at rest, measured relative
     to the recording's own level, so it holds for recordings whose pauses are not silent (room noise)."""
-    hop = int(round(SAMPLE_RATE / fps))
-    loud = loudness_channel(torch.from_numpy(np.asarray(wave, np.float32)), hop, len(targets)).numpy()[ids]
+    loud = frame_loudness(wave, fps, len(targets))[ids]
     k = max(1, int(round(QUIET_FRACTION * len(ids))))
     return np.median(targets[ids[np.argsort(loud, kind="stable")[:k]]], 0).astype(np.float32)
 
