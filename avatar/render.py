@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from talksplat.render import rasterization
+from talksplat.render import rasterization, resolve_backend
 from talksplat.rigs.base import HeadRig, RigParams
 
 from .gaussians import GaussianAvatar
@@ -22,12 +22,26 @@ def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewm
         backgrounds: [C, 3] or None (black).
     Returns:
         colors [B, C, H, W, 3], alphas [B, C, H, W, 1], metas (list of B rasterization meta dicts).
+
+    On the CUDA backend, B > 1 frames without autograd (drive, bench, viewer) go to gsplat in one batched
+    call; ``metas`` is then one batched meta ([B, C, N, 2] "means2d", ...).  With autograd (training), or on
+    the CPU rasterizer, each frame is rasterized on its own and ``metas`` has one meta per frame.
     """
     verts = rig(params).vertices
     B = verts.shape[0]
     if viewmats.dim() == 3:
         viewmats = viewmats[None].expand(B, *viewmats.shape)
         Ks = Ks[None].expand(B, *Ks.shape)
+    if B > 1 and not torch.is_grad_enabled() and resolve_backend(backend, verts.device) == "cuda":
+        # one gsplat launch for the B frames (rendering only: training reads per-frame metas)
+        means, quats, scales = avatar.posed_geometry(verts, rig.faces)
+        opac, sh = avatar.opacities, avatar.sh
+        bg = None if backgrounds is None else backgrounds[None].expand(B, *backgrounds.shape)
+        colors, alphas, meta = rasterization(means, quats, scales, opac[None].expand(B, *opac.shape),
+                                             sh[None].expand(B, *sh.shape), viewmats, Ks, width, height,
+                                             sh_degree=avatar.sh_degree, backgrounds=bg, backend=backend,
+                                             **raster_kwargs)
+        return colors, alphas, [meta]
     colors, alphas, metas = [], [], []
     for b, g in enumerate(avatar.world(verts, rig.faces)):
         c, a, m = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, viewmats[b], Ks[b], width,

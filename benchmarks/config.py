@@ -27,6 +27,9 @@ class BenchRenderConfig(ProcessOptions):
     """Square image sizes to time (16 to 8192)."""
     backend: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
     """Backends to time (cuda is skipped when no GPU is present)."""
+    batch: Annotated[tuple[int, ...], Range(1, 1024)] = (1, 16)
+    """Frames posed and rasterized per call (1 to 1024); times are per frame.  The CPU rasterizer loops over
+    a batch's frames, so its rows use batch 1 only."""
     rig: RigSpec = DEFAULT_RIG
     iters: Annotated[int, Range(1)] = 5
     """Timed frames per configuration (at least 1)."""
@@ -136,3 +139,49 @@ class BenchTextSyncConfig(ProcessOptions):
     """Frames posed and rendered per batch (1 to 1024)."""
     quiet: bool = False
     """No progress display."""
+
+
+@dataclass
+class BenchGpuConfig(ProcessOptions):
+    """One table for a GPU machine (what `scripts/gpu_check.sh` prints): CUDA/CPU image parity, render frames/s
+    per Gaussian count, size and batch, fit steps/s, drive frames/s with encoding, the encoder alone, the viewer's
+    render time and peak GPU memory.  Without a GPU it measures the CPU (with small settings for a quick look)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: CUDA when torch sees a GPU, else the CPU."""
+    parts: tuple[Literal["parity", "render", "fit", "drive", "encoder", "viewer"], ...] = (
+        "parity", "render", "fit", "drive", "encoder", "viewer")
+    """Which rows to measure."""
+    gaussians: Annotated[tuple[int, ...], Range(1, 100000000)] = (10_000, 100_000)
+    """Gaussian counts of the render rows (1 to 100000000); the viewer uses the largest."""
+    resolution: Annotated[tuple[int, ...], Range(16, 8192)] = (512, 1024)
+    """Square sizes of the render rows (16 to 8192)."""
+    batch: Annotated[tuple[int, ...], Range(1, 1024)] = (1, 16)
+    """Frames per rasterization call of the render rows (1 to 1024)."""
+    iters: Annotated[int, Range(1)] = 20
+    """Timed repetitions per render and viewer row (at least 1)."""
+    warmup: Annotated[int, Range(0)] = 3
+    """Untimed repetitions first (at least 0)."""
+    fit_resolution: Annotated[int, Range(16, 8192)] = 512
+    """Image size of the fit row (16 to 8192)."""
+    fit_steps: Annotated[int, Range(1)] = 50
+    """Timed fit steps (at least 1)."""
+    drive_resolution: Annotated[int, Range(16, 8192)] = 1024
+    """Output size of the drive and encoder rows, even (16 to 8192)."""
+    drive_seconds: Annotated[float, Range(0.5, 3600.0)] = 10.0
+    """Generated speech driving the drive row (0.5 to 3600)."""
+    drive_per_face: Annotated[int, Range(1, 64)] = 10
+    """Gaussians per rig triangle of the drive row's avatar (10: about 95k on the open head) (1 to 64)."""
+    drive_batch: Annotated[int, Range(1, 1024)] = 16
+    """Frames per render batch of the drive row (1 to 1024)."""
+    encoder_frames: Annotated[int, Range(1, 100000)] = 100
+    """Frames encoded by the encoder row (1 to 100000)."""
+    viewer_resolution: Annotated[int, Range(16, 8192)] = 1024
+    """Longer side of the viewer row's render (16 to 8192)."""
+    parity_gaussians: Annotated[int, Range(1, 10000000)] = 10_000
+    """Gaussians of the parity avatar (1 to 10000000)."""
+    parity_resolution: Annotated[int, Range(16, 4096)] = 256
+    """Size of the parity image (16 to 4096)."""
+    rig: RigSpec = DEFAULT_RIG
+    json: Path | None = None
+    """Also write the rows as JSON to this file."""

@@ -65,26 +65,37 @@ def bench_render(cfg: BenchRenderConfig) -> list[dict]:
             for res in cfg.resolution:
                 viewmat, K = framing_camera(neutral, res, res, yaw_deg=20, pitch_deg=5)
                 viewmat, K = viewmat[None].to(device), K[None].to(device)
-                times = []
-                for it in range(cfg.warmup + cfg.iters):
-                    params = rig.zero_params(1, device=device)
-                    params.expression[0, jaw_open] = 0.5 + 0.5 * math.sin(it)
-                    params.jaw[0, 0] = 0.1 + 0.1 * math.sin(it)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    with torch.set_grad_enabled(cfg.backward):
-                        colors, _, _ = render_avatar(avatar, rig, params, viewmat, K, res, res, backend=backend)
-                        if cfg.backward:
-                            colors.mean().backward()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    if it >= cfg.warmup:
-                        times.append(time.perf_counter() - t0)
-                t = sorted(times)[len(times) // 2]
-                rows.append({"backend": backend, "gaussians": n, "resolution": res, "median_s": t,
-                             "fps": 1.0 / t, "min_s": min(times), "backward": cfg.backward})
+                for batch in cfg.batch:
+                    if batch > 1 and (backend == "cpu" or cfg.backward):
+                        continue  # the CPU rasterizer and training render frame by frame: batch 1 says it all
+                    rows.append(_time_frames(avatar, rig, jaw_open, viewmat, K, res, batch, backend, device, cfg))
     return rows
+
+
+def _time_frames(avatar, rig, jaw_open: int, viewmat, K, res: int, batch: int, backend: str, device, cfg) -> dict:
+    """Median seconds per frame over ``cfg.iters`` calls of ``batch`` posed frames each (after warm-up)."""
+    from talksplat.avatar.render import render_avatar
+
+    times = []
+    for it in range(cfg.warmup + cfg.iters):
+        params = rig.zero_params(batch, device=device)
+        phase = torch.arange(batch, device=device, dtype=torch.float32) + it * batch
+        params.expression[:, jaw_open] = 0.5 + 0.5 * torch.sin(phase)
+        params.jaw[:, 0] = 0.1 + 0.1 * torch.sin(phase)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.set_grad_enabled(cfg.backward):
+            colors, _, _ = render_avatar(avatar, rig, params, viewmat, K, res, res, backend=backend)
+            if cfg.backward:
+                colors.mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if it >= cfg.warmup:
+            times.append((time.perf_counter() - t0) / batch)
+    t = sorted(times)[len(times) // 2]
+    return {"backend": backend, "gaussians": avatar.num_gaussians, "resolution": res, "batch": batch,
+            "median_s": t, "fps": 1.0 / t, "min_s": min(times), "backward": cfg.backward}
 
 
 def rows_text(rows: list[dict]) -> str:
@@ -92,13 +103,14 @@ def rows_text(rows: list[dict]) -> str:
 
     from .text import table_text
 
-    table = Table(title="talksplat bench render (rig + binding + rasterization, 1 camera)")
-    for col in ("backend", "gaussians", "resolution", "median ms", "fps"):
+    table = Table(title="talksplat bench render (rig + binding + rasterization per frame, 1 camera)")
+    for col in ("backend", "gaussians", "resolution", "batch", "median ms / frame", "fps"):
         table.add_column(col, justify="right")
     for r in rows:
         if "skipped" in r:
-            table.add_row(r["backend"], "-", "-", "-", f"skipped: {r['skipped']}")
+            table.add_row(r["backend"], "-", "-", "-", "-", f"skipped: {r['skipped']}")
         else:
-            table.add_row(r["backend"], f"{r['gaussians']:,}", f"{r['resolution']}", f"{1e3 * r['median_s']:.1f}",
+            table.add_row(r["backend"], f"{r['gaussians']:,}", f"{r['resolution']}", f"{r['batch']}",
+                          f"{1e3 * r['median_s']:.2f}",
                           f"{r['fps']:.2f}")
     return table_text(table)

@@ -210,7 +210,8 @@ class Trainer:
             return torch.ones(3, device=self.device)
         if self.cfg.background == "black":
             return torch.zeros(3, device=self.device)
-        return torch.rand(3, device=self.device)
+        # the CPU generator on every device: a seeded fit draws the same backgrounds on CPU and CUDA
+        return torch.rand(3).to(self.device, non_blocking=True)
 
     def sh_degree_at(self, step: int) -> int:
         return min(self.cfg.sh_degree, step // max(1, self.cfg.sh_every))

@@ -36,7 +36,8 @@ def rasterization_cuda(
     tile_size: Optional[int] = None,
     absgrad: bool = False,
 ) -> Tuple[Tensor, Tensor, Dict]:
-    """gsplat classic rasterization in "RGB+ED" mode; same shapes as the CPU backend.
+    """gsplat classic rasterization in "RGB+ED" mode; same shapes as the CPU backend, plus gsplat's leading
+    batch dimension (means [B, N, 3], viewmats [B, C, 4, 4], ... -> colors [B, C, H, W, 3]) in one launch.
 
     ``backgrounds`` is passed with 3 channels: gsplat 1.5.3 itself appends the zero
     depth channel for "RGB+ED" (rendering.py, "Rasterize to pixels" section), so padding
@@ -85,7 +86,7 @@ def rasterization_cuda(
         meta["means2d"].retain_grad()
     meta.setdefault("width", width)
     meta.setdefault("height", height)
-    meta.setdefault("n_cameras", viewmats.shape[0])
+    meta.setdefault("n_cameras", viewmats.shape[-3])
     meta["tile_size"] = ts
     meta["backend"] = "cuda"
     meta["gsplat_reference"] = not means.is_cuda

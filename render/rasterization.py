@@ -90,7 +90,33 @@ def rasterization(
         "radii" [C, N, 2] int32 pixels (0 = culled), "depths" [C, N] metres,
         "conics" [C, N, 3] 1/pixels^2, "opacities" [C, N], "width", "height",
         "n_cameras", "tile_size", "backend" ("cpu" or "cuda").
+
+    Batches (gsplat's batch dimension): ``means`` [B, N, 3], ``quats`` [B, N, 4], ``scales`` [B, N, 3],
+    ``opacities`` [B, N], ``colors`` [B, N, 3] or [B, N, K, 3], ``viewmats`` [B, C, 4, 4], ``Ks`` [B, C, 3, 3],
+    ``backgrounds`` [B, C, 3]: B posed frames in one call (one gsplat launch on CUDA; a loop over frames on
+    the CPU, which gains nothing from batching).  Outputs then have a leading B: colors [B, C, H, W, 3],
+    meta "means2d" [B, C, N, 2], "radii" [B, C, N, 2], ... .  For rendering, not training: the batched meta's
+    "means2d" gradient is not laid out per frame for densification, and ``absgrad`` needs single frames.
     """
+    batched = means.dim() == 3
+    if batched:
+        return _rasterize_batch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,
+                                far_plane, radius_clip, eps2d, sh_degree, backgrounds, tile_size, absgrad, backend)
+    _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, backgrounds)
+    which = resolve_backend(backend, means.device)
+    kw = dict(
+        near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d, sh_degree=sh_degree,
+        backgrounds=backgrounds, tile_size=tile_size, absgrad=absgrad,
+    )
+    if which == "cuda":
+        from .cuda import rasterization_cuda
+
+        return rasterization_cuda(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kw)
+    return rasterization_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kw)
+
+
+def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, backgrounds) -> None:
+    """One frame's shapes (see :func:`rasterization`): a ValueError naming the argument otherwise."""
     if viewmats.dim() != 3 or viewmats.shape[-2:] != (4, 4):
         raise ValueError(f"viewmats must be [C, 4, 4], got {tuple(viewmats.shape)}")
     if Ks.shape != (viewmats.shape[0], 3, 3):
@@ -110,13 +136,30 @@ def rasterization(
     if backgrounds is not None and backgrounds.shape != (viewmats.shape[0], colors.shape[-1]):
         raise ValueError(f"backgrounds must be [C, {colors.shape[-1]}], got {tuple(backgrounds.shape)}")
 
-    which = resolve_backend(backend, means.device)
-    kw = dict(
-        near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d, sh_degree=sh_degree,
-        backgrounds=backgrounds, tile_size=tile_size, absgrad=absgrad,
-    )
-    if which == "cuda":
+
+def _rasterize_batch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
+                     radius_clip, eps2d, sh_degree, backgrounds, tile_size, absgrad, backend):
+    """B frames: every frame's shapes are checked, then one gsplat call (CUDA) or a loop (CPU)."""
+    B = means.shape[0]
+    if viewmats.dim() != 4 or viewmats.shape[0] != B:
+        raise ValueError(f"with means [B={B}, N, 3], viewmats must be [B, C, 4, 4], got {tuple(viewmats.shape)}")
+    args = (quats, scales, opacities, colors, Ks) + (() if backgrounds is None else (backgrounds,))
+    if any(t.shape[0] != B for t in args):
+        raise ValueError(f"with means [B={B}, N, 3] every per-Gaussian and per-camera argument needs the leading B; "
+                         f"got {[tuple(t.shape) for t in args]}")
+    for b in range(B):
+        _check_shapes(means[b], quats[b], scales[b], opacities[b], colors[b], viewmats[b], Ks[b], sh_degree,
+                      None if backgrounds is None else backgrounds[b])
+    if absgrad:
+        raise ValueError("absgrad needs single frames (means [N, 3]): densification reads one frame's meta")
+    kw = dict(near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d, sh_degree=sh_degree,
+              backgrounds=backgrounds, tile_size=tile_size)
+    if resolve_backend(backend, means.device) == "cuda":
         from .cuda import rasterization_cuda
 
         return rasterization_cuda(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kw)
-    return rasterization_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kw)
+    outs = [rasterization_cpu(means[b], quats[b], scales[b], opacities[b], colors[b], viewmats[b], Ks[b], width,
+                              height, **{**kw, "backgrounds": None if backgrounds is None else backgrounds[b]})
+            for b in range(B)]
+    meta = {k: (torch.stack([o[2][k] for o in outs]) if isinstance(v, Tensor) else v) for k, v in outs[0][2].items()}
+    return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs]), meta

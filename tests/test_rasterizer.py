@@ -518,6 +518,7 @@ def test_gradients_saved_and_recomputed_paths_agree(save_budget, chunk_pairs):
         torch.testing.assert_close(g_, r, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (gsplat backend)")
 def test_cuda_backend_matches_cpu():
     sc = _many_small_scene(n=300, seed=1, W=64, H=48, dtype=torch.float32)

@@ -15,6 +15,7 @@ resolution while things move and once more at full resolution when they stop.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import threading
@@ -107,8 +108,9 @@ class AvatarRenderer:
     """
 
     def __init__(self, avatar, rig, device: torch.device, background=(1.0, 1.0, 1.0)):
-        self.rig = rig.to(device)
-        self.avatar = avatar.to(device)
+        # copies on the device: a module's .to() moves the caller's object in place
+        self.rig = copy.deepcopy(rig).to(device)
+        self.avatar = copy.deepcopy(avatar).to(device)
         self.device = device
         self.background = torch.tensor(background, dtype=torch.float32, device=device)[None]
         self.lock = threading.Lock()

@@ -118,7 +118,9 @@ def split(avatar: GaussianAvatar, optimizers: Mapping[str, torch.optim.Optimizer
     rest = torch.where(~mask)[0]
     scales = torch.exp(avatar.log_scales.detach()[sel])  # [S, 3] face units
     rotmats = quat_to_rotmat(avatar.local_quats.detach()[sel])  # [S, 3, 3] face frame
-    noise = torch.randn(2, len(sel), 3, device=scales.device, dtype=scales.dtype, generator=generator)
+    # drawn by the CPU generator (or ``generator`` on its own device): a seeded fit splits alike on CPU and CUDA
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.randn(2, len(sel), 3, device=gen_device, dtype=scales.dtype, generator=generator).to(scales.device)
     samples = torch.einsum("nij,nj,bnj->bni", rotmats, scales, noise)  # [2, S, 3] face units
 
     def param_fn(name: str, p: Tensor) -> Tensor:
