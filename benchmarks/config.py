@@ -162,8 +162,8 @@ class BenchGpuConfig(ProcessOptions):
     """Timed repetitions per render and viewer row (at least 1)."""
     warmup: Annotated[int, Range(0)] = 3
     """Untimed repetitions first (at least 0)."""
-    fit_resolution: Annotated[int, Range(16, 8192)] = 512
-    """Image size of the fit row (16 to 8192)."""
+    fit_resolution: Annotated[tuple[int, ...], Range(16, 8192)] = (256, 512)
+    """Image sizes of the fit rows (16 to 8192)."""
     fit_steps: Annotated[int, Range(1)] = 50
     """Timed fit steps (at least 1)."""
     drive_resolution: Annotated[int, Range(16, 8192)] = 1024
@@ -174,8 +174,8 @@ class BenchGpuConfig(ProcessOptions):
     """Gaussians per rig triangle of the drive row's avatar (10: about 95k on the open head) (1 to 64)."""
     drive_batch: Annotated[int, Range(1, 1024)] = 16
     """Frames per render batch of the drive row (1 to 1024)."""
-    encoder_frames: Annotated[int, Range(1, 100000)] = 100
-    """Frames encoded by the encoder row (1 to 100000)."""
+    encoder_frames: Annotated[int, Range(1, 100000)] = 50
+    """Frames encoded by the encoder rows (1 to 100000)."""
     viewer_resolution: Annotated[int, Range(16, 8192)] = 1024
     """Longer side of the viewer row's render (16 to 8192)."""
     parity_gaussians: Annotated[int, Range(1, 10000000)] = 10_000
@@ -185,3 +185,19 @@ class BenchGpuConfig(ProcessOptions):
     rig: RigSpec = DEFAULT_RIG
     json: Path | None = None
     """Also write the rows as JSON to this file."""
+
+
+@dataclass
+class BenchEncodeConfig(ProcessOptions):
+    """libx264 alone per preset and crf: frames/s, CPU time per frame, bitrate and PSNR of the decoded video
+    against the frames that went in (how `--quality`'s settings were chosen)."""
+
+    settings: tuple[str, ...] = ("medium:10", "fast:14", "veryfast:14", "veryfast:16", "veryfast:18",
+                                 "superfast:16", "ultrafast:16")
+    """Settings to time, each PRESET:CRF (libx264 presets: ultrafast ... veryslow; crf 0 to 51)."""
+    resolution: Annotated[int, Range(16, 8192)] = 1024
+    """Square frame size, even (16 to 8192)."""
+    frames: Annotated[int, Range(1, 100000)] = 50
+    """Frames encoded per setting (1 to 100000)."""
+    video: Path | None = None
+    """Encode this video's frames (centre square, scaled) instead of renders of the textured open head."""

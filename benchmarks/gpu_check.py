@@ -10,7 +10,8 @@ Rows, each measured on ``--device`` (CUDA when present):
 * fit: training steps per second (:func:`talksplat.benchmarks.fit.bench_fit`);
 * drive: frames per second of the whole `talksplat drive` (prediction, rendering, download, H.264 encoding,
   AAC muxing) on a generated speech signal (:func:`talksplat.benchmarks.drive.bench_drive`);
-* encoder: libx264 alone at the drive size and its default settings, frames per second (CPU);
+* encoder: libx264 alone at the drive size for each `--quality`, frames per second (CPU), with the PSNR of the
+  decoded video;
 * viewer: one render of the viewer's callback (:class:`talksplat.viewer.renderer.AvatarRenderer`), ms;
 * peak memory: ``torch.cuda.max_memory_allocated`` over all of the above (CUDA only).
 
@@ -80,13 +81,13 @@ def render_rows(cfg: BenchGpuConfig, device: str) -> list[dict]:
              "unit": "frames/s", "value": r["fps"], "ms": 1e3 * r["median_s"], **r} for r in rows if "skipped" not in r]
 
 
-def fit_row(cfg: BenchGpuConfig, device: str) -> dict:
+def fit_rows(cfg: BenchGpuConfig, device: str) -> list[dict]:
     from .fit import bench_fit
 
-    (r,) = bench_fit(BenchFitConfig(resolution=(cfg.fit_resolution,), device=(device,), iters=cfg.fit_steps,
+    rows = bench_fit(BenchFitConfig(resolution=cfg.fit_resolution, device=(device,), iters=cfg.fit_steps,
                                     warmup=cfg.warmup))
-    return {"what": f"fit step {cfg.fit_resolution} px ({r['gaussians']:,} Gaussians)", "unit": "steps/s",
-            "value": r["steps_per_second"], "ms": r["ms_per_step"], **r}
+    return [{"what": f"fit step {r['resolution']} px ({r['gaussians']:,} Gaussians)", "unit": "steps/s",
+             "value": r["steps_per_second"], "ms": r["ms_per_step"], **r} for r in rows]
 
 
 def drive_row(cfg: BenchGpuConfig, device: str) -> dict:
@@ -99,21 +100,22 @@ def drive_row(cfg: BenchGpuConfig, device: str) -> dict:
             "x_real_time": 1.0 / r["realtime_factor"], **r}
 
 
-def encoder_row(cfg: BenchGpuConfig) -> dict:
-    """libx264 alone at the drive size: frames/s of :class:`talksplat.render.video.VideoWriter` (its defaults)."""
-    from talksplat.render.video import VideoWriter
+def encoder_rows(cfg: BenchGpuConfig) -> list[dict]:
+    """libx264 alone at the drive size, per `--quality` (:data:`talksplat.render.video.QUALITY`): frames/s of
+    :func:`talksplat.benchmarks.encode.encode_row` on renders of the textured open head (CPU)."""
+    from talksplat.render.video import QUALITY
 
-    size, n = cfg.drive_resolution, cfg.encoder_frames
-    yy, xx = np.mgrid[0:size, 0:size]
-    frames = [np.stack([(xx + 7 * i) % 256, (yy + 3 * i) % 256, ((xx + yy) // 4 + i) % 256], -1).astype(np.uint8)
-              for i in range(min(n, 8))]
+    from .encode import avatar_frames, encode_row
+
+    frames = avatar_frames(cfg.drive_resolution, cfg.encoder_frames)
+    rows = []
     with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        with VideoWriter(Path(d) / "enc.mp4", size, size) as w:
-            for i in range(n):
-                w.write(frames[i % len(frames)])
-        dt = time.perf_counter() - t0
-    return {"what": f"encoder alone: libx264 {size} px (drive's settings)", "unit": "frames/s", "value": n / dt}
+        for quality, (preset, crf) in QUALITY.items():
+            r = encode_row(frames, preset, crf, Path(d))
+            rows.append({"what": f"encoder alone: libx264 {cfg.drive_resolution} px, --quality {quality} ({preset}, "
+                                 f"crf {crf})", "unit": "frames/s", "value": r["fps"],
+                         "detail": f"{r['psnr']:.1f} dB, {r['kbit_s']:,.0f} kbit/s", **r})
+    return rows
 
 
 def viewer_row(cfg: BenchGpuConfig, device: str) -> dict:
@@ -143,8 +145,8 @@ def bench_gpu(cfg: BenchGpuConfig) -> list[dict]:
             raise OptionError("--device cuda, but torch sees no CUDA device (install a CUDA build of torch)")
         torch.cuda.reset_peak_memory_stats()
     parts = [("parity", lambda: [parity_row(cfg)]), ("render", lambda: render_rows(cfg, device)),
-             ("fit", lambda: [fit_row(cfg, device)]), ("drive", lambda: [drive_row(cfg, device)]),
-             ("encoder", lambda: [encoder_row(cfg)]), ("viewer", lambda: [viewer_row(cfg, device)])]
+             ("fit", lambda: fit_rows(cfg, device)), ("drive", lambda: [drive_row(cfg, device)]),
+             ("encoder", lambda: encoder_rows(cfg)), ("viewer", lambda: [viewer_row(cfg, device)])]
     rows = [{"what": "device", "unit": "", "text": _device_name(device)}]
     for name, part in parts:
         if name not in cfg.parts:
@@ -200,5 +202,6 @@ def rows_text(rows: list[dict]) -> str:
                 detail = f"mean {r['mean']:.1e}" + (" (gsplat torch reference)" if r.get("reference") else "")
             if "fps" in r and r["unit"] == "ms":
                 detail = f"{r['fps']:.0f} fps"
+            detail = r.get("detail", detail)
             table.add_row(r["what"], f"{v:.3g}" if abs(v) < 1e-2 else f"{v:,.2f}", r["unit"], detail)
     return table_text(table)

@@ -279,7 +279,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
 
         with Bars(cfg.quiet, transient=True) as bars, \
                 frame_pipeline(video_out, cfg.resolution, cfg.resolution, fps=cfg.fps, audio_path=mux,
-                               shortest=False, queue_size=2 * cfg.batch) as video:
+                               shortest=False, queue_size=2 * cfg.batch, quality=cfg.quality) as video:
             advance, _ = bars.task("drive", T)
             # rendered in batches on the device while a thread encodes
             for frames in render_batches(avatar, rig, seq, viewmat, K, cfg.resolution, cfg.batch, background):

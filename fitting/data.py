@@ -84,6 +84,8 @@ class FrameSampler:
         self.device = torch.device(device)
         cams = list(dataset.landmarks.get("cameras", []))
         self._cam_index = {str(c): i for i, c in enumerate(cams)}
+        self._device_frames: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._device_bytes = 0
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -101,10 +103,26 @@ class FrameSampler:
             c = self._cam_index[fr.camera]
             if self.dataset.landmarks["confidence"][c, fr.timestep] > 0:
                 lm = pts[c, fr.timestep]
-        return Sample(frame=fr, image=torch.from_numpy(img).to(dev).float() / 255.0,
-                      mask=torch.from_numpy(mask).to(dev).float() / 255.0,
+        if dev.type == "cuda":
+            img, mask = self._on_device(index, img, mask)
+        else:
+            img, mask = torch.from_numpy(img), torch.from_numpy(mask)
+        return Sample(frame=fr, image=img.float() / 255.0, mask=mask.float() / 255.0,
                       viewmat=torch.as_tensor(fr.viewmat, dtype=torch.float32, device=dev),
                       K=torch.as_tensor(fr.K, dtype=torch.float32, device=dev), timestep=fr.timestep, landmarks=lm)
+
+    def _on_device(self, index: int, img: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frame as uint8 tensors on the GPU, uploaded once while they fit in the cache's byte budget
+        (no host-to-device copy per step)."""
+        hit = self._device_frames.get(index)
+        if hit is not None:
+            return hit
+        pair = (torch.from_numpy(img).to(self.device), torch.from_numpy(mask).to(self.device))
+        size = img.nbytes + mask.nbytes
+        if self._device_bytes + size <= self.cache.max_bytes:
+            self._device_frames[index] = pair
+            self._device_bytes += size
+        return pair
 
     def state(self) -> dict:
         return {"rng": self.rng.bit_generator.state}

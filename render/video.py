@@ -33,6 +33,12 @@ def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+#: libx264 (preset, crf) per output quality.  "standard", the default of `talksplat drive` / `render` / `run`, was
+#: chosen with `talksplat bench encode` (README: figures); "archival" is the earlier default, near lossless and
+#: about 3x slower to encode.
+QUALITY: dict[str, tuple[str, int]] = {"standard": ("veryfast", 16), "archival": ("medium", 10)}
+
+
 class VideoWriter:
     """Context manager writing an H.264 (yuv420p) MP4, optionally with an audio track muxed in.
 
@@ -44,8 +50,10 @@ class VideoWriter:
 
     Width and height must be even (yuv420p).  ``audio_path``: any file ffmpeg reads; muxed as AAC;
     with ``shortest`` the output ends with the shorter stream (pass False when the audio was already
-    cut to the video's length: ``-shortest`` can drop the last video frame).  ``crf``: libx264's
-    constant rate factor (lower is better; 10 is visually lossless).
+    cut to the video's length: ``-shortest`` can drop the last video frame).  ``preset`` and ``crf``: libx264's
+    speed preset and constant rate factor (lower is better; 10 is near lossless); the defaults are
+    :data:`QUALITY` "archival" (for videos that are inputs: the demo's subject, test clips); the commands'
+    outputs go through :func:`frame_pipeline` and its ``quality``.
 
     Frames stream to an ffmpeg child process that dies with us (even on ``kill -9``); the file is
     written as ``.NAME.partial-<pid>-*.mp4`` beside the target, tagged as talksplat's own
@@ -53,7 +61,7 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float = 25.0, crf: int = 10,
-                 audio_path: str | os.PathLike | None = None, shortest: bool = True):
+                 audio_path: str | os.PathLike | None = None, shortest: bool = True, preset: str = "medium"):
         if width % 2 or height % 2:
             raise ValueError(f"{path}: H.264 needs even width and height, got {width}x{height}")
         self.path = Path(path)
@@ -70,7 +78,7 @@ class VideoWriter:
         if audio_path is not None:
             cmd += ["-i", str(audio_path), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
             cmd += ["-shortest"] if shortest else []
-        cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-movflags", "+faststart",
+        cmd += ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-crf", str(crf), "-movflags", "+faststart",
                 "-metadata", f"comment={OWN_TAG}", "-f", "mp4", str(self._tmp)]
         self._stderr = tempfile.TemporaryFile()
         try:
@@ -205,12 +213,14 @@ class FramePipeline:
         self.close(ok=exc_type is None)
 
 
-def frame_pipeline(path: str | os.PathLike, width: int, height: int, fps: float = 25.0, crf: int = 10,
-                   audio_path: str | os.PathLike | None = None, shortest: bool = True,
-                   queue_size: int = 16) -> FramePipeline:
-    """A :class:`FramePipeline` into a new :class:`VideoWriter` (same arguments)."""
+def frame_pipeline(path: str | os.PathLike, width: int, height: int, fps: float = 25.0,
+                   audio_path: str | os.PathLike | None = None, shortest: bool = True, queue_size: int = 16,
+                   quality: str = "standard") -> FramePipeline:
+    """A :class:`FramePipeline` into a new :class:`VideoWriter` (same arguments; ``quality``: a :data:`QUALITY`
+    name)."""
+    preset, crf = QUALITY[quality]
     return FramePipeline(VideoWriter(path, width, height, fps=fps, crf=crf, audio_path=audio_path,
-                                     shortest=shortest), queue_size=queue_size)
+                                     shortest=shortest, preset=preset), queue_size=queue_size)
 
 
 def write_frames(writer: VideoWriter, frames: Iterable[np.ndarray], queue_size: int = 16) -> int:

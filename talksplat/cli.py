@@ -22,8 +22,9 @@ from typing import Annotated, Callable, Union
 
 import tyro
 
-from talksplat.benchmarks.config import (BenchDriveConfig, BenchFitConfig, BenchGpuConfig, BenchLoadConfig,
-                                         BenchPrepConfig, BenchRenderConfig, BenchRigConfig, BenchTextSyncConfig)
+from talksplat.benchmarks.config import (BenchDriveConfig, BenchEncodeConfig, BenchFitConfig, BenchGpuConfig,
+                                         BenchLoadConfig, BenchPrepConfig, BenchRenderConfig, BenchRigConfig,
+                                         BenchTextSyncConfig)
 from talksplat.data_prep.config import PrepConfig
 from talksplat.demo.command import DemoConfig
 from talksplat.driving.config import DriveConfig, SyncEvalConfig
@@ -41,6 +42,7 @@ Bench = Union[
     Annotated[BenchDriveConfig, tyro.conf.subcommand("drive")],
     Annotated[BenchLoadConfig, tyro.conf.subcommand("load")],
     Annotated[BenchTextSyncConfig, tyro.conf.subcommand("text-sync")],
+    Annotated[BenchEncodeConfig, tyro.conf.subcommand("encode")],
     Annotated[BenchGpuConfig, tyro.conf.subcommand("gpu")],
 ]
 
@@ -64,7 +66,7 @@ Command = Union[
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
     Annotated[ViewConfig, tyro.conf.subcommand("view")],
     Annotated[Eval, tyro.conf.subcommand("eval", description="Evaluations: lip sync of a fitted avatar against real speakers.")],
-    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving; slowdown under CPU load; articulation on speech in several languages; one table for a GPU machine.")],
+    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving; the video encoder; slowdown under CPU load; articulation on speech in several languages; one table for a GPU machine.")],
 ]
 
 
@@ -191,6 +193,7 @@ COMMANDS: dict[type, tuple[str, Callable | str | None, bool]] = {
     BenchDriveConfig: ("talksplat.benchmarks.drive:bench_drive", ROWS, False),
     BenchLoadConfig: ("talksplat.benchmarks.contention:bench_load", ROWS, False),
     BenchTextSyncConfig: ("talksplat.benchmarks.text_sync:bench_text_sync", ROWS, False),
+    BenchEncodeConfig: ("talksplat.benchmarks.encode:bench_encode", ROWS, False),
     BenchGpuConfig: ("talksplat.benchmarks.gpu_check:bench_gpu", ROWS, False),
 }
 

@@ -52,6 +52,8 @@ class RenderConfig(ProcessOptions):
     """Background colour, RGB in [0, 1] (0 to 1)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render: `auto` picks CUDA (gsplat) when available, else our CPU rasterizer."""
+    quality: Literal["standard", "archival"] = "standard"
+    """Turntable H.264 settings: `standard` (libx264 veryfast, crf 16) or `archival` (medium, crf 10)."""
 
 
 def parse_expressions(items: tuple[str, ...], names: list[str]) -> dict[int, float]:
@@ -123,7 +125,7 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     if suffix == ".mp4":
         from talksplat.core.progress import Bars
 
-        with Bars(transient=True) as bars, frame_pipeline(cfg.out, W, H, fps=cfg.fps) as video:
+        with Bars(transient=True) as bars, frame_pipeline(cfg.out, W, H, fps=cfg.fps, quality=cfg.quality) as video:
             advance, _ = bars.task("turntable", cfg.frames)
             for i in range(cfg.frames):
                 video.write(frame(360.0 * i / cfg.frames))

@@ -65,6 +65,9 @@ def test_bench_gpu_table_on_the_cpu_with_the_cuda_code_path(tmp_path, monkeypatc
     assert [r["batch"] for r in renders] == [1]  # the CPU rasterizer: batch 1 only
     assert all(r["value"] > 0 for r in rows if "value" in r)
     assert by["fit"]["unit"] == "steps/s" and by["drive"]["frames"] == 15 and by["viewer"]["unit"] == "ms"
+    encoders = [r for r in rows if r["what"].startswith("encoder")]
+    assert [(r["preset"], r["crf"]) for r in encoders] == [("veryfast", 16), ("medium", 10)]
+    assert all(r["psnr"] > 30 for r in encoders)  # decoded against the frames that went in (48 px: 34-37 dB)
     assert [r["what"] for r in renders] == ["render 1,500 Gaussians 48 px batch 1"]
     for word in ("parity", "render", "steps/s", "frames/s", "encoder", "viewer", "reference"):
         assert word in text, word
