@@ -399,7 +399,11 @@ class Trainer:
         for name, opt in self.optimizers.items():
             if name in header["opt_steps"]:
                 p = opt.param_groups[0]["params"][0]
-                opt.state[p] = {"step": torch.tensor(header["opt_steps"][name]),
+                n = header["opt_steps"][name]
+                # fused Adam (CUDA) keeps its step count as float32 on the parameter's device
+                step = (torch.tensor(float(n), dtype=torch.float32, device=p.device) if opt.defaults.get("fused")
+                        else torch.tensor(n))
+                opt.state[p] = {"step": step,
                                 "exp_avg": t[f"opt.{name}.exp_avg"].to(dev),
                                 "exp_avg_sq": t[f"opt.{name}.exp_avg_sq"].to(dev)}
             opt.param_groups[0]["lr"] = header["opt_lrs"].get(name, opt.param_groups[0]["lr"])
