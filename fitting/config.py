@@ -120,6 +120,10 @@ class FitConfig(ProcessOptions):
     """`auto`: CUDA (gsplat kernels) when available, else our CPU rasterizer."""
     background: Literal["white", "black", "random"] = "white"
     """Background behind the masked subject during training (`random`: a new colour per step)."""
+    cameras_per_step: Literal["all", "1"] = "all"
+    """Images per training step: `all`: every camera of the drawn time step, rendered in one rasterization
+    call, the loss averaged over them; `1`: one random image (time step and camera). The same on a monocular
+    dataset; `all` falls back to `1` (with a warning) when the cameras' image sizes differ."""
     sh_degree: Annotated[int, Range(0, 3)] = 3
     """Spherical-harmonics degree of the colours (raised by one every `sh_every` steps) (0 to 3)."""
     sh_every: Annotated[int, Range(1)] = 1000

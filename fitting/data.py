@@ -1,5 +1,9 @@
 """Training frames streamed from a talksplat dataset, with a bounded in-memory cache.
 
+A fit step trains on one time step: :meth:`FrameSampler.sample_views` draws it and loads the image of
+every camera that saw it (:class:`Views`, C images); :meth:`FrameSampler.sample` draws one image
+(``--cameras-per-step 1``, and held-out evaluation loads images one at a time).
+
 Images and masks are read from disk on demand (PNG decode is a few milliseconds, much less than a
 training step) and kept in an LRU cache capped in bytes, so host memory stays bounded whatever the
 length of the video.
@@ -38,6 +42,55 @@ class Sample:
         return self.image * m + background * (1 - m)
 
 
+@dataclass
+class Views:
+    """The images of one time step, one per camera (C >= 1, in dataset order), all of one size.
+
+    Rendered together in one rasterization call: :meth:`viewmats` [C, 4, 4], :meth:`Ks` [C, 3, 3],
+    :meth:`composite` [C, H, W, 3].
+    """
+
+    samples: list[Sample]
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            raise ValueError("Views needs at least one image")
+        sizes = {(s.frame.width, s.frame.height) for s in self.samples}
+        steps = {s.timestep for s in self.samples}
+        if len(sizes) != 1 or len(steps) != 1:
+            raise ValueError(f"Views holds images of one time step and one size, got time steps {sorted(steps)} "
+                             f"and sizes {sorted(sizes)}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def timestep(self) -> int:
+        return self.samples[0].timestep
+
+    @property
+    def width(self) -> int:
+        """Image width, px (the same for every camera)."""
+        return self.samples[0].frame.width
+
+    @property
+    def height(self) -> int:
+        """Image height, px."""
+        return self.samples[0].frame.height
+
+    def viewmats(self) -> torch.Tensor:
+        """[C, 4, 4] world-to-camera (OpenCV)."""
+        return torch.stack([s.viewmat for s in self.samples])
+
+    def Ks(self) -> torch.Tensor:
+        """[C, 3, 3] intrinsics, px."""
+        return torch.stack([s.K for s in self.samples])
+
+    def composite(self, background: torch.Tensor) -> torch.Tensor:
+        """[C, H, W, 3]: each camera's foreground over `background` [3] (each with its own mask)."""
+        return torch.stack([s.composite(background) for s in self.samples])
+
+
 class FrameCache:
     """LRU cache of decoded (image, mask) uint8 arrays, capped at `max_bytes`."""
 
@@ -70,7 +123,12 @@ class FrameCache:
 
 
 class FrameSampler:
-    """Random training frames (time step and camera) from a split of the dataset."""
+    """Random training images from a split of the dataset: one time step with all its cameras
+    (:meth:`sample_views`), or one image (time step and camera, :meth:`sample`).
+
+    Both draw one integer from the same seeded generator; for a monocular dataset (one image per time
+    step) they draw the same images in the same order.  Its state (:meth:`state`) is that generator's.
+    """
 
     def __init__(self, dataset: Dataset, split: str = "train", cache_mb: int = 1024, seed: int = 0,
                  device: torch.device | str = "cpu"):
@@ -78,6 +136,11 @@ class FrameSampler:
         self.indices = [i for i, f in enumerate(dataset.frames) if f.timestep in steps]
         if not self.indices:
             raise ValueError(f"{dataset.root}: no images in the '{split}' split")
+        # frame indices per time step of the split, time steps in the order of their first image
+        groups: dict[int, list[int]] = {}
+        for i in self.indices:
+            groups.setdefault(dataset.frames[i].timestep, []).append(i)
+        self.timesteps: list[list[int]] = list(groups.values())
         self.dataset = dataset
         self.cache = FrameCache(dataset, cache_mb * 2 ** 20)
         self.rng = np.random.default_rng(seed)
@@ -91,7 +154,24 @@ class FrameSampler:
         return len(self.indices)
 
     def sample(self) -> Sample:
+        """One random image of the split (uniform over images)."""
         return self.load(self.indices[int(self.rng.integers(len(self.indices)))])
+
+    def sample_views(self) -> Views:
+        """One random time step of the split (uniform over time steps) with the image of each of its cameras;
+        the caller checks that the images share one size (:meth:`sizes`)."""
+        group = self.timesteps[int(self.rng.integers(len(self.timesteps)))]
+        return Views([self.load(i) for i in group])
+
+    def mixed_sizes(self) -> dict[str, tuple[int, int]] | None:
+        """The first time step of the split whose images differ in size, as {camera: (width, height) px}; None
+        when every time step's images share one size (so :meth:`sample_views` can be rendered in one call)."""
+        for group in self.timesteps:
+            sizes = {self.dataset.frames[i].camera: (self.dataset.frames[i].width, self.dataset.frames[i].height)
+                     for i in group}
+            if len(set(sizes.values())) > 1:
+                return sizes
+        return None
 
     def load(self, index: int) -> Sample:
         fr = self.dataset.frames[index]

@@ -80,7 +80,7 @@ def _to_bhwc(img: Tensor, name: str) -> Tensor:
 
 
 def photometric_loss(render: Tensor, target: Tensor, weight: Tensor | None = None,
-                     lambda_dssim: float = 0.2) -> Tensor:
+                     lambda_dssim: float = 0.2, reduction: str = "mean") -> Tensor:
     """The 3DGS loss ``(1 - λ)·L1 + λ·(1 - SSIM)``, optionally weighted per pixel.
 
     Args:
@@ -89,15 +89,24 @@ def photometric_loss(render: Tensor, target: Tensor, weight: Tensor | None = Non
             are averaged with these weights and divided by the weight mean, so a constant weight
             gives exactly the unweighted loss.
         lambda_dssim: λ.
+        reduction: "mean": one loss over every pixel of the batch (weights normalised over the batch);
+            "none": [B], each image's loss (weights normalised per image; ``.mean()`` of it gives each
+            image the same share whatever its weights).
     Returns:
-        scalar loss tensor.
+        scalar loss tensor ("mean"), or [B] ("none").
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"photometric_loss: unknown reduction {reduction!r}")
     if render.shape != target.shape:
         raise ValueError(f"photometric_loss: shapes differ: {tuple(render.shape)} vs {tuple(target.shape)}")
     r = _to_bhwc(render, "photometric_loss")
     t = _to_bhwc(target, "photometric_loss")
     l1 = (r - t).abs()  # [B, H, W, 3]
     dssim = 1.0 - ssim_map(r.permute(0, 3, 1, 2), t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    if reduction == "none":
+        dims = (1, 2, 3)
+        if weight is None:
+            return (1.0 - lambda_dssim) * l1.mean(dims) + lambda_dssim * dssim.mean(dims)
     if weight is None:
         return (1.0 - lambda_dssim) * l1.mean() + lambda_dssim * dssim.mean()
     w = weight.to(dtype=r.dtype, device=r.device)
@@ -107,6 +116,9 @@ def photometric_loss(render: Tensor, target: Tensor, weight: Tensor | None = Non
         raise ValueError(f"photometric_loss: weight must be [H, W] or [B, H, W] matching the image "
                          f"{tuple(r.shape[1:3])}, got {tuple(weight.shape)}")
     w = w.expand(r.shape[0], -1, -1)[..., None]  # [B, H, W, 1]
+    if reduction == "none":
+        norm = w.mean(dims).clamp_min(1e-12)  # [B]
+        return (1.0 - lambda_dssim) * (w * l1).mean(dims) / norm + lambda_dssim * (w * dssim).mean(dims) / norm
     norm = w.mean().clamp_min(1e-12)
     l1_w = (w * l1).mean() / norm
     dssim_w = (w * dssim).mean() / norm

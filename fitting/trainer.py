@@ -1,9 +1,11 @@
 """The trainer behind `talksplat fit`: one readable loop.
 
-Per step: draw a training image (time step, camera) -> pose the rig with the tracked parameters plus
-their per-frame fine-tuning offsets -> bind the Gaussians -> rasterize -> weighted L1 + D-SSIM and
-the binding regularisers -> backward -> densification hooks -> Adam steps.  Checkpoints (safetensors
-+ JSON header) hold everything needed to resume bit-for-bit at the saved step.
+Per step: draw a training time step and load the image of each of its C cameras (``--cameras-per-step
+all``; one image with ``1``) -> pose the rig with the tracked parameters plus that time step's fine-tuning
+offsets -> bind the Gaussians -> rasterize the C cameras in one call -> weighted L1 + D-SSIM (the mean
+over the C images) and the binding regularisers -> backward -> densification hooks (fed the C-camera
+meta) -> Adam steps.  Checkpoints (safetensors + JSON header) hold everything needed to resume
+bit-for-bit at the saved step.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from talksplat.rigs.sequence import FRAME_FIELDS, RigSequence
 
 from . import fit_folder
 from .config import FitConfig
-from .data import FrameSampler, Sample
+from .data import FrameSampler, Sample, Views
 from .fit_folder import CHECKPOINT, HELDOUT
 from .strategy.base import Strategy
 
@@ -183,6 +186,7 @@ class Trainer:
         self.last_parts: dict[str, float] = {}
         torch.manual_seed(cfg.seed)
         self.sampler = FrameSampler(self.ds, "train", cfg.cache_mb, cfg.seed, self.device)
+        self.views_per_step = self._views_per_step()
         self.rig = self.rig.to(self.device)
         self.frames = FrameParams(self.ds).to(self.device)
         self.step = 0
@@ -198,6 +202,20 @@ class Trainer:
             self.strategy_state = self.strategy.initialize_state()
 
     # ------------------------------------------------------------------ setup
+    def _views_per_step(self) -> bool:
+        """Whether a step renders every camera of its time step (``--cameras-per-step all`` and one image
+        size over the training images: one rasterization call has one size); warns when it falls back."""
+        if self.cfg.cameras_per_step == "1":
+            return False
+        mixed = self.sampler.mixed_sizes()
+        if mixed is not None:
+            shown = ", ".join(f"{cam} {w}x{h}" for cam, (w, h) in mixed.items())
+            warnings.warn(f"{self.ds.root}: the cameras' images differ in size ({shown} px) and one rasterization "
+                          "call renders one size, so each fit step trains on one image (as --cameras-per-step 1)",
+                          UserWarning, stacklevel=3)
+            return False
+        return True
+
     def _make_optimizers(self) -> None:
         """One Adam per avatar tensor (and per tuned frame field), learning rates from ``cfg.optim``; the strategy
         checks that it can work on them."""
@@ -225,35 +243,73 @@ class Trainer:
         return min(self.cfg.sh_degree, step // max(1, self.cfg.sh_every))
 
     # ------------------------------------------------------------------ render
-    def render(self, sample: Sample, params: RigParams, background: torch.Tensor, sh_degree: int):
-        """-> colors [H, W, 3], meta (rasterization metadata of the one camera)."""
+    def render(self, batch: Sample | Views, params: RigParams, background: torch.Tensor, sh_degree: int):
+        """The avatar posed by ``params`` (one time step) seen by the batch's cameras, in ONE rasterization call.
+
+        Args:
+            batch: one image (:class:`Sample`) or the C images of one time step (:class:`Views`).
+            params: RigParams of that time step (batch 1).  background: [3] in [0, 1], behind every camera.
+        Returns:
+            colors [H, W, 3] for a Sample, [C, H, W, 3] for Views (in [0, 1]); meta: the rasterizer's meta
+            of the C cameras (``means2d`` [C, N, 2], ``radii`` [C, N, 2], ``n_cameras`` C, ...).
+        """
         from talksplat.render import rasterization
 
         verts = self.rig(params).vertices
         g = self.avatar.world(verts, self.rig.faces)[0]
-        fr = sample.frame
-        colors, _, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, sample.viewmat[None],
-                                        sample.K[None], fr.width, fr.height, sh_degree=sh_degree,
-                                        backgrounds=background[None])
-        return colors[0], meta
+        if isinstance(batch, Sample):
+            fr = batch.frame
+            colors, _, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, batch.viewmat[None],
+                                            batch.K[None], fr.width, fr.height, sh_degree=sh_degree,
+                                            backgrounds=background[None])
+            return colors[0], meta
+        colors, _, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, batch.viewmats(), batch.Ks(),
+                                        batch.width, batch.height, sh_degree=sh_degree,
+                                        backgrounds=background[None].expand(len(batch), -1).contiguous())
+        return colors, meta
 
     # ------------------------------------------------------------------ losses
-    def loss(self, render: torch.Tensor, target: torch.Tensor, sample: Sample) -> tuple[torch.Tensor, dict]:
-        from .losses import photometric_loss
+    def _weight_map(self, sample: Sample) -> torch.Tensor | None:
+        """[H, W] float32 loss weights of one image (mouth / eye regions from its landmarks), or None (uniform)."""
         from .regions import loss_weight_map
 
         cfg = self.cfg.loss
-        weight = None
-        if sample.landmarks is not None and (cfg.mouth_weight != 1 or cfg.eye_weight != 1):
-            # drawn once per image and kept on the device (cv2 on the host every step cost 7.5 ms at 512 px)
-            weight = self._weight_maps.get(sample.frame.image)
-            if weight is None:
-                w = loss_weight_map(sample.landmarks, sample.frame.height, sample.frame.width, mouth=cfg.mouth_weight,
-                                    eyes=cfg.eye_weight)
-                weight = torch.from_numpy(w).to(self.device)
-                if (len(self._weight_maps) + 1) * weight.numel() * 4 <= self.WEIGHT_MAP_BYTES:
-                    self._weight_maps[sample.frame.image] = weight
-        photo = photometric_loss(render, target, weight=weight, lambda_dssim=cfg.lambda_dssim)
+        if sample.landmarks is None or (cfg.mouth_weight == 1 and cfg.eye_weight == 1):
+            return None
+        # drawn once per image and kept on the device (cv2 on the host every step cost 7.5 ms at 512 px)
+        weight = self._weight_maps.get(sample.frame.image)
+        if weight is None:
+            w = loss_weight_map(sample.landmarks, sample.frame.height, sample.frame.width, mouth=cfg.mouth_weight,
+                                eyes=cfg.eye_weight)
+            weight = torch.from_numpy(w).to(self.device)
+            if (len(self._weight_maps) + 1) * weight.numel() * 4 <= self.WEIGHT_MAP_BYTES:
+                self._weight_maps[sample.frame.image] = weight
+        return weight
+
+    def loss(self, render: torch.Tensor, target: torch.Tensor, batch: Sample | Views) -> tuple[torch.Tensor, dict]:
+        """The training loss of one step and its image terms.
+
+        Args:
+            render, target: [H, W, 3] for a Sample, [C, H, W, 3] for Views, in [0, 1].
+            batch: what was rendered (its images' landmarks give the loss weight maps).
+        Returns:
+            (scalar loss, {"photo": ..., "lpips": ... when it applies}); the image terms are the mean over the
+            C images of each image's own (weighted) loss.
+        """
+        from .losses import photometric_loss
+
+        cfg = self.cfg.loss
+        if isinstance(batch, Sample):
+            photo = photometric_loss(render, target, weight=self._weight_map(batch), lambda_dssim=cfg.lambda_dssim)
+        else:
+            maps = [self._weight_map(s) for s in batch.samples]
+            weight = None
+            if any(m is not None for m in maps):  # an image without landmarks weighs its pixels uniformly
+                ones = torch.ones(batch.height, batch.width, device=render.device)
+                weight = torch.stack([ones if m is None else m for m in maps])
+            # each image normalised by its own weights, then the mean over the C images
+            photo = photometric_loss(render, target, weight=weight, lambda_dssim=cfg.lambda_dssim,
+                                     reduction="none").mean()
         av = self.avatar
         pos = torch.relu(av.local_means.norm(dim=-1) - cfg.position_limit).mean()
         scl = torch.relu(torch.exp(av.log_scales) - cfg.scale_limit).mean()
@@ -261,7 +317,7 @@ class Trainer:
         opa = (o * (1 - o)).mean()
         total = photo + cfg.lambda_position * pos + cfg.lambda_scale * scl + cfg.lambda_opacity * opa
         parts = {"photo": photo}
-        # LPIPS on the whole image (skipped under the backbone's minimum size).
+        # LPIPS on each whole image, the mean over them (skipped under the backbone's minimum size).
         if self._lpips_applies(render):
             parts["lpips"] = self.lpips(render, target)
             total = total + cfg.lambda_lpips * parts["lpips"]
@@ -271,8 +327,8 @@ class Trainer:
         return total, parts
 
     def _lpips_applies(self, render: torch.Tensor) -> bool:
-        """LPIPS weights were given and the [H, W, 3] image is big enough for the backbone."""
-        return self.lpips is not None and min(render.shape[:2]) >= self.lpips.min_side
+        """LPIPS weights were given and the [H, W, 3] (or [C, H, W, 3]) images are big enough for the backbone."""
+        return self.lpips is not None and min(render.shape[-3:-1]) >= self.lpips.min_side
 
     # ------------------------------------------------------------------ training
     def train(self, progress=None, checkpoints: bool = True) -> None:
@@ -288,13 +344,13 @@ class Trainer:
             step = self.step
             # Positions: exponential decay to `means_decay` (1 %) over the run (as 3DGS / gsplat).
             self.optimizers["local_means"].param_groups[0]["lr"] = lr0 * decay ** (step / max(1, self.steps))
-            sample = self.sampler.sample()
+            batch = self._next_batch()
             bg = self.background()
-            target = sample.composite(bg)
-            ts = torch.tensor([sample.timestep], device=self.device)
+            target = batch.composite(bg)
+            ts = torch.tensor([batch.timestep], device=self.device)
             params = self.frames.rig_params(ts, tuned=cfg.tune_params)
-            render, meta = self.render(sample, params, bg, self.sh_degree_at(step))
-            loss, parts = self.loss(render, target, sample)
+            render, meta = self.render(batch, params, bg, self.sh_degree_at(step))
+            loss, parts = self.loss(render, target, batch)
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             self.strategy.step_pre_backward(self.avatar, self._avatar_optimizers(), self.strategy_state, step, meta)
             loss.backward()
@@ -318,6 +374,14 @@ class Trainer:
                 progress(self.step, self.steps, float(loss.detach()), psnr, self.avatar.num_gaussians, rate)
             if save:
                 self.save_checkpoint()
+
+    def _next_batch(self) -> Sample | Views:
+        """This step's images: every camera of a random time step (:class:`Views`), or one random image.  A time
+        step with one image comes as that :class:`Sample`, so a monocular fit runs exactly the one-image code."""
+        if not self.views_per_step:
+            return self.sampler.sample()
+        views = self.sampler.sample_views()
+        return views.samples[0] if len(views) == 1 else views
 
     def _check_finite(self, first_bad: int) -> None:
         """Stop with one line when a loss was NaN/Inf (the parameters are then garbage); the last

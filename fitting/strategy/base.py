@@ -7,7 +7,7 @@ optimizer per avatar parameter (:data:`~talksplat.avatar.gaussians.PARAM_NAMES`)
     strategy.check_sanity(avatar, optimizers)                 # once, before training
     state = strategy.initialize_state()                       # running state (kept in checkpoints)
     for step in ...:
-        render ... -> meta (the rasterizer's meta of the frame)
+        render ... -> meta (the rasterizer's meta of the frame: its C cameras, rendered in one call)
         strategy.step_pre_backward(avatar, optimizers, state, step, meta)
         loss.backward(); Adam steps
         strategy.step_post_backward(avatar, optimizers, state, step, meta)
@@ -51,7 +51,8 @@ class Strategy(Protocol):
 
     def step_pre_backward(self, avatar: "GaussianAvatar", optimizers: Mapping[str, "torch.optim.Optimizer"],
                           state: Dict[str, Any], step: int, info: Any) -> None:
-        """Before ``loss.backward()``; ``info``: the rasterizer meta of the frame rendered this step."""
+        """Before ``loss.backward()``; ``info``: the rasterizer meta of the frame rendered this step (C cameras;
+        the loss is the mean over the C images)."""
         ...
 
     def step_post_backward(self, avatar: "GaussianAvatar", optimizers: Mapping[str, "torch.optim.Optimizer"],

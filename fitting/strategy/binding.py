@@ -9,7 +9,8 @@ Gaussians without one.  Its thresholds are the fields of
 :class:`~talksplat.fitting.strategy.config.BindingStrategyConfig` (``talksplat fit --strategy.*``),
 which it extends with what depends on the fit (``refine_stop_iter``, ``budget``).
 
-Typical use (one rendered frame per step; the trainer owns the optimizers)::
+Typical use (one rendered frame per step, seen by C cameras in one call, the loss the mean over the C
+images; the trainer owns the optimizers)::
 
     strategy = BindingStrategyConfig().build(steps=n_steps, budget=100_000)   # or BindingStrategy(...)
     optimizers = {name: torch.optim.Adam([getattr(avatar, name)], lr=...) for name in PARAM_NAMES}
