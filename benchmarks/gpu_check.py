@@ -24,10 +24,8 @@ import copy
 import json
 import math
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .config import BenchDriveConfig, BenchFitConfig, BenchGpuConfig, BenchRenderConfig

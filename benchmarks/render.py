@@ -40,11 +40,10 @@ def bench_device(backend: str) -> torch.device:
 
 
 def bench_render(cfg: BenchRenderConfig) -> list[dict]:
-    """Run the benchmark; returns one row per (backend, gaussians, resolution).
+    """Run the benchmark; returns one row per (backend, gaussians, resolution, batch).
 
     The rig from ``load_rig`` stays on the CPU: each backend gets its own copy on its device (a
     module's ``.to`` moves it in place), and avatars are initialised from the CPU rig."""
-    from talksplat.avatar.render import render_avatar
     from talksplat.render.camera import framing_camera
     from talksplat.render.gsplat_reference import reference_mode
     from talksplat.rigs import load_rig
