@@ -39,8 +39,25 @@ def save_avatar(avatar: GaussianAvatar, path: str | os.PathLike, extra: dict | N
               "num_gaussians": avatar.num_gaussians, "binding": BINDING_DOC, "extra": extra or {}}
     tensors = {k: getattr(avatar, k).detach().cpu().contiguous() for k in TENSOR_NAMES}
     with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"talksplat": json_text(header, indent=None, sort_keys=True)})
+        save_file(tensors, str(tmp), metadata=_metadata(header))
     return path
+
+
+def _metadata(header: dict) -> dict[str, str]:
+    return {"talksplat": json_text(header, indent=None, sort_keys=True)}
+
+
+def set_extra(path: str | os.PathLike, extra: dict) -> Path:
+    """Give the avatar file ``path`` the header entry ``extra`` (e.g. the dataset of a copied fit): the file
+    becomes what :func:`save_avatar` writes with that ``extra``.  Replaced atomically by a new file (a hard
+    link's other names keep the old one); left alone when it already has that ``extra``."""
+    from talksplat.core.files import rewrite_safetensors
+
+    header = read_header(path)
+    if header.get("extra") == extra:
+        return Path(path)  # already so: left alone
+    header["extra"] = extra
+    return rewrite_safetensors(path, _metadata(header))
 
 
 def read_header(path: str | os.PathLike) -> dict:

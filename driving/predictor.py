@@ -334,8 +334,30 @@ class AudioPredictor:
                   "avatar_sha256": self.avatar_sha256, "amp_std": self.amp_std, "meta": self.meta}
         path = Path(path)
         with atomic_write(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"talksplat": json_text(header, indent=None)})
+            save_file(tensors, str(tmp), metadata=_metadata(header))
         return path
+
+
+def _metadata(header: dict) -> dict[str, str]:
+    return {"talksplat": json_text(header, indent=None)}
+
+
+def set_avatar_digest(path: str | os.PathLike, avatar: str | os.PathLike | None) -> Path:
+    """Bind the driver file ``path`` to the avatar file ``avatar`` (its sha256, None: to none), as training
+    beside it does (e.g. after a fit folder was copied and its avatar rewritten): the file becomes what
+    :meth:`AudioPredictor.save` writes with that binding.  Replaced atomically by a new file (a hard link's
+    other names keep the old one); left alone when already so bound."""
+    from safetensors import safe_open
+
+    from talksplat.core.files import rewrite_safetensors
+
+    with safe_open(str(path), "pt") as f:
+        header = json.loads((f.metadata() or {})["talksplat"])
+    sha = file_digest(avatar) if avatar is not None else None
+    if header.get("avatar_sha256") == sha:
+        return Path(path)  # already so: left alone
+    header["avatar_sha256"] = sha
+    return rewrite_safetensors(path, _metadata(header))
 
 
 def load_predictor(path: str | os.PathLike, rig_checksum: str | None = None, avatar: str | os.PathLike | None = None) -> AudioPredictor:

@@ -69,14 +69,54 @@ def write_metrics(out: str | os.PathLike, metrics: dict) -> Path:
     return path(out, METRICS)
 
 
-def record_metrics(out: str | os.PathLike, update: dict) -> Path:
-    """Merge ``update`` into OUT/metrics.json (atomically; a damaged file starts again)."""
+def read_metrics(out: str | os.PathLike) -> dict:
+    """OUT/metrics.json ({} when missing or damaged)."""
     p = path(out, METRICS)
     try:
         current = json.loads(p.read_text()) if p.is_file() else {}
     except ValueError:  # damaged: start again
         current = {}
-    current = current if isinstance(current, dict) else {}
+    return current if isinstance(current, dict) else {}
+
+
+def record_metrics(out: str | os.PathLike, update: dict) -> Path:
+    """Merge ``update`` into OUT/metrics.json (atomically; a damaged file starts again)."""
+    current = read_metrics(out)
     current.update(update)
-    write_json(p, current)
-    return p
+    write_json(path(out, METRICS), current)
+    return path(out, METRICS)
+
+
+# ------------------------------------------------------------------ each stage's share (the stage cache)
+#: The files the avatar stage writes (``*``: within one path segment); the predictor stage writes DRIVER.  Of
+#: METRICS, the predictor's share is the entry DRIVER_METRICS, the avatar's the rest.
+AVATAR_FILES = (AVATAR, PLY, TUNED, CHECKPOINT, f"{HELDOUT}/*.png")
+DRIVER_METRICS = "driver"
+
+#: Header entries that say where a file was made (its dataset, its options, the avatar beside it): left out
+#: of :func:`portable_digest`, rewritten by :func:`place_avatar_files` (the driver's: by the driving package).
+PLACE_FIELDS = {AVATAR: ("extra.dataset",), CHECKPOINT: ("dataset", "config"), DRIVER: ("avatar_sha256",)}
+
+
+def portable_digest(file: str | os.PathLike) -> str:
+    """sha256 of a fit-folder file apart from where it was made (:data:`PLACE_FIELDS`): a fit copied elsewhere
+    and pointed at its new dataset digests as the original.  ValueError for a damaged safetensors file."""
+    from talksplat.core.files import file_digest, safetensors_digest
+
+    fields = PLACE_FIELDS.get(Path(file).name)
+    return safetensors_digest(file, fields) if fields else file_digest(file)
+
+
+def place_avatar_files(out: str | os.PathLike, cfg) -> None:
+    """After the avatar stage's files were copied into ``out`` from a fit with the same effective options:
+    point the avatar and the checkpoint at ``cfg``'s dataset and options (a FitConfig), as fitting with
+    ``cfg`` writes them.  Files that already say so are left as they are (hard links stay links)."""
+    from talksplat.avatar.io import read_header, set_extra
+
+    from .trainer import checkpoint_origin, set_checkpoint_origin  # the trainer imports this module
+
+    dataset = checkpoint_origin(cfg)["dataset"]
+    extra = read_header(path(out, AVATAR)).get("extra")
+    set_extra(path(out, AVATAR), {**(extra if isinstance(extra, dict) else {}), "dataset": dataset})
+    if path(out, CHECKPOINT).is_file():
+        set_checkpoint_origin(path(out, CHECKPOINT), cfg)

@@ -131,6 +131,34 @@ def prepare_fit_dir(cfg: FitConfig) -> None:
     write_marker(out, "fit")
 
 
+def checkpoint_origin(cfg: FitConfig) -> dict:
+    """The checkpoint header's entries that say where and how it was made: ``dataset`` (resolved path) and
+    ``config`` (the command's options as JSON)."""
+    return {"dataset": str(Path(cfg.dataset).resolve()), "config": json.loads(json.dumps(asdict(cfg), default=str))}
+
+
+def _checkpoint_metadata(header: dict) -> dict[str, str]:
+    return {"talksplat": json.dumps(header)}
+
+
+def set_checkpoint_origin(path: str | Path, cfg: FitConfig) -> Path:
+    """Make the checkpoint file ``path`` say it was made with ``cfg`` (:func:`checkpoint_origin`), e.g. after
+    a fit folder was copied for a run with the same effective options: the file becomes what the trainer
+    writes under ``cfg``.  Replaced atomically by a new file (a hard link's other names keep the old one); left
+    alone when it already says so."""
+    from safetensors import safe_open
+
+    from talksplat.core.files import rewrite_safetensors
+
+    with safe_open(str(path), "pt") as f:
+        header = json.loads((f.metadata() or {})["talksplat"])
+    origin = checkpoint_origin(cfg)
+    if {k: header.get(k) for k in origin} == origin:
+        return Path(path)  # already so: left alone
+    header.update(origin)
+    return rewrite_safetensors(path, _checkpoint_metadata(header))
+
+
 def rng_state_tensors() -> dict[str, torch.Tensor]:
     """The random generators' states for a checkpoint: "rng.torch" (CPU generator, uint8), and
     "rng.cuda" [G, S] uint8 (one row per visible GPU) only when CUDA is available."""
@@ -426,15 +454,15 @@ class Trainer:
                 extra_state[k] = v
         tensors.update(rng_state_tensors())
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        where = checkpoint_origin(self.cfg)
         header = {"format": "talksplat-fit-checkpoint", "version": 1, "step": self.step, "steps": self.steps,
-                  "dataset_fingerprint": self.fingerprint, "dataset": str(Path(self.cfg.dataset).resolve()),
+                  "dataset_fingerprint": self.fingerprint, "dataset": where["dataset"],
                   "rig_name": self.rig.name, "rig_checksum": self.rig.checksum, "sh_degree": self.avatar.sh_degree,
                   "opt_steps": opt_steps, "opt_lrs": {n: o.param_groups[0]["lr"] for n, o in self.optimizers.items()},
-                  "strategy_state": extra_state, "sampler": self.sampler.state(),
-                  "config": json.loads(json.dumps(asdict(self.cfg), default=str))}
+                  "strategy_state": extra_state, "sampler": self.sampler.state(), "config": where["config"]}
         path = self.out / CHECKPOINT
         with atomic_write(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"talksplat": json.dumps(header)})
+            save_file(tensors, str(tmp), metadata=_checkpoint_metadata(header))
         return path
 
     def _load_checkpoint(self, path: Path) -> None:

@@ -178,7 +178,7 @@ ROWS = "rows_text"
 #: the report's text.  A command with long stages (fit, run, demo, view) is also given ``on_stage=``, which it
 #: calls with each stage's line as the stage ends (or the viewer's URL once serving), so they show at once.
 COMMANDS: dict[type, tuple[str, Callable | str | None, bool]] = {
-    PrepConfig: ("talksplat.data_prep.prep:run_prep", _wrote, False),
+    PrepConfig: ("talksplat.prep_command:run_prep_command", _wrote, False),
     FitCommandConfig: ("talksplat.fit_command:run_fit_command", None, True),
     DriveConfig: ("talksplat.driving.drive:run_drive", _wrote_drive, False),
     RunConfig: ("talksplat.run_command:run_pipeline", _run_text, True),

@@ -3,11 +3,15 @@
 The two stages live in their own packages (driving may import fitting, not the reverse); this thin
 command holds their joint config (:class:`FitCommandConfig`: the avatar's :class:`FitConfig` plus the
 predictor's `--driver.*`), runs them in order and says what each measured (``on_stage``, one line per stage).
+Each finished stage is recorded in the stage cache (talksplat.stage_cache), so that `talksplat run` with the
+same inputs and options reuses it.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,20 +35,32 @@ class FitCommandConfig(FitConfig):
 
 
 def run_fit_command(cfg: FitCommandConfig, on_stage: Callable[[str], None] | None = None) -> dict:
-    """Fit the avatar (unless ``--driver-only``), then the audio predictor (unless disabled).
+    """Fit the avatar (unless ``--driver-only``), then the audio predictor (unless disabled); record each in
+    the stage cache (talksplat.stage_specs.record).
 
     Holds the lock of OUT throughout (talksplat.core.outputs).  ``on_stage`` gets each stage's line
     (:func:`avatar_line`, :func:`predictor_line`) as the stage ends.  Returns the metrics written to OUT/metrics.json."""
     from talksplat.core.outputs import output_lock
+    from talksplat.fitting.fit_folder import AVATAR, path
+    from talksplat.stage_specs import avatar_product, dataset_identity, driver_stage, fit_stage, fit_summary, record
 
     metrics: dict = {}
+    dataset_done = functools.cache(lambda: dataset_identity(cfg.dataset))  # what the dataset holds, read once
     with output_lock(cfg.out):
+        fit_done = None  # what the avatar stage left (talksplat.stage_cache.identity)
         if not cfg.driver_only:
+            t0 = time.perf_counter()
             metrics = fit_avatar(cfg, on_stage)
+            fit_done = record(fit_stage(cfg), dataset_done, fit_summary(metrics), time.perf_counter() - t0)
         if cfg.driver.enabled or cfg.driver_only:
+            t0 = time.perf_counter()
             m = fit_predictor(cfg, require_audio=cfg.driver_only, on_stage=on_stage)
             if m is not None:
                 metrics["driver"] = m
+                if fit_done is not None or (cfg.driver_only and path(cfg.out, AVATAR).is_file()):
+                    record(driver_stage(cfg), lambda: {**dataset_done(),
+                                                       "fit": fit_done or avatar_product(cfg).identity()},
+                           m, time.perf_counter() - t0)
     return metrics
 
 
@@ -87,7 +103,7 @@ def fit_predictor(cfg: FitCommandConfig, require_audio: bool = True,
     Returns the predictor's metrics (``on_stage`` gets their line, :func:`predictor_line`), or None (with a
     warning) when the dataset has no audio and ``require_audio`` is false; with ``require_audio`` the
     trainer's error names the dataset."""
-    from talksplat.core.outputs import check_output_dir, output_lock, write_marker
+    from talksplat.core.outputs import output_lock
     from talksplat.core.progress import warn
     from talksplat.driving.train import PredictorTrainingError, train_predictor_on_dataset
     from talksplat.fitting.trainer import load_dataset_rig, open_dataset
@@ -102,12 +118,20 @@ def fit_predictor(cfg: FitCommandConfig, require_audio: bool = True,
             warn(f"{ds.root} has no audio: skipping the audio predictor")
             return None
         rig = load_dataset_rig(ds, cfg.rig)
-        check_output_dir(cfg.out, "fit", overwrite=False, inputs=(cfg.dataset,), allow_existing=True)
-        write_marker(cfg.out, "fit")
+        prepare_predictor_dir(cfg)
         _, m = train_predictor_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
     if on_stage is not None:
         on_stage(predictor_line(cfg.out, m))
     return m
+
+
+def prepare_predictor_dir(cfg: FitCommandConfig) -> None:
+    """Check OUT before the predictor is written into it (a fit folder or a new one; the dataset not inside)
+    and mark it (talksplat.core.outputs)."""
+    from talksplat.core.outputs import check_output_dir, write_marker
+
+    check_output_dir(cfg.out, "fit", overwrite=False, inputs=(cfg.dataset,), allow_existing=True)
+    write_marker(cfg.out, "fit")
 
 
 def predictor_line(out, m: dict) -> str:

@@ -10,7 +10,9 @@ Everything lands in one work directory::
     WORKDIR/run.log       the stage decisions of every run
 
 A rerun repeats only the stages whose inputs or config changed (and those after them): a new
-``--audio`` reruns only ``drive``; new ``--driver.*`` options rerun the predictor and ``drive``.
+``--audio`` reruns only ``drive``; new ``--driver.*`` options rerun the predictor and ``drive``.  A stage
+that is not up to date here but was computed with the same inputs and effective config by `talksplat prep`,
+`talksplat fit` or another run is copied from there instead (the stage cache, :mod:`talksplat.stage_cache`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ STAGE_NAMES = ("prep", "fit", "driver", "drive")
 class RunConfig(ProcessOptions):
     """Video of a talking person + speech -> an MP4 of their avatar saying it: prep, fit, drive in one go.
 
-    Reruns reuse every stage whose inputs and config are unchanged (see WORKDIR/run.log).  Presets:
+    Reruns reuse every stage whose inputs and config are unchanged, and a stage that `talksplat prep`,
+    `talksplat fit` or another run computed with the same inputs and options is copied from there (the stage
+    cache in the user cache folder; see WORKDIR/run.log).  Presets:
     fast (256 px crops, 2k fit steps, 512 px output), default (512 px, 10k steps, 1024 px), quality
     (512 px, 30k steps, 1024 px).
     """
@@ -84,7 +88,8 @@ class RunConfig(ProcessOptions):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto`: CUDA when available, else the CPU."""
     force: tuple[Literal["prep", "fit", "driver", "drive"], ...] = ()
-    """Rerun these stages even when up to date (later stages follow, as their inputs change)."""
+    """Rerun these stages even when up to date or in the stage cache (later stages follow, as their inputs
+    change)."""
     quiet: bool = False
     """No progress display (stage decisions and the summary are still printed)."""
 
@@ -108,13 +113,6 @@ def _resolved(cfg: RunConfig):
                         background=cfg.background, camera=cfg.camera, device=cfg.device, voice=cfg.voice,
                         quiet=cfg.quiet, overwrite=True)
     return prep, fit, drive
-
-
-def _without(config, *names: str) -> dict:
-    """A config's fields minus those that do not change the stage's output (paths, display, device)."""
-    from talksplat.stages import jsonable
-
-    return {k: v for k, v in jsonable(config).items() if k not in names}
 
 
 def check_inputs(cfg: RunConfig) -> None:
@@ -162,7 +160,9 @@ def check_inputs(cfg: RunConfig) -> None:
 
 
 def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
-    """The four stages of a run, in order (see :mod:`talksplat.stages`); each gives ``on_stage`` its lines."""
+    """The four stages of a run, in order (see :mod:`talksplat.stages`; prep, fit and driver as the standalone
+    commands define them, :mod:`talksplat.stage_specs`); each gives ``on_stage`` its lines."""
+    from talksplat.stage_specs import driver_stage, effective, fit_stage, fit_summary, prep_stage, prep_summary
     from talksplat.stages import Stage
 
     prep, fit, drive = _resolved(cfg)
@@ -173,9 +173,7 @@ def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
 
         rep = run_prep(prep)
         say(f"prep: {rep.describe()}")
-        return {"timesteps": rep.num_timesteps, "images": rep.num_images, "dropped": len(rep.dropped),
-                "interpolated": len(rep.interpolated), "tracking_error": rep.tracking_error,
-                "timings": {k: round(v, 2) for k, v in rep.timings.items()}}
+        return prep_summary(rep)
 
     def run_fit_stage(resume: bool = False) -> dict:
         from talksplat.fit_command import fit_avatar
@@ -186,8 +184,7 @@ def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
             m = fit_avatar(replace(fit, resume=True, overwrite=False), say)
         else:
             m = fit_avatar(fit, say)  # --overwrite: only a talksplat fit, its own files (talksplat.core.outputs)
-        return {k: m[k] for k in ("num_gaussians", "step", "steps_per_second", "seconds", "device", "heldout")
-                if k in m}
+        return fit_summary(m)
 
     def run_driver_stage() -> dict:
         from talksplat.fit_command import fit_predictor
@@ -201,22 +198,14 @@ def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
         say(f"drive: {describe_drive(r)}")
         return r
 
-    prep_cfg = _without(prep, "videos", "out", "overwrite", "quiet", "device", "calibration", "landmark_embedding")
-    fit_cfg = _without(fit, "dataset", "out", "resume", "overwrite", "quiet", "device", "driver", "driver_only",
-                       "log_every", "checkpoint_every", "cache_mb", "tensorboard", "lpips_weights")
-    drive_cfg = _without(drive, "avatar", "audio", "out", "quiet", "device", "batch")
+    drive_cfg = effective(drive, ("avatar", "audio", "out", "quiet", "device", "batch"))
     from talksplat.driving.drive import background_image
-    from talksplat.fitting.fit_folder import AVATAR, DRIVER, TUNED
 
     drive_inputs = {"audio": drive.audio, "background": background_image(drive.background)}
     return [
-        Stage("prep", {**{f"video{i}": v for i, v in enumerate(prep.videos)}, "calibration": prep.calibration},
-              prep_cfg, [prep.out / "meta.json"], run_prep_stage, location=prep.out),
-        Stage("fit", {"lpips_weights": fit.lpips_weights}, fit_cfg,
-              [fit.out / AVATAR, fit.out / TUNED], run_fit_stage, depends=("prep",),
-              location=fit.out, resume=lambda: run_fit_stage(resume=True)),
-        Stage("driver", {}, _without(fit.driver), [fit.out / DRIVER], run_driver_stage,
-              depends=("prep", "fit")),
+        prep_stage(prep, run_prep_stage),
+        fit_stage(fit, run_fit_stage, resume=lambda: run_fit_stage(resume=True)),
+        driver_stage(fit, run_driver_stage),
         Stage("drive", drive_inputs, drive_cfg, [drive.out, drive.out.with_suffix(".npz")], run_drive_stage,
               depends=("driver", "fit")),
     ]
@@ -240,9 +229,10 @@ def run_pipeline(cfg: RunConfig, on_stage: Callable[[str], None] | None = None) 
 
 
 def _run_stages(cfg: RunConfig, out: Path, say: Callable[[str], None]) -> dict:
+    from talksplat.stage_cache import StageCache
     from talksplat.stages import StageRunner
 
-    runner = StageRunner(out, force=tuple(cfg.force), echo=say)
+    runner = StageRunner(out, force=tuple(cfg.force), echo=say, cache=StageCache())
     for stage in build_stages(cfg, say):
         runner.run(stage)
     summary = {"workdir": str(out),

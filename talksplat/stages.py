@@ -7,6 +7,10 @@ is removed before a stage runs and written (atomically) only after it finished, 
 never mistaken for a finished one.  Records live in ``WORKDIR/stages/NAME.json``; while a stage runs,
 ``NAME.started.json`` holds its key, so a rerun after a kill with the same key can resume it (fit
 continues from its checkpoint).
+
+With a :class:`~talksplat.stage_cache.StageCache`, a stage that is not up to date here but was computed with
+the same inputs and effective config elsewhere (`talksplat prep`, `talksplat fit`, another run) is adopted
+from there instead of run, and each stage that runs is recorded there (see :mod:`talksplat.stage_cache`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from talksplat.core.files import file_digest, write_json
+
+if TYPE_CHECKING:
+    from talksplat.stage_cache import Product, StageCache
 
 #: Bump when a stage's outputs change meaning (it is part of every key).
 RECORD_VERSION = 1
@@ -41,6 +48,7 @@ def jsonable(value: Any) -> Any:
 
 
 def digest(obj: Any) -> str:
+    """sha256 (hex) of ``obj`` as JSON with sorted keys (:func:`jsonable`)."""
     return hashlib.sha256(json.dumps(jsonable(obj), sort_keys=True).encode()).hexdigest()
 
 
@@ -51,7 +59,9 @@ class Stage:
     ``inputs``: name -> file whose contents key the stage; ``config``: the settings that change its
     output; ``depends``: names of earlier stages; ``outputs``: what must exist for it to count as done;
     ``run``: does the work and returns a JSON-able summary (kept in the record and in metrics.json);
-    ``resume``: used instead of ``run`` when the previous run with the same key was interrupted.
+    ``resume``: used instead of ``run`` when the previous run with the same key was interrupted;
+    ``product``: what it leaves, for the stage cache (None: never cached); ``cache_parts``: more key parts
+    for the stage cache only (e.g. where the inputs lie, when the output records it).
     """
 
     name: str
@@ -62,18 +72,35 @@ class Stage:
     depends: tuple[str, ...] = ()
     location: Path | None = None  # what to name in messages (default: the first output)
     resume: Callable[[], dict] | None = None  # continues an interrupted run with the same key
+    product: Product | None = None
+    cache_parts: Callable[[], dict[str, str]] | None = None
+
+
+def unrunnable() -> dict:
+    """The ``run`` of a stage that is only described (to compute its stage-cache key or record it)."""
+    raise RuntimeError("this stage is described, not run, here")
+
+
+def input_parts(stage: Stage) -> dict[str, str]:
+    """``input:NAME`` -> sha256 of each input file's contents ("none" for an absent optional input)."""
+    return {f"input:{name}": "none" if path is None else file_digest(path) for name, path in stage.inputs.items()}
 
 
 class StageRunner:
     """Runs stages in order, skipping the up-to-date ones; logs decisions to WORKDIR/run.log (and to ``echo``)."""
 
-    def __init__(self, workdir: Path, force: tuple[str, ...] = (), echo: Callable[[str], None] | None = None):
+    def __init__(self, workdir: Path, force: tuple[str, ...] = (), echo: Callable[[str], None] | None = None,
+                 cache: StageCache | None = None):
         self.workdir = Path(workdir)
         self.dir = self.workdir / "stages"
-        self.force = set(force)
+        self.force = set(force)  # run, neither reused here nor adopted from the cache
         self.echo = echo or (lambda line: None)
+        self.cache = cache
         self.records: dict[str, dict] = {}
         self.status: dict[str, str] = {}
+        self.stages: dict[str, Stage] = {}
+        self._identity: dict[str, str] = {}  # stage -> what it left (talksplat.stage_cache.identity)
+        self._cache_keys: dict[str, tuple[str, dict]] = {}
 
     def record_path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
@@ -89,9 +116,7 @@ class StageRunner:
         return rec if valid else None  # anything else: as if never run
 
     def key_parts(self, stage: Stage) -> dict[str, str]:
-        parts = {"version": str(RECORD_VERSION), "config": digest(stage.config)}
-        for name, path in stage.inputs.items():
-            parts[f"input:{name}"] = "none" if path is None else file_digest(path)
+        parts = {"version": str(RECORD_VERSION), "config": digest(stage.config), **input_parts(stage)}
         for dep in stage.depends:
             parts[f"stage:{dep}"] = self.records[dep]["run_id"]  # any rerun upstream reruns this one
         return parts
@@ -103,7 +128,9 @@ class StageRunner:
         self.echo(line)
 
     def run(self, stage: Stage) -> dict:
-        """Run ``stage`` unless up to date; returns its record (key, run_id, parts, summary, seconds)."""
+        """Run ``stage`` unless up to date here or adopted from the stage cache; returns its record (key,
+        run_id, parts, summary, seconds)."""
+        self.stages[stage.name] = stage
         parts = self.key_parts(stage)
         key = digest(parts)
         old = self.read_record(stage.name)
@@ -114,6 +141,10 @@ class StageRunner:
             self._log(f"{stage.name}: up to date (inputs and config unchanged), reusing "
                       f"{_rel(stage.location or stage.outputs[0], self.workdir)}")
             return old
+        if self._cached(stage) and stage.name not in self.force:
+            rec = self._adopt(stage, key, parts)
+            if rec is not None:
+                return rec
         if stage.name in self.force:
             reason = "forced (--force)"
         elif old is None:
@@ -132,17 +163,71 @@ class StageRunner:
         started.write_text(json.dumps({"key": key}))
         t0 = time.perf_counter()
         summary = stage.resume() if interrupted else stage.run()
+        rec = self._finish(stage, key, parts, "ran", summary, round(time.perf_counter() - t0, 2))
+        self._log(f"{stage.name}: done in {rec['seconds']:.1f} s")
+        if self._cached(stage):
+            self._record_in_cache(stage, rec)
+        return rec
+
+    def _finish(self, stage: Stage, key: str, parts: dict, status: str, summary: dict, seconds: float,
+                **more) -> dict:
+        """Write the record of a finished (``status`` "ran") or adopted ("reused") stage; returns it."""
         rec = {"version": RECORD_VERSION, "stage": stage.name, "key": key, "run_id": uuid.uuid4().hex, "parts": parts,
                "config": jsonable(stage.config), "inputs": {k: (None if v is None else os.fspath(v))
                                                             for k, v in stage.inputs.items()},
                "outputs": [os.fspath(p) for p in stage.outputs], "summary": jsonable(summary),
-               "seconds": round(time.perf_counter() - t0, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **more}
         write_json(self.record_path(stage.name), rec, indent=2)
-        started.unlink(missing_ok=True)
+        (self.dir / f"{stage.name}.started.json").unlink(missing_ok=True)
         self.records[stage.name] = rec
-        self.status[stage.name] = "ran"
-        self._log(f"{stage.name}: done in {rec['seconds']:.1f} s")
+        self.status[stage.name] = status
         return rec
+
+    # ------------------------------------------------------------------ the stage cache
+    def _cached(self, stage: Stage) -> bool:
+        return self.cache is not None and stage.product is not None
+
+    def identity(self, name: str) -> str:
+        """What finished stage ``name`` left (:func:`talksplat.stage_cache.identity`), read once per runner."""
+        if name not in self._identity:
+            self._identity[name] = self.stages[name].product.identity()
+        return self._identity[name]
+
+    def cache_key(self, stage: Stage, parts: dict) -> tuple[str, dict]:
+        """(key, parts) of ``stage`` in the stage cache (its upstream stages by what they left), from its
+        :meth:`key_parts` ``parts``."""
+        if stage.name not in self._cache_keys:
+            inputs = {k: v for k, v in parts.items() if k.startswith("input:")}
+            self._cache_keys[stage.name] = self.cache.key(stage, {d: self.identity(d) for d in stage.depends}, inputs)
+        return self._cache_keys[stage.name]
+
+    def _adopt(self, stage: Stage, key: str, parts: dict) -> dict | None:
+        """Adopt ``stage``'s result from the stage cache, recording it here as if it had run; None when
+        the cache has none that serves."""
+        self.record_path(stage.name).unlink(missing_ok=True)  # what it records may be replaced now
+        try:
+            entry, why = self.cache.adopt(stage, self.cache_key(stage, parts)[0])
+        except (OSError, ValueError) as e:  # an unreadable upstream folder or index: the stage runs
+            entry, why = None, " ".join(str(e).split())[:200]
+        if entry is None:
+            if why is not None:
+                self._log(f"{stage.name}: not reusing the stage cache's result ({why})")
+            return None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        rec = self._finish(stage, key, parts, "reused", entry["summary"], entry["seconds"],
+                           adopted_from=entry["folder"])
+        self._identity[stage.name] = entry["identity"]
+        self._log(f"{stage.name}: reused {entry['folder']} (same inputs and config)")
+        return rec
+
+    def _record_in_cache(self, stage: Stage, rec: dict) -> None:
+        """Record a stage that ran in the stage cache; a cache that cannot be written is only logged."""
+        try:
+            cache_key, cache_parts = self.cache_key(stage, rec["parts"])
+            self._identity[stage.name] = self.cache.record(stage, cache_key, cache_parts, rec["summary"],
+                                                           rec["seconds"])
+        except (OSError, ValueError) as e:
+            self._log(f"{stage.name}: not recorded in the stage cache ({' '.join(str(e).split())[:200]})")
 
 
 def _read_key(path: Path) -> str | None:

@@ -91,6 +91,15 @@ def sphere_rig() -> HeadRig:
     return HeadRig(make_sphere_rig())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stage_cache(tmp_path_factory) -> Path:
+    """An empty stage cache for the session (talksplat.stage_cache; commands started by the tests inherit it):
+    no `talksplat run` adopts a result that an earlier session, or the user's own commands, recorded."""
+    index = tmp_path_factory.mktemp("stage-cache")
+    os.environ["TALKSPLAT_STAGE_CACHE"] = str(index)
+    return index
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

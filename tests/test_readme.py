@@ -3,7 +3,9 @@
 The blocks marked ``<!-- ci: own-video -->`` and ``<!-- ci: run -->`` run in a fresh directory that
 holds what they name: ``talking.mp4`` (a GRID clip), ``speech.m4a`` (a CMU ARCTIC sentence as AAC),
 ``other.wav`` (another GRID speaker's audio) and ``.venv`` (this checkout's).  They use the real
-presets (`--preset fast`: 2,000 fit steps at 256 px), so each takes several minutes on 2 cores.
+presets (`--preset fast`: 2,000 fit steps at 256 px), so each takes several minutes on 2 cores; after the
+own-video block, the run block's `talksplat run` reuses its dataset and fit (the same inputs and options,
+through the stage cache, here this module's own) and only drives.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ def user_dir(shared_data, tmp_path_factory):
 
 
 def run_block(name: str, cwd: Path) -> str:
+    """Run the README block ``name`` in ``cwd`` (the module's user folder, with its own stage cache)."""
     block = readme_block(name)
     r = subprocess.run(["bash", "-e", "-c", block], cwd=cwd, capture_output=True, text=True, timeout=3000,
-                       env={**os.environ, "COLUMNS": "120"})
+                       env={**os.environ, "COLUMNS": "120", "TALKSPLAT_STAGE_CACHE": str(cwd / ".stage-cache")})
     assert r.returncode == 0, f"README block '{name}' failed:\n{block}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
 
@@ -129,16 +132,27 @@ def test_eval_sync_on_the_readme_avatar(user_dir, shared_data):
 
 
 def test_readme_run_commands(user_dir):
+    """The run block; after the own-video block (same clip and sizes) its first command reuses that block's
+    dataset/ and avatar/ (the avatar as the more block left it: its predictor retrained, the same options)."""
     from talksplat.render.video import read_video
 
+    own_video = (user_dir / "avatar" / "avatar.safetensors").is_file()  # the own-video block ran before
     out = run_block("run", user_dir)
     work = user_dir / "work"
     log = (work / "run.log").read_text().splitlines()
     ran = [line.split()[2].rstrip(":") for line in log if ": running (" in line]
-    # first command: every stage; second (new audio) and third (text): only drive
-    assert ran == ["prep", "fit", "driver", "drive", "drive", "drive"], log
+    reused = {line.split()[2].rstrip(":"): line.split(maxsplit=4)[4] for line in log if ": reused " in line}
+    if own_video:
+        # first command: prep, fit and the predictor reused from dataset/ and avatar/, only drive runs;
+        # second (new audio) and third (text): only drive
+        where = {"prep": user_dir / "dataset", "fit": user_dir / "avatar", "driver": user_dir / "avatar"}
+        assert reused == {k: f"{v.resolve()} (same inputs and config)" for k, v in where.items()}, log
+        assert ran == ["drive", "drive", "drive"], log
+    else:
+        # first command: every stage; second (new audio) and third (text): only drive
+        assert ran == ["prep", "fit", "driver", "drive", "drive", "drive"] and not reused, log
     assert out.count("talksplat run: work") == 3
     m = json.loads((work / "metrics.json").read_text())
-    assert m["fit"]["heldout"]["psnr"] > 20.0
+    assert m["fit"]["heldout"]["psnr"] > 20.0 and m["driver"]["steps"] == 1000
     frames, _ = read_video(work / "talk.mp4")  # the text's video, as long as its speech
     assert frames.shape[1:] == (512, 512, 3) and len(frames) == round(_seconds(work / "talk.wav") * 25)

@@ -99,6 +99,65 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """Make ``dst`` hold ``src``'s contents: a hard link where the file system allows it, else a copy (written
+    atomically).  ``src`` is only read; a file at ``dst`` is unlinked first, never written into (it may be a
+    link to another file).  Returns "linked" or "copied".
+
+    A hard link shares the file: whatever later writes into it in place changes both names; talksplat never
+    does (it replaces files: :func:`atomic_write`), so the other name keeps its contents."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+        return "linked"
+    except OSError:
+        with atomic_write(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        return "copied"
+
+
+def safetensors_digest(path: str | os.PathLike, leave_out: tuple[str, ...] = ()) -> str:
+    """sha256 of a safetensors file read without the dotted keys ``leave_out`` (``extra.dataset``) of its
+    ``talksplat`` metadata (a JSON object): two files that differ only there (where they lie, what lies
+    beside them) digest alike.  Covers the rest of the metadata, each tensor's name, dtype, shape and
+    bytes.  ValueError for a file that is not safetensors."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= 100_000_000:
+            raise ValueError(f"{path}: not a safetensors file")
+        index = json.loads(f.read(n))
+        meta = dict(index.pop("__metadata__", None) or {})
+        own = json.loads(meta.pop("talksplat", "null"))
+        for dotted in leave_out:
+            *parents, last = dotted.split(".")
+            d = own
+            for k in parents:
+                d = d.get(k) if isinstance(d, dict) else None
+            if isinstance(d, dict):
+                d.pop(last, None)
+        h.update(json.dumps({"talksplat": own, "metadata": meta, "tensors": index}, sort_keys=True).encode())
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rewrite_safetensors(path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Replace the safetensors file ``path`` by one with the same tensors and ``metadata``: byte for byte
+    what ``safetensors.torch.save_file(tensors, path, metadata)`` writes.  Atomic, and a new file: a hard
+    link's other names keep the old contents."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
 def make_partial_dir(target: str | os.PathLike) -> Path:
     """A new empty directory beside ``target`` to build it in (``.NAME.partial-<pid>-...``)."""
     target = Path(target)
@@ -112,6 +171,13 @@ def commit_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     tmp, out = Path(tmp), Path(out)
     for p in tmp.rglob("*"):
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    return replace_dir(tmp, out)
+
+
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Rename the directory ``tmp`` to ``out``, replacing what is there (as :func:`commit_dir`, but the
+    files' permissions are left alone: some may be hard links to files that are not ours)."""
+    tmp, out = Path(tmp), Path(out)
     os.chmod(tmp, 0o755)
     if out.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))

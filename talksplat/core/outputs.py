@@ -58,6 +58,12 @@ def _matches(rel: tuple[str, ...], pattern: str) -> bool:
     return len(parts) == len(rel) and all(fnmatch.fnmatchcase(r, p) for r, p in zip(rel, parts))
 
 
+def matches(rel: str, pattern: str) -> bool:
+    """Whether the relative path ``rel`` ("images/cam0/00001.png") fits ``pattern`` (``*`` within one
+    path segment, as in :data:`KINDS`)."""
+    return _matches(tuple(rel.split("/")), pattern)
+
+
 def _is_prefix(rel: tuple[str, ...], pattern: str) -> bool:
     parts = pattern.split("/")
     return len(rel) < len(parts) and all(fnmatch.fnmatchcase(r, p) for r, p in zip(rel, parts))
