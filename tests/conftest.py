@@ -100,6 +100,19 @@ def stage_cache(tmp_path_factory) -> Path:
     return index
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module of tiny renders (its ``pytestmark`` names this fixture): as fast,
+    immune to OpenMP spinning when other processes load the machine, and CPU float sums the same run to run;
+    the thread count is restored after the module."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

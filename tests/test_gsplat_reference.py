@@ -21,12 +21,7 @@ raster_module = importlib.import_module("talksplat.render.rasterization")  # the
 W = H = 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny renders (conftest.py)
 
 
 @pytest.fixture

@@ -16,41 +16,29 @@ import torch
 from talksplat.avatar.gaussians import TENSOR_NAMES
 from talksplat.benchmarks.synthetic_dataset import write_synthetic_dataset
 from talksplat.fitting.config import FitConfig
-from talksplat.fitting.data import Sample, Views
+from talksplat.fitting.data import Views
 from talksplat.fitting.losses import photometric_loss
 from talksplat.fitting.strategy import BindingStrategyConfig
 from talksplat.fitting.trainer import Trainer
-from talksplat.rigs import load_rig
 from talksplat.rigs.sequence import FRAME_FIELDS
 
 raster_module = importlib.import_module("talksplat.render.rasterization")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny renders: one intra-op thread is as fast, and makes CPU float sums reproducible run to run."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny renders (conftest.py)
 
 
 @pytest.fixture(scope="module")
-def rig():
-    return load_rig("open")
-
-
-@pytest.fixture(scope="module")
-def two_cams(tmp_path_factory, rig):
+def two_cams(tmp_path_factory, open_rig):
     root = tmp_path_factory.mktemp("mv") / "ds"
-    write_synthetic_dataset(root, rig, T=6, size=32, cameras=(-20.0, 20.0))
+    write_synthetic_dataset(root, open_rig, T=6, size=32, cameras=(-20.0, 20.0))
     return root
 
 
 @pytest.fixture(scope="module")
-def one_cam(tmp_path_factory, rig):
+def one_cam(tmp_path_factory, open_rig):
     root = tmp_path_factory.mktemp("mono") / "ds"
-    write_synthetic_dataset(root, rig, T=6, size=32, cameras=(0.0,))
+    write_synthetic_dataset(root, open_rig, T=6, size=32, cameras=(0.0,))
     return root
 
 
@@ -280,12 +268,12 @@ def test_cameras_of_different_sizes_fall_back_to_one_image(two_cams, tmp_path, r
     assert rasterizations == [1, 1, 1]
 
 
-def test_multiview_heldout_psnr_at_least_one_image_per_step(tmp_path, rig):
+def test_multiview_heldout_psnr_at_least_one_image_per_step(tmp_path, open_rig):
     """The same number of steps on the 2-camera synthetic set: both cameras per step beat one image per step on
     held-out PSNR (measured here, seeds 0-2: 22.0-22.1 dB vs 23.2-23.3 dB, +1.0 to +1.2; at 96 px, 150 steps
     23.8 vs 25.7 dB, 600 steps 36.0 vs 37.2 dB)."""
     ds = tmp_path / "ds"
-    write_synthetic_dataset(ds, rig, T=20, size=48)
+    write_synthetic_dataset(ds, open_rig, T=20, size=48)
     psnr = {}
     for mode in ("1", "all"):
         cfg = cfg_for(ds, tmp_path / mode, steps=120, sh_every=60, background="white", cameras_per_step=mode,

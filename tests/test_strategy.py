@@ -21,14 +21,7 @@ LRS = {"local_means": 2e-3, "local_quats": 5e-3, "log_scales": 5e-3, "sh_dc": 2e
        "opacity_logits": 5e-2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The renders here are tiny: one intra-op thread is as fast, and immune to OpenMP spinning
-    when other processes load the machine (which made this file 20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny renders (conftest.py)
 
 
 def _cams(n: int = 2):
