@@ -43,21 +43,21 @@ def save_avatar(avatar: GaussianAvatar, path: str | os.PathLike, extra: dict | N
     return path
 
 
+def _header_text(header: dict) -> str:
+    return json_text(header, indent=None, sort_keys=True)
+
+
 def _metadata(header: dict) -> dict[str, str]:
-    return {"talksplat": json_text(header, indent=None, sort_keys=True)}
+    return {"talksplat": _header_text(header)}
 
 
 def set_extra(path: str | os.PathLike, extra: dict) -> Path:
     """Give the avatar file ``path`` the header entry ``extra`` (e.g. the dataset of a copied fit): the file
     becomes what :func:`save_avatar` writes with that ``extra``.  Replaced atomically by a new file (a hard
     link's other names keep the old one); left alone when it already has that ``extra``."""
-    from talksplat.core.files import rewrite_safetensors
+    from talksplat.core.files import set_safetensors_header
 
-    header = read_header(path)
-    if header.get("extra") == extra:
-        return Path(path)  # already so: left alone
-    header["extra"] = extra
-    return rewrite_safetensors(path, _metadata(header))
+    return set_safetensors_header(path, {"extra": extra}, _header_text, header=read_header(path))
 
 
 def read_header(path: str | os.PathLike) -> dict:

@@ -338,8 +338,12 @@ class AudioPredictor:
         return path
 
 
+def _header_text(header: dict) -> str:
+    return json_text(header, indent=None)
+
+
 def _metadata(header: dict) -> dict[str, str]:
-    return {"talksplat": json_text(header, indent=None)}
+    return {"talksplat": _header_text(header)}
 
 
 def set_avatar_digest(path: str | os.PathLike, avatar: str | os.PathLike | None) -> Path:
@@ -347,17 +351,10 @@ def set_avatar_digest(path: str | os.PathLike, avatar: str | os.PathLike | None)
     beside it does (e.g. after a fit folder was copied and its avatar rewritten): the file becomes what
     :meth:`AudioPredictor.save` writes with that binding.  Replaced atomically by a new file (a hard link's
     other names keep the old one); left alone when already so bound."""
-    from safetensors import safe_open
+    from talksplat.core.files import set_safetensors_header
 
-    from talksplat.core.files import rewrite_safetensors
-
-    with safe_open(str(path), "pt") as f:
-        header = json.loads((f.metadata() or {})["talksplat"])
     sha = file_digest(avatar) if avatar is not None else None
-    if header.get("avatar_sha256") == sha:
-        return Path(path)  # already so: left alone
-    header["avatar_sha256"] = sha
-    return rewrite_safetensors(path, _metadata(header))
+    return set_safetensors_header(path, {"avatar_sha256": sha}, _header_text)
 
 
 def load_predictor(path: str | os.PathLike, rig_checksum: str | None = None, avatar: str | os.PathLike | None = None) -> AudioPredictor:

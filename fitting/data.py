@@ -159,7 +159,7 @@ class FrameSampler:
 
     def sample_views(self) -> Views:
         """One random time step of the split (uniform over time steps) with the image of each of its cameras;
-        the caller checks that the images share one size (:meth:`sizes`)."""
+        the caller checks that the images share one size (:meth:`mixed_sizes`)."""
         group = self.timesteps[int(self.rng.integers(len(self.timesteps)))]
         return Views([self.load(i) for i in group])
 

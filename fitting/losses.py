@@ -103,12 +103,12 @@ def photometric_loss(render: Tensor, target: Tensor, weight: Tensor | None = Non
     t = _to_bhwc(target, "photometric_loss")
     l1 = (r - t).abs()  # [B, H, W, 3]
     dssim = 1.0 - ssim_map(r.permute(0, 3, 1, 2), t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    if reduction == "none":
-        dims = (1, 2, 3)
-        if weight is None:
-            return (1.0 - lambda_dssim) * l1.mean(dims) + lambda_dssim * dssim.mean(dims)
+
+    def reduce(x: Tensor) -> Tensor:  # over the whole batch ("mean") or per image ("none": [B])
+        return x.mean((1, 2, 3)) if reduction == "none" else x.mean()
+
     if weight is None:
-        return (1.0 - lambda_dssim) * l1.mean() + lambda_dssim * dssim.mean()
+        return (1.0 - lambda_dssim) * reduce(l1) + lambda_dssim * reduce(dssim)
     w = weight.to(dtype=r.dtype, device=r.device)
     if w.ndim == 2:
         w = w[None]
@@ -116,12 +116,9 @@ def photometric_loss(render: Tensor, target: Tensor, weight: Tensor | None = Non
         raise ValueError(f"photometric_loss: weight must be [H, W] or [B, H, W] matching the image "
                          f"{tuple(r.shape[1:3])}, got {tuple(weight.shape)}")
     w = w.expand(r.shape[0], -1, -1)[..., None]  # [B, H, W, 1]
-    if reduction == "none":
-        norm = w.mean(dims).clamp_min(1e-12)  # [B]
-        return (1.0 - lambda_dssim) * (w * l1).mean(dims) / norm + lambda_dssim * (w * dssim).mean(dims) / norm
-    norm = w.mean().clamp_min(1e-12)
-    l1_w = (w * l1).mean() / norm
-    dssim_w = (w * dssim).mean() / norm
+    norm = reduce(w).clamp_min(1e-12)
+    l1_w = reduce(w * l1) / norm
+    dssim_w = reduce(w * dssim) / norm
     return (1.0 - lambda_dssim) * l1_w + lambda_dssim * dssim_w
 
 

@@ -146,17 +146,9 @@ def set_checkpoint_origin(path: str | Path, cfg: FitConfig) -> Path:
     a fit folder was copied for a run with the same effective options: the file becomes what the trainer
     writes under ``cfg``.  Replaced atomically by a new file (a hard link's other names keep the old one); left
     alone when it already says so."""
-    from safetensors import safe_open
+    from talksplat.core.files import set_safetensors_header
 
-    from talksplat.core.files import rewrite_safetensors
-
-    with safe_open(str(path), "pt") as f:
-        header = json.loads((f.metadata() or {})["talksplat"])
-    origin = checkpoint_origin(cfg)
-    if {k: header.get(k) for k in origin} == origin:
-        return Path(path)  # already so: left alone
-    header.update(origin)
-    return rewrite_safetensors(path, _checkpoint_metadata(header))
+    return set_safetensors_header(path, checkpoint_origin(cfg), json.dumps)
 
 
 def rng_state_tensors() -> dict[str, torch.Tensor]:
@@ -285,16 +277,12 @@ class Trainer:
 
         verts = self.rig(params).vertices
         g = self.avatar.world(verts, self.rig.faces)[0]
-        if isinstance(batch, Sample):
-            fr = batch.frame
-            colors, _, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, batch.viewmat[None],
-                                            batch.K[None], fr.width, fr.height, sh_degree=sh_degree,
-                                            backgrounds=background[None])
-            return colors[0], meta
-        colors, _, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, batch.viewmats(), batch.Ks(),
-                                        batch.width, batch.height, sh_degree=sh_degree,
-                                        backgrounds=background[None].expand(len(batch), -1).contiguous())
-        return colors, meta
+        one = isinstance(batch, Sample)
+        views = Views([batch]) if one else batch
+        colors, _, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, views.viewmats(), views.Ks(),
+                                        views.width, views.height, sh_degree=sh_degree,
+                                        backgrounds=background[None].expand(len(views), -1).contiguous())
+        return (colors[0] if one else colors), meta
 
     # ------------------------------------------------------------------ losses
     def _weight_map(self, sample: Sample) -> torch.Tensor | None:

@@ -60,8 +60,9 @@ class VideoWriter:
     (``comment`` metadata, see :func:`talksplat.core.ffmpeg.has_own_tag`), and renamed when complete.
     """
 
-    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float = 25.0, crf: int = 10,
-                 audio_path: str | os.PathLike | None = None, shortest: bool = True, preset: str = "medium"):
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float = 25.0,
+                 crf: int = QUALITY["archival"][1], audio_path: str | os.PathLike | None = None, shortest: bool = True,
+                 preset: str = QUALITY["archival"][0]):
         if width % 2 or height % 2:
             raise ValueError(f"{path}: H.264 needs even width and height, got {width}x{height}")
         self.path = Path(path)

@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 #: ``.NAME.partial-PID-...`` / ``.NAME.old-PID-...`` (``NAME`` may hold dots).
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)-")
@@ -156,6 +156,22 @@ def rewrite_safetensors(path: str | os.PathLike, metadata: dict[str, str]) -> Pa
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
+
+
+def set_safetensors_header(path: str | os.PathLike, entries: dict, serialize: Callable[[dict], str],
+                           header: dict | None = None) -> Path:
+    """Give the safetensors file ``path`` the entries ``entries`` in its ``talksplat`` metadata (a JSON object),
+    through :func:`rewrite_safetensors`; left alone when it already holds them.  ``serialize``: the writer's
+    own JSON text of a header (so the file becomes byte for byte what that writer writes); ``header``: the
+    file's header when the caller has read it already."""
+    if header is None:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            header = json.loads((f.metadata() or {})["talksplat"])
+    if all(header.get(k) == v for k, v in entries.items()):
+        return Path(path)  # already so: left alone
+    return rewrite_safetensors(path, {"talksplat": serialize({**header, **entries})})
 
 
 def make_partial_dir(target: str | os.PathLike) -> Path:
