@@ -142,6 +142,32 @@ class BenchTextSyncConfig(ProcessOptions):
 
 
 @dataclass
+class BenchFidelityConfig(ProcessOptions):
+    """Held-out fidelity on real video: `talksplat bench fidelity [CLIPS...] --out DIR`.
+
+    Each clip is prepared once, then fitted once per --backgrounds entry with the same settings (the avatar
+    alone, no audio predictor); the table gives each fit's held-out figures (the clip's last frames, never
+    trained on): the crop as trained, its masked foreground, the mouth, and the whole source frame (the avatar
+    over the clip's plate).  Preps and fits already in DIR are reused, so clips can run in separate processes."""
+
+    clips: tyro.conf.Positional[tuple[Path, ...]] = ()
+    """Videos (default: every .mpg in ../shared/data/grid beside the repository)."""
+    out: Path = Path("bench-fidelity")
+    """Work folder: DIR/<clip>/dataset, DIR/<clip>/<background>/ fits, DIR/fidelity.json."""
+    backgrounds: tuple[Literal["plate", "white", "random"], ...] = ("plate", "white")
+    """Fit each clip with each of these `talksplat fit --background` values."""
+    preset: Literal["fast", "default", "quality"] = "fast"
+    """`talksplat fit --preset`."""
+    steps: Annotated[int | None, Range(1, 10000000)] = None
+    """Training steps (default: the preset's) (1 to 10000000)."""
+    resolution: Annotated[int, Range(64, 4096)] = 256
+    """`talksplat prep --resolution`: the crop's size in pixels (64 to 4096)."""
+    rig: RigSpec = DEFAULT_RIG
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: CUDA when available, else the CPU."""
+
+
+@dataclass
 class BenchGpuConfig(ProcessOptions):
     """One table for a GPU machine (what `scripts/gpu_check.sh` prints): CUDA/CPU image parity, render frames/s
     per Gaussian count, size and batch, fit steps/s, drive frames/s with encoding, the encoder alone, the viewer's

@@ -89,7 +89,8 @@ class PrepConfig(ProcessOptions):
     landmark_embedding: Path | None = None
     """Optional .npz (face_idx [478], bary [478, 3]) overriding the automatic landmark embedding."""
     heldout: Annotated[float, Range(0.0, 0.9)] = 0.1
-    """Fraction of time steps (the last ones) held out for evaluation (0 to 0.9)."""
+    """Fraction of time steps held out for evaluation: a segment at the end, at least 50 time steps where that is
+    at most a fifth of the clip (0 to 0.9)."""
     max_gap: Annotated[float, Range(0.0, 10.0)] = 0.4
     """Longest face-detection gap (seconds) filled by interpolation; longer gaps are dropped (0 to 10)."""
     min_face_fraction: Annotated[float, Range(0.0, 1.0)] = 0.5

@@ -14,6 +14,9 @@ Layout (documented for users in docs/formats.md)::
       landmarks.npz      cameras [C] str, points [C, T, 478, 2] px in the dataset images,
                          confidence [C, T] in [0, 1] (0 = no detection), interpolated [C, T] bool
       audio.wav          16 kHz mono PCM (absent when the video had no audio)
+      plate.png          monocular: the source frame without the head (background, torso), RGB uint8 at the
+                         size meta.json's ``source_frame`` gives; plate_observed.png: 255 where it was seen
+      frames/<cam>/<t>.png   monocular: the held-out time steps' whole source frames (full-frame evaluation)
 
 Everything is written into a temporary sibling directory by :class:`DatasetWriter` and renamed into
 place by :meth:`DatasetWriter.commit`, so an interrupted prep never leaves a dataset that looks whole.
@@ -38,6 +41,11 @@ from talksplat.rigs.sequence import RigSequence
 FORMAT_NAME = "talksplat-dataset"
 FORMAT_VERSION = 1
 CAMERA_CONVENTION = "OpenCV camera-to-world: camera x right, y down, z forward; world metres, right-handed"
+
+
+#: The plate (:mod:`talksplat.data_prep.plate`) and the mask of where it was observed, in a monocular dataset.
+PLATE = "plate.png"
+PLATE_OBSERVED = "plate_observed.png"
 
 
 class DatasetError(InputError):
@@ -86,9 +94,19 @@ def image_name(camera: str, timestep: int, kind: str = "images") -> str:
     return f"{kind}/{camera}/{timestep:05d}.png"
 
 
+#: A held-out segment has at least this many time steps where the clip allows (at most :data:`HELDOUT_MAX_SHARE`
+#: of it): fewer make a noisy figure.
+HELDOUT_MIN_STEPS = 50
+HELDOUT_MAX_SHARE = 0.2
+
+
 def default_split(num_timesteps: int, heldout_fraction: float = 0.1) -> dict[str, list[int]]:
-    """The last `heldout_fraction` of time steps (at least one when T >= 2) are held out."""
+    """A contiguous held-out segment at the end of the clip: the last ``heldout_fraction`` of the time steps, and at
+    least :data:`HELDOUT_MIN_STEPS` (or :data:`HELDOUT_MAX_SHARE` of the clip when that is fewer); at least one
+    when T >= 2.  ``heldout_fraction`` 0 holds nothing out."""
     n_held = int(round(num_timesteps * heldout_fraction))
+    if heldout_fraction > 0:
+        n_held = max(n_held, min(HELDOUT_MIN_STEPS, int(num_timesteps * HELDOUT_MAX_SHARE)))
     if num_timesteps >= 2:
         n_held = max(1, n_held)
     cut = num_timesteps - n_held
@@ -171,6 +189,47 @@ class DatasetWriter:
 
 
 @dataclass
+class SourceFrame:
+    """The whole source frame of a monocular dataset, as meta.json's ``source_frame`` records it.
+
+    width, height: px (the source video scaled to at most ``plate.MAX_SIDE``).  K: [3, 3] px of that frame;
+    c2w: [4, 4] OpenCV camera-to-world, metres (the dataset's camera; its crops share it).  plate: path of the
+    plate image relative to the dataset root.  frames: time step -> relative path of a held-out whole frame.
+    """
+
+    width: int
+    height: int
+    K: np.ndarray
+    c2w: np.ndarray
+    plate: str
+    frames: dict[int, str]
+
+    @property
+    def viewmat(self) -> np.ndarray:
+        """[4, 4] world-to-camera (OpenCV)."""
+        return np.linalg.inv(self.c2w)
+
+    @staticmethod
+    def from_meta(d: object, root: Path) -> "SourceFrame":
+        where = f"{root}/meta.json: source_frame"
+        if not isinstance(d, dict) or not {"width", "height", "K", "c2w", "plate"} <= set(d):
+            raise DatasetError(f"{where}: expected an object with width, height, K, c2w and plate")
+        try:
+            K = check_array(np.asarray(d["K"], np.float64), where, "K", (3, 3))
+            c2w = check_array(np.asarray(d["c2w"], np.float64), where, "c2w", (4, 4))
+            width, height = int(d["width"]), int(d["height"])
+            frames = {int(t): _inside(root, rel, where) for t, rel in dict(d.get("frames", {})).items()}
+        except (TypeError, ValueError) as e:
+            if isinstance(e, InputError):
+                raise DatasetError(str(e)) from None
+            raise DatasetError(f"{where}: width, height, K, c2w and frames must be numbers and paths") from None
+        if width < 2 or height < 2 or not (K[0, 0] > 0 and K[1, 1] > 0):
+            raise DatasetError(f"{where}: size {width}x{height} or focal length is not positive")
+        return SourceFrame(width=width, height=height, K=K, c2w=c2w, plate=_inside(root, d["plate"], where),
+                           frames=frames)
+
+
+@dataclass
 class Dataset:
     """A dataset read back from disk (images are loaded on demand).
 
@@ -203,6 +262,26 @@ class Dataset:
     def audio_path(self) -> Path | None:
         a = self.meta.get("audio")
         return self.root / a if a else None
+
+    @property
+    def source_frame(self) -> SourceFrame | None:
+        """The whole source frame (plate, camera, held-out frames) of a monocular prep; None for older, imported
+        or multi-view datasets (they have only their images)."""
+        d = self.meta.get("source_frame")
+        return None if d is None else SourceFrame.from_meta(d, self.root)
+
+    def load_plate(self) -> np.ndarray:
+        """[H, W, 3] uint8 RGB: the plate at :attr:`source_frame`'s size."""
+        sf = self.source_frame
+        if sf is None:
+            raise DatasetError(f"{self.root}: no plate (prepare the video again with `talksplat prep`)")
+        return _read_png(self.root / sf.plate, color=True)
+
+    def load_source_frame(self, timestep: int) -> np.ndarray | None:
+        """[H, W, 3] uint8 RGB: the whole source frame of a held-out time step, or None when not kept."""
+        sf = self.source_frame
+        rel = None if sf is None else sf.frames.get(int(timestep))
+        return None if rel is None else _read_png(self.root / rel, color=True)
 
     def load_image(self, frame: Frame) -> np.ndarray:
         """[H, W, 3] uint8 RGB."""

@@ -23,7 +23,7 @@ from talksplat.core.outputs import output_lock
 from talksplat.render.device import pick_device
 
 from .config import PrepConfig
-from .dataset import DatasetWriter, Frame, check_output_dir, default_split, image_name
+from .dataset import PLATE, PLATE_OBSERVED, DatasetWriter, Frame, check_output_dir, default_split, image_name
 from .tracking import MONO_C2W, TrackingResult
 
 
@@ -90,7 +90,8 @@ def _prep_videos(cfg: PrepConfig, videos: list[Path], inputs: list, t_start: flo
     """The stages of a video prep, in order: inputs, audio, landmarks, tracking, frames, metadata."""
     from talksplat.core.progress import Bars
 
-    timings = {k: 0.0 for k in ("decode", "landmarks", "embedding", "tracking", "crop", "masks", "write")}
+    timings = {k: 0.0 for k in ("decode", "landmarks", "embedding", "tracking", "crop", "masks", "plate",
+                                "write")}
     src = probe_inputs(cfg, videos)
     with DatasetWriter(cfg.out, overwrite=cfg.overwrite, inputs=inputs) as writer, Bars(cfg.quiet) as bars:
         audio = audio_stage(cfg, src, writer, bars)
@@ -304,6 +305,7 @@ class PrepFrames:
 
     points: np.ndarray  # [C, T, 478, 2] landmarks in the written images' pixels
     seconds: float
+    source_frame: dict | None = None  # monocular: meta.json's ``source_frame`` (the plate, held-out frames)
 
 
 def frames_stage(cfg: PrepConfig, src: PrepInputs, lm: PrepLandmarks, tracked: PrepTracking,
@@ -345,6 +347,7 @@ def frames_stage(cfg: PrepConfig, src: PrepInputs, lm: PrepLandmarks, tracked: P
                 c2w = MONO_C2W
                 for t in range(T):
                     out_points[0, t] = crop_points(points[0, t], boxes[t], cfg.resolution)
+                source = SourceFrameBuilder(src, tracked, boxes, heldout=default_split(T, cfg.heldout)["heldout"])
             advance, _ = bars.task(f"images+masks {cam}", T)
             seg = Segmenter()
 
@@ -359,6 +362,8 @@ def frames_stage(cfg: PrepConfig, src: PrepInputs, lm: PrepLandmarks, tracked: P
                             img = cv2.resize(img, out_size, interpolation=cv2.INTER_AREA)
                     else:
                         img = crop_image(frame, boxes[t], cfg.resolution)
+                        if step_kept[t]:
+                            source.add(t, frame, submit)
                     t2 = time.perf_counter()
                     timings["crop"] += t2 - t1
                     m = seg(img)
@@ -379,13 +384,82 @@ def frames_stage(cfg: PrepConfig, src: PrepInputs, lm: PrepLandmarks, tracked: P
                 timings["write"] += time.perf_counter() - t0
                 advance()
             seg.close()
+        if not multiview:
+            t0 = time.perf_counter()
+            source_frame = source.finish(submit)
+            timings["plate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         for f in pending:
             f.result()
         timings["write"] += time.perf_counter() - t0
     finally:
         pool.shutdown(wait=True)
-    return PrepFrames(points=out_points, seconds=time.perf_counter() - t_stage)
+    return PrepFrames(points=out_points, seconds=time.perf_counter() - t_stage,
+                      source_frame=None if multiview else source_frame)
+
+
+class SourceFrameBuilder:
+    """Monocular prep's record of the source frame (:mod:`talksplat.data_prep.plate`): the plate made from
+    sampled frames, and the held-out time steps' whole frames (for the full-frame evaluation), both at the
+    dataset's frame size (the source scaled to at most ``MAX_SIDE``)."""
+
+    def __init__(self, src: PrepInputs, tracked: PrepTracking, boxes: np.ndarray, heldout: list[int]):
+        from .plate import PlateBuilder, frame_scale, head_silhouettes, sample_steps, scale_intrinsics
+
+        info = src.infos[0]
+        T = len(boxes)
+        _, self.width, self.height = frame_scale(info.width, info.height)
+        self.src_size = (info.width, info.height)
+        self.K = scale_intrinsics(tracked.Ks[0], self.width / info.width, self.height / info.height)
+        self.heldout = set(heldout)
+        self.steps = sorted(sample_steps(T))
+        seq = tracked.result.sequence()[np.array(self.steps)]
+        with torch.no_grad():
+            verts = src.rig.cpu()(seq.to_params()).vertices
+        # the head region: the rig's silhouette dilated by 6 % of the crop side (hair beyond the scalp)
+        side = float(np.median(boxes[:, 2])) * self.width / info.width
+        sil = head_silhouettes(verts, src.rig.faces.cpu(), self.K, np.linalg.inv(MONO_C2W), self.width,
+                               self.height, dilate=0.06 * side)
+        self.silhouettes = dict(zip(self.steps, sil))
+        self.margin = 0.15 * side
+        self.plate = PlateBuilder(self.width, self.height)
+        self.segmenter = None
+        self.frames: dict[int, str] = {}
+
+    def _resize(self, frame: np.ndarray) -> np.ndarray:
+        import cv2
+
+        if (frame.shape[1], frame.shape[0]) == (self.width, self.height):
+            return frame
+        return cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
+
+    def add(self, t: int, frame: np.ndarray, submit) -> None:
+        """Source frame ``t`` [H, W, 3] uint8: into the plate when sampled, written when held out."""
+        if t in self.silhouettes:
+            from .masks import Segmenter
+            from .plate import head_region
+
+            if self.segmenter is None:
+                self.segmenter = Segmenter()
+            small = self._resize(frame)
+            head = head_region(self.silhouettes[t], self.segmenter(small) > 0.5, self.margin)
+            self.plate.add(small, ~head)
+        if t in self.heldout:
+            rel = image_name("cam0", t, "frames")
+            submit(rel, self._resize(frame))
+            self.frames[t] = rel
+
+    def finish(self, submit) -> dict:
+        """Make and write the plate; the ``source_frame`` entry of meta.json."""
+        if self.segmenter is not None:
+            self.segmenter.close()
+        plate, observed = self.plate.build()
+        submit(PLATE, plate)
+        submit(PLATE_OBSERVED, (observed * 255).astype(np.uint8))
+        return {"width": self.width, "height": self.height, "source_size": list(self.src_size),
+                "K": self.K.tolist(), "c2w": MONO_C2W.tolist(), "plate": PLATE, "plate_observed": PLATE_OBSERVED,
+                "plate_frames": len(self.plate.frames),
+                "frames": {str(t): rel for t, rel in sorted(self.frames.items())}}
 
 
 @dataclass
@@ -427,7 +501,8 @@ def metadata_stage(cfg: PrepConfig, src: PrepInputs, lm: PrepLandmarks, tracked:
         "interpolated_timesteps": [int(t) for t in np.flatnonzero(interpolated.any(0))],
         "audio": "audio.wav" if has_audio else None, "audio_sample_rate": SAMPLE_RATE if has_audio else None,
         "resolution": cfg.resolution, "focal_px": result.focal,
-        "tracking_error": tracking_error, "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "tracking_error": tracking_error, **({"source_frame": frames.source_frame} if frames.source_frame else {}),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "landmarks": "mediapipe FaceMesh 478 (refine_landmarks), mediapipe 0.10.21",
     }
     writer.commit(meta)

@@ -74,14 +74,23 @@ class DriveConfig(ProcessOptions):
     arkit_csv: bool = False
     """Also write OUT.csv: the 52 ARKit blendshape curves plus head and eye rotations per frame in the Live Link
     Face CSV layout (for Unreal, Unity, Blender); needs a rig with ARKit units (the open head)."""
+    frame: Literal["auto", "source", "head"] = "auto"
+    """`source`: the whole frame of the subject's video (its size, or --max-size), the head rendered over the
+    plate (the subject's own background and torso) where it sat; needs an avatar fitted over a plate (a
+    monocular video prepared by this version). `head`: a square crop around the head (--resolution), on
+    --background. `auto`: `source` when the avatar has a plate and --camera is 0,0, else `head`."""
+    max_size: Annotated[int, Range(16, 8192)] = 1920
+    """`--frame source`: the longer side of the output at most this many pixels (the source frame scaled down,
+    never up) (16 to 8192)."""
     resolution: Annotated[int, Range(16, 8192)] = 1024
-    """Output width and height in pixels (even) (16 to 8192)."""
+    """`--frame head`: output width and height in pixels (even) (16 to 8192)."""
     fps: Annotated[float, Range(1, 240)] = 25.0
     """Output frame rate (1 to 240)."""
     pose: Literal["still", "replay", "idle"] = "replay"
     """Head motion: still, the subject's own tracked motion looped (replay), or a generated sway (idle)."""
-    background: str = "white"
-    """`white`, `black`, `#rrggbb`, or an image file (scaled to fill the frame)."""
+    background: str = "auto"
+    """`auto` (the plate with --frame source, else white), `white`, `black`, `#rrggbb`, or an image file
+    (scaled to fill the frame)."""
     camera: str = "0,0"
     """Camera `yaw,pitch` in degrees around the head (0,0 = the training camera's direction; yaw -360 to
     360, pitch -89 to 89)."""

@@ -36,28 +36,64 @@ def background_image(spec: str) -> Path | None:
     return None if spec.lower() in _NAMED_BACKGROUNDS or spec.startswith("#") else Path(spec)
 
 
-def parse_background(spec: str, size: int) -> torch.Tensor:
-    """`white` | `black` | `#rrggbb` | image path -> [size, size, 3] float in [0, 1]."""
+def parse_background(spec: str, width: int, height: int | None = None) -> torch.Tensor | None:
+    """`white` | `black` | `#rrggbb` | image path -> [height, width, 3] float in [0, 1] (an image is cropped to the
+    frame's aspect ratio about its centre, then scaled); `auto` -> None (the caller's default: the plate or white).
+    ``height`` defaults to ``width`` (a square frame)."""
+    height = width if height is None else height
+    if spec.lower() == "auto":
+        return None
     if spec.lower() in _NAMED_BACKGROUNDS:
-        return torch.tensor(_NAMED_BACKGROUNDS[spec.lower()]).expand(size, size, 3)
+        return torch.tensor(_NAMED_BACKGROUNDS[spec.lower()]).expand(height, width, 3)
     if spec.startswith("#"):
         h = spec[1:]
         if len(h) != 6 or any(c not in "0123456789abcdefABCDEF" for c in h):
             raise OptionError(f"--background {spec}: expected #rrggbb")
-        return torch.tensor([int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4)]).expand(size, size, 3)
+        return torch.tensor([int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4)]).expand(height, width, 3)
     path = Path(spec)
     if not path.is_file():
-        raise OptionError(f"--background {spec}: not white, black, #rrggbb or an existing image file")
+        raise OptionError(f"--background {spec}: not auto, white, black, #rrggbb or an existing image file")
     import cv2
 
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise InputError(f"{path}: cannot read the background image")
     h, w = img.shape[:2]
-    s = min(h, w)
-    img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)[..., ::-1]
+    if w * height <= h * width:  # taller than the frame: full width, a band of rows about the centre
+        cw, ch = w, max(1, round(w * height / width))
+    else:
+        cw, ch = max(1, round(h * width / height)), h
+    img = img[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+    img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)[..., ::-1]
     return torch.from_numpy(np.ascontiguousarray(img)).float() / 255.0
+
+
+def source_framing(cfg: DriveConfig, fit) -> bool:
+    """Whether to render the whole source frame (``--frame``): `source` needs an avatar fitted over a plate and
+    the training camera (--camera 0,0); `auto` picks it when both hold."""
+    frontal = parse_camera(cfg.camera) == (0.0, 0.0)
+    if cfg.frame == "head":
+        return False
+    if cfg.frame == "source":
+        if not fit.has_source_frame:
+            raise OptionError(f"--frame source: {fit.fit_dir} was not fitted over a plate (it needs a monocular "
+                              "video prepared and fitted by this version); use --frame head")
+        if not frontal:
+            raise OptionError(f"--frame source shows the source camera's view; --camera {cfg.camera} needs "
+                              "--frame head")
+        return True
+    return fit.has_source_frame and frontal
+
+
+def source_camera(source_frame, max_size: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The source frame's camera for an output whose longer side is at most ``max_size`` px (scaled down, never
+    up, both sides even): (world-to-camera [4, 4], K [3, 3] px, width, height)."""
+    from talksplat.data_prep.plate import frame_scale, scale_intrinsics
+
+    _, w, h = frame_scale(source_frame.width, source_frame.height, max_size)
+    K = scale_intrinsics(source_frame.K, w / source_frame.width, h / source_frame.height)
+    return (torch.as_tensor(source_frame.viewmat, dtype=torch.float32), torch.as_tensor(K, dtype=torch.float32),
+            w, h)
 
 
 def parse_camera(spec: str) -> tuple[float, float]:
@@ -190,18 +226,18 @@ def run_drive(cfg: DriveConfig) -> dict:
         return _run_drive(cfg)
 
 
-def render_batches(avatar, rig, seq: RigSequence, viewmat: torch.Tensor, K: torch.Tensor, resolution: int,
+def render_batches(avatar, rig, seq: RigSequence, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
                    batch: int, background: torch.Tensor | None = None):
-    """Render ``seq`` [T] in batches of ``batch`` frames on ``viewmat``'s device: yields [B, resolution,
-    resolution, 3] uint8 RGB (converted on the device, then downloaded) over ``background`` [H, W, 3] in
-    [0, 1] (None: white)."""
+    """Render ``seq`` [T] in batches of ``batch`` frames on ``viewmat``'s device: yields [B, height, width, 3]
+    uint8 RGB (converted on the device, then downloaded) over ``background`` [height, width, 3] in [0, 1]
+    (None: white)."""
     from talksplat.avatar.render import render_avatar
 
     device = viewmat.device
     for s in range(0, len(seq), batch):
         with torch.no_grad():
             colors, alphas, _ = render_avatar(avatar, rig, seq[s:s + batch].to_params(device), viewmat[None], K[None],
-                                              resolution, resolution)
+                                              width, height)
             out = colors[:, 0] + (1 - alphas[:, 0]) * (1.0 if background is None else background[None])
             yield (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
@@ -243,7 +279,6 @@ def _run_drive(cfg: DriveConfig) -> dict:
     from .animate import predict_sequence
 
     yaw, pitch = parse_camera(cfg.camera)
-    background = parse_background(cfg.background, cfg.resolution)
     t_start = time.perf_counter()
     fit_dir, avatar_file = fit_paths(cfg.avatar)
     check_drive_outputs(cfg, fit_files(fit_dir, avatar_file))
@@ -253,6 +288,9 @@ def _run_drive(cfg: DriveConfig) -> dict:
     fit = open_fit(cfg.avatar, need_predictor=True, rig=rig)  # the avatar checked whole before the predictor
     avatar = fit.avatar
     fit.tracked.validate(rig)  # the identity and expression sizes are the rig's (InputError naming the file)
+    source = source_framing(cfg, fit)
+    if source:
+        fit.source_frame()  # read now: a damaged plate names its file before any work
     video_out, npz, wav = output_paths(cfg.out)
     with scratch_dir("drive") as tmp:
         tmp = Path(tmp)
@@ -273,16 +311,29 @@ def _run_drive(cfg: DriveConfig) -> dict:
         t_predict = time.perf_counter() - t_start
 
         device = pick_device(cfg.device)
-        viewmat, K = drive_camera(rig, seq, fit.camera, cfg.resolution, yaw, pitch)
+        if source:  # the whole source frame, over the plate unless --background says otherwise
+            sf, plate = fit.source_frame()
+            viewmat, K, width, height = source_camera(sf, cfg.max_size)
+            background = parse_background(cfg.background, width, height)
+            if background is None:
+                from talksplat.data_prep.plate import warp_view
+
+                background = torch.from_numpy(warp_view(plate, sf.K, K.double().numpy(), width, height)).float() / 255
+        else:
+            viewmat, K = drive_camera(rig, seq, fit.camera, cfg.resolution, yaw, pitch)
+            width = height = cfg.resolution
+            background = parse_background(cfg.background, width, height)
+            if background is None:
+                background = torch.ones(height, width, 3)
         rig, avatar = rig.to(device), avatar.to(device)
         viewmat, K, background = viewmat.to(device), K.to(device), background.to(device)
 
         with Bars(cfg.quiet, transient=True) as bars, \
-                frame_pipeline(video_out, cfg.resolution, cfg.resolution, fps=cfg.fps, audio_path=mux,
+                frame_pipeline(video_out, width, height, fps=cfg.fps, audio_path=mux,
                                shortest=False, queue_size=2 * cfg.batch, quality=cfg.quality) as video:
             advance, _ = bars.task("drive", T)
             # rendered in batches on the device while a thread encodes
-            for frames in render_batches(avatar, rig, seq, viewmat, K, cfg.resolution, cfg.batch, background):
+            for frames in render_batches(avatar, rig, seq, viewmat, K, width, height, cfg.batch, background):
                 for frame in frames:
                     video.write(frame)
                 advance(len(frames))
@@ -294,6 +345,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
         t_total = time.perf_counter() - t_start
     duration = len(wave) / SAMPLE_RATE
     return {"video": video_out, "params": npz, "audio": wav, "arkit_csv": arkit, "frames": T,
+            "frame": "source" if source else "head", "width": width, "height": height,
             "audio_seconds": round(duration, 3), "seconds": round(t_total, 2), "predict_seconds": round(t_predict, 2),
             "render_encode_seconds": round(t_total - t_predict, 2),
             "realtime_factor": round(t_total / max(duration, 1e-9), 3), "device": str(device)}

@@ -13,9 +13,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from talksplat.avatar.io import AvatarFileError, read_header
 from talksplat.core.errors import InputError, OptionError
-from talksplat.data_prep.dataset import DatasetError, Frame, first_training_frame, is_dataset, load_metadata
+from talksplat.data_prep.dataset import (DatasetError, Frame, SourceFrame, first_training_frame, is_dataset,
+                                         load_metadata)
 from talksplat.fitting import fit_folder
 from talksplat.rigs.sequence import RigSequence
 
@@ -63,6 +66,30 @@ class FitFolder:
     @property
     def tuned_file(self) -> Path:
         return fit_folder.path(self.fit_dir, fit_folder.TUNED)
+
+    @property
+    def has_source_frame(self) -> bool:
+        """Whether the avatar was fitted over a plate (DIR/plate.png and DIR/source_frame.json)."""
+        return (self.fit_dir / fit_folder.PLATE).is_file() and (self.fit_dir / fit_folder.SOURCE_FRAME).is_file()
+
+    def source_frame(self) -> tuple[SourceFrame, np.ndarray]:
+        """The source frame the avatar was fitted in (size, camera) and its plate [H, W, 3] uint8 RGB; one-line
+        AvatarFileError naming the file when missing or damaged."""
+        import json
+
+        import cv2
+
+        meta_file, plate_file = self.fit_dir / fit_folder.SOURCE_FRAME, self.fit_dir / fit_folder.PLATE
+        try:
+            d = json.loads(meta_file.read_text())
+            sf = SourceFrame.from_meta({**d, "plate": fit_folder.PLATE}, self.fit_dir)
+        except (OSError, ValueError, DatasetError) as e:
+            raise AvatarFileError(f"{meta_file}: unreadable ({e})") from None
+        plate = cv2.imread(str(plate_file), cv2.IMREAD_COLOR)
+        if plate is None or plate.shape[:2] != (sf.height, sf.width):
+            raise AvatarFileError(f"{plate_file}: missing, unreadable or not {sf.width}x{sf.height} "
+                                  f"(as {meta_file.name} says)")
+        return sf, np.ascontiguousarray(plate[..., ::-1])
 
     @property
     def has_predictor(self) -> bool:

@@ -118,8 +118,12 @@ class FitConfig(ProcessOptions):
     rig: DatasetRigSpec = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto`: CUDA (gsplat kernels) when available, else our CPU rasterizer."""
-    background: Literal["white", "black", "random"] = "white"
-    """Background behind the masked subject during training (`random`: a new colour per step)."""
+    background: Literal["auto", "plate", "white", "black", "random"] = "auto"
+    """What the avatar is rendered over during training. `plate`: the dataset's plate (the subject's own
+    background and torso, made by `talksplat prep` from a monocular video), the target being the image as it
+    is (no mask), so the avatar learns the head and the output can be the whole source frame; `white` /
+    `black` / `random` (a new colour per step): a flat colour, the target the image's masked foreground over
+    it. `auto`: `plate` when the dataset has one, else `white`."""
     cameras_per_step: Literal["all", "1"] = "all"
     """Images per training step: `all`: every camera of the drawn time step, rendered in one rasterization
     call, the loss averaged over them; `1`: one random image (time step and camera). The same on a monocular

@@ -25,7 +25,8 @@ class Sample:
     """One training image.
 
     image: [H, W, 3] float in [0, 1] (not yet composited); mask: [H, W] float in [0, 1];
-    viewmat: [4, 4] world-to-camera; K: [3, 3] px; timestep: int; landmarks: [478, 2] px or None.
+    viewmat: [4, 4] world-to-camera; K: [3, 3] px; timestep: int; landmarks: [478, 2] px or None;
+    plate: [H, W, 3] float in [0, 1], the dataset's plate seen by this image's camera (None without a plate).
     """
 
     frame: Frame
@@ -35,6 +36,7 @@ class Sample:
     K: torch.Tensor
     timestep: int
     landmarks: np.ndarray | None
+    plate: torch.Tensor | None = None
 
     def composite(self, background: torch.Tensor) -> torch.Tensor:
         """[H, W, 3]: the foreground over `background` [3]."""
@@ -90,16 +92,41 @@ class Views:
         """[C, H, W, 3]: each camera's foreground over `background` [3] (each with its own mask)."""
         return torch.stack([s.composite(background) for s in self.samples])
 
+    @property
+    def image(self) -> torch.Tensor:
+        """[C, H, W, 3] the images as they are (the targets of a fit over the plate)."""
+        return torch.stack([s.image for s in self.samples])
+
+    @property
+    def plate(self) -> torch.Tensor | None:
+        """[C, H, W, 3] the plate seen by each camera, or None (without a plate)."""
+        return None if self.samples[0].plate is None else torch.stack([s.plate for s in self.samples])
+
 
 class FrameCache:
-    """LRU cache of decoded (image, mask) uint8 arrays, capped at `max_bytes`."""
+    """LRU cache of decoded (image, mask) uint8 arrays, capped at `max_bytes`; with ``plate`` (the dataset's
+    plate, [H, W, 3] uint8) also each image's view of the plate (:meth:`plate_view`)."""
 
-    def __init__(self, dataset: Dataset, max_bytes: int):
+    def __init__(self, dataset: Dataset, max_bytes: int, plate: np.ndarray | None = None):
         self.dataset = dataset
         self.max_bytes = max_bytes
         self.bytes = 0
         self._items: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.hits = self.misses = 0
+        self.plate = plate
+        self._plate_views: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def plate_view(self, index: int) -> np.ndarray:
+        """[H, W, 3] uint8: the plate seen by image ``index``'s camera (a crop of the source frame's camera)."""
+        from talksplat.data_prep.plate import warp_view
+
+        hit = self._plate_views.get(index)
+        if hit is None:
+            fr, sf = self.dataset.frames[index], self.dataset.source_frame
+            hit = warp_view(self.plate, sf.K, fr.K, fr.width, fr.height)
+            if (len(self._plate_views) + 1) * hit.nbytes <= self.max_bytes // 2:
+                self._plate_views[index] = hit
+        return hit
 
     def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if index in self._items:
@@ -131,7 +158,7 @@ class FrameSampler:
     """
 
     def __init__(self, dataset: Dataset, split: str = "train", cache_mb: int = 1024, seed: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", plate: np.ndarray | None = None):
         steps = set(dataset.split[split])
         self.indices = [i for i, f in enumerate(dataset.frames) if f.timestep in steps]
         if not self.indices:
@@ -142,7 +169,7 @@ class FrameSampler:
             groups.setdefault(dataset.frames[i].timestep, []).append(i)
         self.timesteps: list[list[int]] = list(groups.values())
         self.dataset = dataset
-        self.cache = FrameCache(dataset, cache_mb * 2 ** 20)
+        self.cache = FrameCache(dataset, cache_mb * 2 ** 20, plate)
         self.rng = np.random.default_rng(seed)
         self.device = torch.device(device)
         cams = list(dataset.landmarks.get("cameras", []))
@@ -187,9 +214,13 @@ class FrameSampler:
             img, mask = self._on_device(index, img, mask)
         else:
             img, mask = torch.from_numpy(img), torch.from_numpy(mask)
+        plate = None
+        if self.cache.plate is not None:
+            plate = torch.from_numpy(self.cache.plate_view(index)).to(dev).float() / 255.0
         return Sample(frame=fr, image=img.float() / 255.0, mask=mask.float() / 255.0,
                       viewmat=torch.as_tensor(fr.viewmat, dtype=torch.float32, device=dev),
-                      K=torch.as_tensor(fr.K, dtype=torch.float32, device=dev), timestep=fr.timestep, landmarks=lm)
+                      K=torch.as_tensor(fr.K, dtype=torch.float32, device=dev), timestep=fr.timestep, landmarks=lm,
+                      plate=plate)
 
     def _on_device(self, index: int, img: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The frame as uint8 tensors on the GPU, uploaded once while they fit in the cache's byte budget

@@ -6,7 +6,10 @@
     DIR/driver.safetensors      the audio predictor (`talksplat fit`'s driver stage)
     DIR/metrics.json            every stage's figures (merged: avatar, then ``driver``)
     DIR/checkpoint.safetensors  the resumable training state
-    DIR/heldout/*.png           held-out comparisons
+    DIR/heldout/*.png           held-out comparisons (crops, and frame_*.png: whole source frames)
+    DIR/plate.png               fitted over a plate: the plate (the subject's background and torso), RGB
+    DIR/source_frame.json       with it: the source frame's size and camera (width, height, K [3, 3] px,
+                                c2w [4, 4] OpenCV metres), where `talksplat drive --frame source` renders
 
 Every writer of a fit folder goes through this module (the trainer, the predictor's training, the drive
 benchmark); every reader through :func:`talksplat.driving.fit_reader.open_fit`, which takes the names from
@@ -28,6 +31,8 @@ DRIVER = "driver.safetensors"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.safetensors"
 HELDOUT = "heldout"
+PLATE = "plate.png"
+SOURCE_FRAME = "source_frame.json"
 
 
 def path(out: str | os.PathLike, name: str) -> Path:
@@ -63,6 +68,21 @@ def write_driver(out: str | os.PathLike, driver) -> Path:
     return path(out, DRIVER)
 
 
+def write_source_frame(out: str | os.PathLike, plate, source_frame) -> tuple[Path, Path]:
+    """OUT/plate.png (``plate`` [H, W, 3] uint8 RGB) and OUT/source_frame.json (``source_frame``: a
+    :class:`~talksplat.data_prep.dataset.SourceFrame`'s size and camera), each written atomically."""
+    import cv2
+
+    from talksplat.core.files import atomic_write
+
+    with atomic_write(path(out, PLATE)) as tmp:
+        if not cv2.imwrite(str(tmp), plate[..., ::-1]):
+            raise OSError(f"{path(out, PLATE)}: could not write the plate")
+    write_json(path(out, SOURCE_FRAME), {"width": source_frame.width, "height": source_frame.height,
+                                        "K": source_frame.K.tolist(), "c2w": source_frame.c2w.tolist()})
+    return path(out, PLATE), path(out, SOURCE_FRAME)
+
+
 def write_metrics(out: str | os.PathLike, metrics: dict) -> Path:
     """Replace OUT/metrics.json with ``metrics`` (atomically)."""
     write_json(path(out, METRICS), metrics)
@@ -90,7 +110,7 @@ def record_metrics(out: str | os.PathLike, update: dict) -> Path:
 # ------------------------------------------------------------------ each stage's share (the stage cache)
 #: The files the avatar stage writes (``*``: within one path segment); the predictor stage writes DRIVER.  Of
 #: METRICS, the predictor's share is the entry DRIVER_METRICS, the avatar's the rest.
-AVATAR_FILES = (AVATAR, PLY, TUNED, CHECKPOINT, f"{HELDOUT}/*.png")
+AVATAR_FILES = (AVATAR, PLY, TUNED, CHECKPOINT, PLATE, SOURCE_FRAME, f"{HELDOUT}/*.png")
 DRIVER_METRICS = "driver"
 
 #: Header entries that say where a file was made (its dataset, its options, the avatar beside it): left out

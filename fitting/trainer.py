@@ -205,7 +205,13 @@ class Trainer:
         prepare_fit_dir(cfg)  # every input is read and checked: only now is the output folder touched
         self.last_parts: dict[str, float] = {}
         torch.manual_seed(cfg.seed)
-        self.sampler = FrameSampler(self.ds, "train", cfg.cache_mb, cfg.seed, self.device)
+        self.source_frame = self.ds.source_frame
+        if cfg.background == "plate" and self.source_frame is None:
+            raise FitError(f"{self.ds.root}: --background plate needs a dataset with a plate (a monocular video "
+                           "prepared by this version of `talksplat prep`)")
+        self.use_plate = self.source_frame is not None and cfg.background in ("auto", "plate")
+        self.plate = self.ds.load_plate() if self.use_plate else None  # [H, W, 3] uint8, the whole frame
+        self.sampler = FrameSampler(self.ds, "train", cfg.cache_mb, cfg.seed, self.device, plate=self.plate)
         self.views_per_step = self._views_per_step()
         self.rig = self.rig.to(self.device)
         self.frames = FrameParams(self.ds).to(self.device)
@@ -251,8 +257,19 @@ class Trainer:
                                                                  **fused)
         self.strategy.check_sanity(self.avatar, self._avatar_optimizers())
 
+    def target(self, batch: Sample | Views) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a step renders over and what it compares with: (target [H, W, 3] or [C, H, W, 3], background).
+
+        Over the plate: the images as they are, and each camera's view of the plate (same shape).  Otherwise: the
+        masked foregrounds over a flat colour, and that colour [3] (:meth:`background`)."""
+        if self.use_plate:
+            return batch.image, batch.plate
+        bg = self.background()
+        return batch.composite(bg), bg
+
     def background(self) -> torch.Tensor:
-        if self.cfg.background == "white":
+        """[3] in [0, 1]: the flat colour of this step (``--background white | black | random``)."""
+        if self.cfg.background in ("white", "auto", "plate"):
             return torch.ones(3, device=self.device)
         if self.cfg.background == "black":
             return torch.zeros(3, device=self.device)
@@ -268,7 +285,8 @@ class Trainer:
 
         Args:
             batch: one image (:class:`Sample`) or the C images of one time step (:class:`Views`).
-            params: RigParams of that time step (batch 1).  background: [3] in [0, 1], behind every camera.
+            params: RigParams of that time step (batch 1).  background: [3] in [0, 1], behind every camera, or
+                an image per camera ([H, W, 3] for a Sample, [C, H, W, 3] for Views) in [0, 1].
         Returns:
             colors [H, W, 3] for a Sample, [C, H, W, 3] for Views (in [0, 1]); meta: the rasterizer's meta
             of the C cameras (``means2d`` [C, N, 2], ``radii`` [C, N, 2], ``n_cameras`` C, ...).
@@ -279,9 +297,13 @@ class Trainer:
         g = self.avatar.world(verts, self.rig.faces)[0]
         one = isinstance(batch, Sample)
         views = Views([batch]) if one else batch
-        colors, _, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, views.viewmats(), views.Ks(),
-                                        views.width, views.height, sh_degree=sh_degree,
-                                        backgrounds=background[None].expand(len(views), -1).contiguous())
+        flat = background.dim() == 1
+        colors, alphas, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, views.viewmats(),
+                                             views.Ks(), views.width, views.height, sh_degree=sh_degree,
+                                             backgrounds=background[None].expand(len(views), -1).contiguous()
+                                             if flat else None)
+        if not flat:  # over an image: alpha compositing after the rasterizer (it takes one colour per camera)
+            colors = colors + (1 - alphas) * (background[None] if one else background)
         return (colors[0] if one else colors), meta
 
     # ------------------------------------------------------------------ losses
@@ -361,8 +383,7 @@ class Trainer:
             # Positions: exponential decay to `means_decay` (1 %) over the run (as 3DGS / gsplat).
             self.optimizers["local_means"].param_groups[0]["lr"] = lr0 * decay ** (step / max(1, self.steps))
             batch = self._next_batch()
-            bg = self.background()
-            target = batch.composite(bg)
+            target, bg = self.target(batch)
             ts = torch.tensor([batch.timestep], device=self.device)
             params = self.frames.rig_params(ts, tuned=cfg.tune_params)
             render, meta = self.render(batch, params, bg, self.sh_degree_at(step))
@@ -503,8 +524,16 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation and outputs
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """PSNR / SSIM on the held-out time steps (tracked parameters, white background), full frame
-        and mouth region, and LPIPS (full frame) when its weights were given; writes side-by-side PNGs."""
+        """Figures on the held-out time steps (the tracked parameters; never training images), and side-by-side
+        PNGs (ground truth | render | error) in OUT/heldout.
+
+        Crop (the dataset's images): ``psnr`` / ``ssim`` (mean), ``psnr_min`` (the worst image), ``mouth_psnr`` /
+        ``mouth_ssim`` (the mouth region), ``lpips`` when its weights were given; rendered as trained: over the
+        plate against the image as it is, or on white against the masked foreground.  ``fg_psnr`` / ``fg_ssim``:
+        render and image both masked onto white by the image's mask (one figure for every ``--background``).  With
+        a dataset that has a plate, the whole source frame of each held-out step, the avatar over the plate (also
+        for an avatar fitted on a flat colour: pasted into the frame): ``frame_psnr``, ``frame_ssim``,
+        ``frame_psnr_min`` over ``frames`` frames at the dataset's source-frame size."""
         from .losses import psnr, ssim_map
         from .regions import region_mask
 
@@ -514,20 +543,26 @@ class Trainer:
             return {}
         if self.cfg.eval_frames and len(idx) > self.cfg.eval_frames:
             idx = [idx[int(round(j))] for j in np.linspace(0, len(idx) - 1, self.cfg.eval_frames)]
-        sampler = FrameSampler(self.ds, "heldout", cache_mb=64, device=self.device)
-        bg = torch.ones(3, device=self.device)
-        rows = {"psnr": [], "ssim": [], "mouth_psnr": [], "mouth_ssim": [], "lpips": []}
+        sampler = FrameSampler(self.ds, "heldout", cache_mb=64, device=self.device, plate=self.plate)
+        white = torch.ones(3, device=self.device)
+        rows: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "mouth_psnr", "mouth_ssim", "lpips", "fg_psnr",
+                                                        "fg_ssim", "frame_psnr", "frame_ssim")}
         show = set(idx[:: max(1, len(idx) // max(1, self.cfg.side_by_side))][: self.cfg.side_by_side])
         (self.out / HELDOUT).mkdir(parents=True, exist_ok=True)
+
+        def score(render: torch.Tensor, target: torch.Tensor, prefix: str = "") -> torch.Tensor:
+            rows[f"{prefix}psnr"].append(float(psnr(render, target)))
+            smap = ssim_map(render.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None])[0].mean(0)
+            rows[f"{prefix}ssim"].append(float(smap.mean()))
+            return smap
+
         for i in idx:
             s = sampler.load(i)
-            target = s.composite(bg)
+            target, bg = (s.image, s.plate) if self.use_plate else (s.composite(white), white)
             ts = torch.tensor([s.timestep], device=self.device)
             render, _ = self.render(s, self.frames.rig_params(ts, tuned=False), bg, self.avatar.sh_degree)
             render = render.clamp(0, 1)
-            rows["psnr"].append(float(psnr(render, target)))
-            smap = ssim_map(render.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None])[0].mean(0)
-            rows["ssim"].append(float(smap.mean()))
+            smap = score(render, target)
             if self._lpips_applies(render):
                 rows["lpips"].append(float(self.lpips(render, target)))
             if s.landmarks is not None:
@@ -535,13 +570,57 @@ class Trainer:
                 if m.any():
                     rows["mouth_psnr"].append(float(psnr(render, target, mask=m)))
                     rows["mouth_ssim"].append(float(smap[m].mean()))
+            m = s.mask[..., None]  # the image's mask on both: the foreground figure of every --background
+            score(render * m + (1 - m), s.composite(white), "fg_")
             if i in show:
-                err = (render - target).abs().mean(-1, keepdim=True).expand(-1, -1, 3) * 4
-                panel = torch.cat([target, render, err.clamp(0, 1)], dim=1)
-                self._write_png(self.out / HELDOUT / f"{s.timestep:05d}_{s.frame.camera}.png", panel)
+                self._write_panel(self.out / HELDOUT / f"{s.timestep:05d}_{s.frame.camera}.png", target, render)
+        psnr_min = min(rows["psnr"])
+        if self.source_frame is not None:
+            self._evaluate_frames(sorted({self.ds.frames[i].timestep for i in idx}), rows, score,
+                                  {self.ds.frames[i].timestep for i in show})
         out = {k: float(np.mean(v)) for k, v in rows.items() if v}
+        out["psnr_min"] = psnr_min
         out["images"] = len(idx)
+        if rows["frame_psnr"]:
+            out["frame_psnr_min"] = min(rows["frame_psnr"])
+            out["frames"] = len(rows["frame_psnr"])
         return out
+
+    def _evaluate_frames(self, timesteps: list[int], rows: dict, score, show: set[int]) -> None:
+        """The whole source frame of each held-out time step that prep kept: the avatar over the plate, scored by
+        ``score(render, target, "frame_")``; panels for the time steps in ``show``."""
+        sf = self.source_frame
+        viewmat = torch.as_tensor(sf.viewmat, dtype=torch.float32, device=self.device)
+        K = torch.as_tensor(sf.K, dtype=torch.float32, device=self.device)
+        plate = torch.from_numpy(self.ds.load_plate()).to(self.device).float() / 255.0
+        for t in timesteps:
+            frame = self.ds.load_source_frame(t)
+            if frame is None:
+                continue
+            target = torch.from_numpy(frame).to(self.device).float() / 255.0
+            render = self.render_frame(t, viewmat, K, sf.width, sf.height, plate)
+            score(render, target, "frame_")
+            if t in show:
+                self._write_panel(self.out / HELDOUT / f"frame_{t:05d}.png", target, render)
+
+    def render_frame(self, timestep: int, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
+                     background: torch.Tensor, tuned: bool = False) -> torch.Tensor:
+        """[H, W, 3] in [0, 1]: time step ``timestep`` (tracked parameters, or the tuned ones) seen by one camera
+        (viewmat [4, 4], K [3, 3] px, width x height) over ``background`` ([3] or [H, W, 3])."""
+        from talksplat.data_prep.dataset import Frame
+
+        fr = Frame(image="", mask=None, K=K.cpu().double().numpy(), c2w=np.linalg.inv(viewmat.cpu().double().numpy()),
+                   timestep=timestep, camera="", width=width, height=height)
+        s = Sample(frame=fr, image=background, mask=background[..., 0], viewmat=viewmat, K=K, timestep=timestep,
+                   landmarks=None)
+        ts = torch.tensor([timestep], device=self.device)
+        render, _ = self.render(s, self.frames.rig_params(ts, tuned=tuned), background, self.avatar.sh_degree)
+        return render.clamp(0, 1)
+
+    def _write_panel(self, path: Path, target: torch.Tensor, render: torch.Tensor) -> None:
+        """ground truth | render | 4 x |error| side by side, as a PNG."""
+        err = (render - target).abs().mean(-1, keepdim=True).expand(-1, -1, 3) * 4
+        self._write_png(path, torch.cat([target, render, err.clamp(0, 1)], dim=1))
 
     @staticmethod
     def _write_png(path: Path, image: torch.Tensor) -> None:
@@ -567,6 +646,8 @@ class Trainer:
         tracked = self.ds.rig_params  # kept beside the tuned values as original_shape, original_expression, ...
         original = {f"original_{k}": v for k, v in {"shape": tracked.shape, **tracked.frames}.items()}
         fit_folder.write_tuned(self.out, self.frames.tuned_sequence(**original))
+        if self.use_plate:
+            fit_folder.write_source_frame(self.out, self.plate, self.source_frame)
         fit_folder.write_metrics(self.out, metrics)
 
 

@@ -22,9 +22,9 @@ from typing import Annotated, Callable, Union
 
 import tyro
 
-from talksplat.benchmarks.config import (BenchDriveConfig, BenchEncodeConfig, BenchFitConfig, BenchGpuConfig,
-                                         BenchLoadConfig, BenchPrepConfig, BenchRenderConfig, BenchRigConfig,
-                                         BenchTextSyncConfig)
+from talksplat.benchmarks.config import (BenchDriveConfig, BenchEncodeConfig, BenchFidelityConfig, BenchFitConfig,
+                                         BenchGpuConfig, BenchLoadConfig, BenchPrepConfig, BenchRenderConfig,
+                                         BenchRigConfig, BenchTextSyncConfig)
 from talksplat.data_prep.config import PrepConfig
 from talksplat.demo.command import DemoConfig
 from talksplat.driving.config import DriveConfig, SyncEvalConfig
@@ -44,6 +44,7 @@ Bench = Union[
     Annotated[BenchTextSyncConfig, tyro.conf.subcommand("text-sync")],
     Annotated[BenchEncodeConfig, tyro.conf.subcommand("encode")],
     Annotated[BenchGpuConfig, tyro.conf.subcommand("gpu")],
+    Annotated[BenchFidelityConfig, tyro.conf.subcommand("fidelity")],
 ]
 
 @dataclasses.dataclass
@@ -66,7 +67,7 @@ Command = Union[
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
     Annotated[ViewConfig, tyro.conf.subcommand("view")],
     Annotated[Eval, tyro.conf.subcommand("eval", description="Evaluations: lip sync of a fitted avatar against real speakers.")],
-    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving; the video encoder; slowdown under CPU load; articulation on speech in several languages; one table for a GPU machine.")],
+    Annotated[Bench, tyro.conf.subcommand("bench", description="Benchmarks: speed of rendering, rigs, prep, fitting and driving; the video encoder; slowdown under CPU load; articulation on speech in several languages; one table for a GPU machine; held-out fidelity on real video.")],
 ]
 
 
@@ -195,6 +196,7 @@ COMMANDS: dict[type, tuple[str, Callable | str | None, bool]] = {
     BenchTextSyncConfig: ("talksplat.benchmarks.text_sync:bench_text_sync", ROWS, False),
     BenchEncodeConfig: ("talksplat.benchmarks.encode:bench_encode", ROWS, False),
     BenchGpuConfig: ("talksplat.benchmarks.gpu_check:bench_gpu", ROWS, False),
+    BenchFidelityConfig: ("talksplat.benchmarks.fidelity:bench_fidelity", ROWS, False),
 }
 
 

@@ -76,11 +76,16 @@ class RunConfig(ProcessOptions):
     driver: PredictorConfig = field(default_factory=PredictorConfig)
     """The audio-to-rig predictor (as `talksplat fit --driver.*`; `run` always trains it)."""
     drive_resolution: Annotated[int | None, Range(16, 8192)] = None
-    """Output video width and height (default: the preset's) (16 to 8192)."""
+    """Output video size: with --frame head its width and height (default: the preset's); with the source frame the
+    longer side at most this (default: the source's size, at most 1920) (16 to 8192)."""
     pose: Literal["still", "replay", "idle"] = "replay"
     """Head motion of the driven avatar (as `talksplat drive --pose`)."""
-    background: str = "white"
-    """Background of the driven video: `white`, `black`, `#rrggbb` or an image file."""
+    frame: Literal["auto", "source", "head"] = "auto"
+    """Framing of the driven video (as `talksplat drive --frame`): `auto` is the subject's own whole frame, over
+    their background, for a monocular video."""
+    background: str = "auto"
+    """Background of the driven video: `auto` (the subject's own with --frame source, else white), `white`,
+    `black`, `#rrggbb` or an image file."""
     camera: str = "0,0"
     """Camera `yaw,pitch` in degrees around the head (0,0 = the training camera's direction)."""
     voice: str = "en-us"
@@ -110,7 +115,8 @@ def _resolved(cfg: RunConfig):
                            quiet=cfg.quiet, driver=driver)
     drive = DriveConfig(avatar=out / "avatar", audio=cfg.audio, text=cfg.text, out=out / "talk.mp4",
                         resolution=cfg.drive_resolution or out_px, fps=cfg.fps, pose=cfg.pose,
-                        background=cfg.background, camera=cfg.camera, device=cfg.device, voice=cfg.voice,
+                        **({"max_size": cfg.drive_resolution} if cfg.drive_resolution else {}),
+                        frame=cfg.frame, background=cfg.background, camera=cfg.camera, device=cfg.device, voice=cfg.voice,
                         quiet=cfg.quiet, overwrite=True)
     return prep, fit, drive
 

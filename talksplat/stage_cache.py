@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from talksplat.stages import Stage
 
 #: Bump when what a key covers or what an entry means changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: datasets hold the plate, fits train over it
 FORMAT = "talksplat-stage-cache"
 #: Settings of the process, not of the job (talksplat.core.config.ProcessOptions): never part of a key.
 _PROCESS_OPTIONS = tuple(f.name for f in dataclasses.fields(ProcessOptions))

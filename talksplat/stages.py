@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from talksplat.stage_cache import Product, StageCache
 
 #: Bump when a stage's outputs change meaning (it is part of every key).
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: datasets hold the plate, fits train over it
 
 
 def jsonable(value: Any) -> Any:

@@ -33,10 +33,11 @@ MARKER = ".talksplat"
 #: sub-folders of another kind (``"name/": kind``).
 KINDS: dict[str, dict] = {
     "dataset": {"files": ("meta.json", "transforms.json", "rig_params.npz", "landmarks.npz", "audio.wav",
-                          "images/*/*.png", "masks/*/*.png"),
+                          "images/*/*.png", "masks/*/*.png", "plate.png", "plate_observed.png", "frames/*/*.png"),
                 "describe": "dataset", "signature": "meta.json"},
     "fit": {"files": ("avatar.safetensors", "avatar.ply", "tuned_params.npz", "driver.safetensors", "metrics.json",
-                      "checkpoint.safetensors", "heldout/*.png", "tb/events.out.tfevents.*"),
+                      "checkpoint.safetensors", "heldout/*.png", "plate.png", "source_frame.json",
+                      "tb/events.out.tfevents.*"),
             "describe": "fit", "signature": ("avatar.safetensors", "checkpoint.safetensors", "driver.safetensors")},
     "run": {"files": ("talk.mp4", "talk.npz", "talk.wav", "metrics.json", "run.log", "stages/*.json"),
             "folders": {"dataset": "dataset", "avatar": "fit"},

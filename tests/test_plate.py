@@ -1,0 +1,135 @@
+"""The plate and the source frame (talksplat.data_prep.plate): its parts on small synthetic images, then on a real
+GRID clip through `talksplat prep` (the plate against the clip's own held-out frames)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from talksplat.data_prep.framing import crop_image, crop_intrinsics
+from talksplat.data_prep.plate import (PlateBuilder, fill_holes, frame_scale, head_region, head_silhouettes,
+                                       scale_intrinsics, warp_view)
+
+
+def _scene(H: int = 60, W: int = 80) -> np.ndarray:
+    """A smooth, non-constant background: [H, W, 3] uint8."""
+    y, x = np.mgrid[:H, :W]
+    return np.stack([40 + 2 * x, 30 + 3 * y, 200 - x - y], -1).clip(0, 255).astype(np.uint8)
+
+
+def test_plate_is_the_median_of_what_the_head_leaves_visible():
+    bg = _scene()
+    rng = np.random.default_rng(0)
+    b = PlateBuilder(80, 60)
+    for t in range(9):  # a bright "head" disc moving across; noise on every frame
+        y, x = np.mgrid[:60, :80]
+        head = (x - (30 + 2 * t)) ** 2 + (y - 30) ** 2 < 12 ** 2
+        f = bg.astype(int) + rng.integers(-3, 4, bg.shape)
+        f[head] = [250, 250, 250]
+        b.add(f.clip(0, 255).astype(np.uint8), ~head)
+    plate, observed = b.build()
+    assert observed.mean() > 0.9
+    err = np.abs(plate.astype(int) - bg)
+    assert err[observed].max() <= 3  # the median of the visible pixels: the background, not the head
+    # never-seen pixels (the disc's middle, covered in every frame) are filled from around them, not left black
+    assert (~observed).any() and err[~observed].mean() < 20
+
+
+def test_fill_holes_keeps_known_pixels_and_fills_smoothly():
+    img = _scene()
+    known = np.ones(img.shape[:2], bool)
+    known[20:40, 30:50] = False
+    out = fill_holes(np.where(known[..., None], img, 0).astype(np.uint8), known)
+    assert np.array_equal(out[known], img[known])
+    err = np.abs(out.astype(int) - img)[~known]
+    assert err.mean() < 15 and err.max() < 60  # a gradient's hole filled near the gradient
+
+
+def test_head_region_adds_hair_above_the_middle_and_keeps_the_torso():
+    sil = np.zeros((40, 40), bool)
+    sil[10:30, 15:25] = True
+    fg = np.zeros_like(sil)
+    fg[5:12, 12:28] = True  # hair above and beside the silhouette
+    fg[32:40, 0:40] = True  # shoulders below
+    r = head_region(sil, fg, margin=4)
+    assert r[5, 14] and r[6, 27]  # hair within the margin
+    assert not r[35, 5] and not r[35, 20]  # the torso stays in the plate
+    assert np.array_equal(r & ~fg, sil & ~fg)
+
+
+def test_silhouette_of_a_triangle():
+    K = np.array([[100.0, 0, 50], [0, 100, 40], [0, 0, 1]])
+    verts = torch.tensor([[[-0.1, -0.1, 1.0], [0.1, -0.1, 1.0], [0.0, 0.1, 1.0]]])  # camera = world
+    m = head_silhouettes(verts, torch.tensor([[0, 1, 2]]), K, np.eye(4), 100, 80, dilate=0)[0]
+    # projected: (40, 30), (60, 30), (50, 50) px (pixel centres at +0.5)
+    assert m[35, 49] and m[45, 49] and not m[25, 49] and not m[35, 30] and not m[55, 49]
+    assert 0.6 < m.sum() / 200 < 1.4  # the triangle's area: 20 x 20 / 2 px
+    md = head_silhouettes(verts, torch.tensor([[0, 1, 2]]), K, np.eye(4), 100, 80, dilate=5)[0]
+    assert md[25, 49] and (md | ~m).all()
+
+
+def test_warp_view_is_the_crop_of_the_source_camera():
+    rng = np.random.default_rng(1)
+    img = (rng.random((90, 120, 3)) * 255).astype(np.uint8)
+    img = np.asarray(torch.nn.functional.avg_pool2d(torch.from_numpy(img).permute(2, 0, 1).float()[None], 5, 1, 2)[0]
+                     .permute(1, 2, 0).round().byte())  # smooth enough for bilinear resampling to agree
+    K = np.array([[100.0, 0, 60], [0, 100, 45], [0, 0, 1]])
+    box = np.array([55.0, 40.0, 50.0])
+    for res in (50, 64, 20):
+        a = crop_image(img, box, res).astype(int)
+        b = warp_view(img, K, crop_intrinsics(K, box, res), res, res).astype(int)
+        assert np.abs(a - b)[2:-2, 2:-2].mean() < 1.0, res
+    # and back: a crop warped to the source camera lands where it was cut
+    Kc = crop_intrinsics(K, box, 50)
+    back = warp_view(crop_image(img, box, 50), Kc, K, 120, 90).astype(int)
+    inner = (slice(20, 60), slice(35, 75))
+    assert np.abs(back[inner] - img[inner]).mean() < 2.0
+
+
+def test_frame_scale_and_intrinsics():
+    assert frame_scale(360, 288) == (1.0, 360, 288)
+    s, w, h = frame_scale(3840, 2160)
+    assert (w, h) == (1920, 1080) and s == 0.5
+    s, w, h = frame_scale(1001, 333, 500)
+    assert w % 2 == 0 and h % 2 == 0 and w == 500
+    K = np.array([[100.0, 0, 50], [0, 90, 40], [0, 0, 1]])
+    assert np.allclose(scale_intrinsics(K, 0.5), [[50, 0, 25], [0, 45, 20], [0, 0, 1]])
+
+
+@pytest.fixture(scope="module")
+def grid_prep(shared_data, tmp_path_factory):
+    from talksplat.data_prep.config import PrepConfig
+    from talksplat.data_prep.dataset import load_dataset
+    from talksplat.data_prep.prep import run_prep
+
+    out = tmp_path_factory.mktemp("plate") / "ds"
+    run_prep(PrepConfig(videos=(shared_data / "grid" / "lbax4n.mpg",), out=out, resolution=96, quiet=True))
+    return load_dataset(out)
+
+
+def test_prep_writes_the_plate_and_the_heldout_frames(grid_prep, open_rig):
+    """The plate of a real clip: outside the head it is the clip's own held-out frames (which it was partly made from,
+    at other time steps), within the encoder's and the speaker's noise; the head's region is left out."""
+    ds = grid_prep
+    sf = ds.source_frame
+    assert (sf.width, sf.height) == (360, 288)
+    held = ds.split["heldout"]
+    assert sorted(sf.frames) == held and len(held) == 15
+    plate = ds.load_plate()
+    assert plate.shape == (288, 360, 3)
+    seq = ds.rig_params[np.array(held)]
+    with torch.no_grad():
+        verts = open_rig(seq.to_params()).vertices
+    head = head_silhouettes(verts, open_rig.faces, sf.K, sf.viewmat, sf.width, sf.height, dilate=12)
+    for t, h in zip(held, head):
+        frame = ds.load_source_frame(t).astype(float)
+        err = np.abs(frame - plate)
+        assert err[~h].mean() < 6, t  # background and torso: the frame itself
+        assert err[h].mean() > 2 * err[~h].mean()  # the head is not in the plate
+    # the crops' cameras are crops of the source camera: the plate seen by a crop is that crop of the plate
+    fr = ds.frames[0]
+    view = warp_view(plate, sf.K, fr.K, fr.width, fr.height).astype(float)
+    img = ds.load_image(fr).astype(float)
+    corner = (slice(0, 12), slice(0, 12))
+    assert np.abs(view[corner] - img[corner]).mean() < 8
