@@ -43,10 +43,10 @@ import math
 
 import numpy as np
 
+from talksplat.fitting.regions import INNER_LIP_PAIRS  # (upper, lower) inner-lip points: one definition
+
 #: Outer eye corners (the subject's right, left): the inter-ocular distance.
 EYE_CORNERS: tuple[int, int] = (33, 263)
-#: (upper, lower) inner-lip FaceMesh points facing each other: the middle, then towards each corner.
-INNER_LIP_PAIRS: tuple[tuple[int, int], ...] = ((13, 14), (82, 87), (312, 317), (81, 178), (311, 402))
 #: FaceMesh's 40 lip points (``FACEMESH_LIPS``): the outer contour then the inner one.
 LIP_POINTS: tuple[int, ...] = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40,
                                185, 78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82,

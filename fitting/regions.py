@@ -11,8 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["LIPS_OUTER", "LEFT_EYE", "RIGHT_EYE", "EYE_OUTER_CORNERS", "REGIONS", "region_mask",
-           "loss_weight_map", "inter_ocular_distance"]
+__all__ = ["LIPS_OUTER", "LEFT_EYE", "RIGHT_EYE", "EYE_OUTER_CORNERS", "INNER_LIP_PAIRS", "OPEN_MOUTH", "REGIONS",
+           "region_mask", "loss_weight_map", "inter_ocular_distance", "mouth_gap"]
 
 #: Outer lip contour (closed polygon order), FaceMesh indices.
 LIPS_OUTER: tuple[int, ...] = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37,
@@ -23,6 +23,11 @@ LEFT_EYE: tuple[int, ...] = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 3
 RIGHT_EYE: tuple[int, ...] = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 #: Outer eye corners (right, left): their distance is the inter-ocular distance.
 EYE_OUTER_CORNERS: tuple[int, int] = (33, 263)
+#: (upper, lower) inner-lip points facing each other: the middle, then towards each corner.
+INNER_LIP_PAIRS: tuple[tuple[int, ...], ...] = ((13, 14), (82, 87), (312, 317), (81, 178), (311, 402))
+#: A mouth is open when its :func:`mouth_gap` exceeds this (closed lips measure 0.000-0.003 on GRID clips,
+#: speech's open vowels 0.05-0.3).
+OPEN_MOUTH = 0.04
 #: Region name -> polygons filled for it.
 REGIONS: dict[str, tuple[tuple[int, ...], ...]] = {"mouth": (LIPS_OUTER,), "eyes": (LEFT_EYE, RIGHT_EYE)}
 
@@ -34,6 +39,13 @@ def inter_ocular_distance(landmarks: np.ndarray) -> float:
     lm = np.asarray(landmarks, dtype=np.float64)
     a, b = EYE_OUTER_CORNERS
     return float(np.linalg.norm(lm[a, :2] - lm[b, :2]))
+
+
+def mouth_gap(landmarks: np.ndarray) -> float:
+    """The mean inner-lip gap of :data:`INNER_LIP_PAIRS` over the inter-ocular distance, of [478, 2+] px."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    up, lo = (list(i) for i in zip(*INNER_LIP_PAIRS))
+    return float(np.linalg.norm(lm[up, :2] - lm[lo, :2], axis=-1).mean()) / max(inter_ocular_distance(lm), 1e-9)
 
 
 def region_mask(landmarks: np.ndarray, height: int, width: int, region: str,

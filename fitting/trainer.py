@@ -528,14 +528,16 @@ class Trainer:
         PNGs (ground truth | render | error) in OUT/heldout.
 
         Crop (the dataset's images): ``psnr`` / ``ssim`` (mean), ``psnr_min`` (the worst image), ``mouth_psnr`` /
-        ``mouth_ssim`` (the mouth region), ``lpips`` when its weights were given; rendered as trained: over the
+        ``mouth_ssim`` (the mouth region), ``mouth_open_psnr`` over the ``mouth_open_images`` images whose mouth is
+        open (:data:`~talksplat.fitting.regions.OPEN_MOUTH`), ``lpips`` when its weights were given; rendered as
+        trained: over the
         plate against the image as it is, or on white against the masked foreground.  ``fg_psnr`` / ``fg_ssim``:
         render and image both masked onto white by the image's mask (one figure for every ``--background``).  With
         a dataset that has a plate, the whole source frame of each held-out step, the avatar over the plate (also
         for an avatar fitted on a flat colour: pasted into the frame): ``frame_psnr``, ``frame_ssim``,
         ``frame_psnr_min`` over ``frames`` frames at the dataset's source-frame size."""
         from .losses import psnr, ssim_map
-        from .regions import region_mask
+        from .regions import OPEN_MOUTH, mouth_gap, region_mask
 
         held = set(self.ds.split.get("heldout", []))
         idx = [i for i, f in enumerate(self.ds.frames) if f.timestep in held]
@@ -546,7 +548,7 @@ class Trainer:
         sampler = FrameSampler(self.ds, "heldout", cache_mb=64, device=self.device, plate=self.plate)
         white = torch.ones(3, device=self.device)
         rows: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "mouth_psnr", "mouth_ssim", "lpips", "fg_psnr",
-                                                        "fg_ssim", "frame_psnr", "frame_ssim")}
+                                                        "fg_ssim", "frame_psnr", "frame_ssim", "mouth_open_psnr")}
         show = set(idx[:: max(1, len(idx) // max(1, self.cfg.side_by_side))][: self.cfg.side_by_side])
         (self.out / HELDOUT).mkdir(parents=True, exist_ok=True)
 
@@ -570,6 +572,8 @@ class Trainer:
                 if m.any():
                     rows["mouth_psnr"].append(float(psnr(render, target, mask=m)))
                     rows["mouth_ssim"].append(float(smap[m].mean()))
+                    if mouth_gap(s.landmarks) > OPEN_MOUTH:  # teeth and tongue in view
+                        rows["mouth_open_psnr"].append(rows["mouth_psnr"][-1])
             m = s.mask[..., None]  # the image's mask on both: the foreground figure of every --background
             score(render * m + (1 - m), s.composite(white), "fg_")
             if i in show:
@@ -581,6 +585,7 @@ class Trainer:
         out = {k: float(np.mean(v)) for k, v in rows.items() if v}
         out["psnr_min"] = psnr_min
         out["images"] = len(idx)
+        out["mouth_open_images"] = len(rows["mouth_open_psnr"])
         if rows["frame_psnr"]:
             out["frame_psnr_min"] = min(rows["frame_psnr"])
             out["frames"] = len(rows["frame_psnr"])

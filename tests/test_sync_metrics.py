@@ -36,6 +36,10 @@ def test_mouth_opening_is_the_inner_lip_gap_over_the_interocular_distance():
     np.testing.assert_allclose(sm.interocular(face(o)), IOD)
     # invariant to position, scale and in-plane rotation
     np.testing.assert_allclose(sm.mouth_opening(face(o, scale=2.7, angle=0.4, shift=(30, -12))), o, atol=1e-12)
+    # the fit's one-image form (open-mouth held-out images) is the same measure
+    from talksplat.fitting.regions import mouth_gap
+
+    np.testing.assert_allclose([mouth_gap(f) for f in face(o, scale=1.3, angle=-0.2)], o, atol=1e-12)
 
 
 def test_normalised_mouth_removes_position_scale_and_roll():
