@@ -32,8 +32,8 @@ _NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
 
 def background_image(spec: str) -> Path | None:
-    """The image file a `--background` spec names, or None for a colour (`white`, `black`, `#rrggbb`)."""
-    return None if spec.lower() in _NAMED_BACKGROUNDS or spec.startswith("#") else Path(spec)
+    """The image file a `--background` spec names, or None for `auto` or a colour (`white`, `black`, `#rrggbb`)."""
+    return None if spec.lower() in (*_NAMED_BACKGROUNDS, "auto") or spec.startswith("#") else Path(spec)
 
 
 def parse_background(spec: str, width: int, height: int | None = None) -> torch.Tensor | None:

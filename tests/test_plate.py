@@ -133,3 +133,22 @@ def test_prep_writes_the_plate_and_the_heldout_frames(grid_prep, open_rig):
     img = ds.load_image(fr).astype(float)
     corner = (slice(0, 12), slice(0, 12))
     assert np.abs(view[corner] - img[corner]).mean() < 8
+
+
+def test_background_specs(tmp_path):
+    """`--background`: auto (the caller's default), colours, and an image cropped to the frame's aspect ratio."""
+    import cv2
+
+    from talksplat.driving.drive import background_image, parse_background
+
+    assert parse_background("auto", 40, 30) is None and background_image("auto") is None
+    assert background_image("#102030") is None and background_image("white") is None
+    assert parse_background("black", 40, 30).shape == (30, 40, 3)
+    assert np.allclose(parse_background("#ff0080", 8)[0, 0], [1, 0, 128 / 255])
+    img = np.zeros((100, 300, 3), np.uint8)  # wide: red left third, green middle, blue right third (RGB)
+    img[:, :100, 0] = img[:, 100:200, 1] = img[:, 200:, 2] = 255
+    cv2.imwrite(str(tmp_path / "bg.png"), img[..., ::-1])
+    bg = parse_background(str(tmp_path / "bg.png"), 40, 40)  # a square frame keeps the middle square: green
+    assert bg.shape == (40, 40, 3) and bg[..., 1].mean() > 0.95 and bg[..., 0].max() < 0.05
+    wide = parse_background(str(tmp_path / "bg.png"), 60, 20)  # the same aspect ratio: all of it
+    assert wide[10, 2, 0] > 0.9 and wide[10, 30, 1] > 0.9 and wide[10, 57, 2] > 0.9
