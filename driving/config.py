@@ -77,8 +77,8 @@ class DriveConfig(ProcessOptions):
     frame: Literal["auto", "source", "head"] = "auto"
     """`source`: the whole frame of the subject's video (its size, or --max-size), the head rendered over the
     plate (the subject's own background and torso) where it sat; needs an avatar fitted over a plate (a
-    monocular video prepared by this version). `head`: a square crop around the head (--resolution), on
-    --background. `auto`: `source` when the avatar has a plate and --camera is 0,0, else `head`."""
+    monocular video prepared by this version). `head`: a square crop around the head (--resolution) over the
+    --background colour or image. `auto`: `source` when the avatar has a plate and --camera is 0,0, else `head`."""
     max_size: Annotated[int, Range(16, 8192)] = 1920
     """`--frame source`: the longer side of the output at most this many pixels (the source frame scaled down,
     never up) (16 to 8192)."""
