@@ -242,3 +242,23 @@ def test_killed_batch_resumes_without_repeating_finished_stages(batch, sig, tmp_
             folder = job.split(":")[1]
             if f"{folder}:{stage}" in before:
                 assert st["status"] == "reused", (job, stage)
+
+
+def test_a_failed_subject_fails_its_renders_only(batch, shared_data, tmp_path, capsys):
+    """A video that exists but is not one passes the manifest check and fails prep: reported at once (an input
+    error is not retried), its render is reported failed, the other subject and its render finish."""
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 100)
+    s1 = {"name": "s1", "video": str(shared_data / "grid" / "bbaf2n.mpg"), **TINY}  # from the stage cache
+    lines = [{"subject": s1}, {"subject": {"name": "bad", "video": "broken.mp4", **TINY}},
+             {"render": {"name": "r1", "subject": "s1", "audio": str(batch["root"] / "a.wav"), "resolution": 64}},
+             {"render": {"name": "rb", "subject": "bad", "audio": str(batch["root"] / "a.wav"), "resolution": 64}}]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "out"
+    assert main(["batch", str(tmp_path / "jobs.jsonl"), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "talksplat: error: 2 of 4 jobs failed (subject:bad, render:rb)" in err
+    jobs = _jobs(out)
+    assert jobs["subject:s1"]["status"] == jobs["render:r1"]["status"] == "done"
+    assert jobs["subject:bad"]["status"] == "failed" and "broken.mp4" in jobs["subject:bad"]["error"]
+    assert jobs["subject:bad"]["attempts"] == 1
+    assert jobs["render:rb"] == {**jobs["render:rb"], "status": "failed", "error": "subject:bad failed", "attempts": 0}
