@@ -22,6 +22,7 @@ from typing import Annotated, Callable, Union
 
 import tyro
 
+from talksplat.batch_command import BatchConfig
 from talksplat.benchmarks.config import (BenchDriveConfig, BenchEncodeConfig, BenchFidelityConfig, BenchFitConfig,
                                          BenchGpuConfig, BenchLoadConfig, BenchPrepConfig, BenchRenderConfig,
                                          BenchRigConfig, BenchTextSyncConfig)
@@ -63,6 +64,7 @@ Command = Union[
     Annotated[FitCommandConfig, tyro.conf.subcommand("fit")],
     Annotated[DriveConfig, tyro.conf.subcommand("drive")],
     Annotated[RunConfig, tyro.conf.subcommand("run")],
+    Annotated[BatchConfig, tyro.conf.subcommand("batch")],
     Annotated[DemoConfig, tyro.conf.subcommand("demo")],
     Annotated[RenderConfig, tyro.conf.subcommand("render")],
     Annotated[ViewConfig, tyro.conf.subcommand("view")],
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(cfg.threads)
         _run(cfg)
     except TalksplatError as e:
-        print(f"talksplat: error: {_one_line(e)}", file=sys.stderr)
+        for line in getattr(e, "lines", None) or [e]:  # a manifest's errors: one line each
+            print(f"talksplat: error: {_one_line(line)}", file=sys.stderr)
         return 1
     except OSError as e:  # the machine's answer about a path (permissions, disk full, a file in the way)
         print(f"talksplat: error: {_one_line(_os_error_text(e))}", file=sys.stderr)
@@ -159,6 +162,12 @@ def _run_text(summary: dict) -> str:
     return summary_text(summary)
 
 
+def _batch_text(summary: dict) -> str:
+    from talksplat.batch_command import summary_text
+
+    return summary_text(summary)
+
+
 def _demo_text(metrics: dict) -> str:
     from talksplat.demo.command import demo_text
 
@@ -183,6 +192,7 @@ COMMANDS: dict[type, tuple[str, Callable | str | None, bool]] = {
     FitCommandConfig: ("talksplat.fit_command:run_fit_command", None, True),
     DriveConfig: ("talksplat.driving.drive:run_drive", _wrote_drive, False),
     RunConfig: ("talksplat.run_command:run_pipeline", _run_text, True),
+    BatchConfig: ("talksplat.batch_command:run_batch", _batch_text, True),
     DemoConfig: ("talksplat.demo.command:run_demo", _demo_text, True),
     RenderConfig: ("talksplat.render_command:run_render", _wrote_files, False),
     ViewConfig: ("talksplat.viewer.server:run_view", _view_text, True),

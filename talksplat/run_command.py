@@ -168,8 +168,7 @@ def check_inputs(cfg: RunConfig) -> None:
 def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
     """The four stages of a run, in order (see :mod:`talksplat.stages`; prep, fit and driver as the standalone
     commands define them, :mod:`talksplat.stage_specs`); each gives ``on_stage`` its lines."""
-    from talksplat.stage_specs import driver_stage, effective, fit_stage, fit_summary, prep_stage, prep_summary
-    from talksplat.stages import Stage
+    from talksplat.stage_specs import driver_stage, fit_stage, fit_summary, prep_stage, prep_summary
 
     prep, fit, drive = _resolved(cfg)
     say = on_stage or _silent
@@ -197,6 +196,23 @@ def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
 
         return fit_predictor(fit, require_audio=True, on_stage=say)
 
+    return [
+        prep_stage(prep, run_prep_stage),
+        fit_stage(fit, run_fit_stage, resume=lambda: run_fit_stage(resume=True)),
+        driver_stage(fit, run_driver_stage),
+        drive_stage(drive, say),
+    ]
+
+
+def drive_stage(drive, on_stage: Callable[[str], None] | None = None):
+    """The drive stage of a :class:`~talksplat.driving.config.DriveConfig` (its audio and background image
+    keyed by contents; it depends on the fit and driver stages); ``on_stage`` gets its line."""
+    from talksplat.driving.drive import background_image
+    from talksplat.stage_specs import effective
+    from talksplat.stages import Stage
+
+    say = on_stage or _silent
+
     def run_drive_stage() -> dict:
         from talksplat.driving.drive import describe_drive, run_drive
 
@@ -205,16 +221,9 @@ def build_stages(cfg: RunConfig, on_stage: Callable[[str], None] | None = None):
         return r
 
     drive_cfg = effective(drive, ("avatar", "audio", "out", "quiet", "device", "batch"))
-    from talksplat.driving.drive import background_image
-
     drive_inputs = {"audio": drive.audio, "background": background_image(drive.background)}
-    return [
-        prep_stage(prep, run_prep_stage),
-        fit_stage(fit, run_fit_stage, resume=lambda: run_fit_stage(resume=True)),
-        driver_stage(fit, run_driver_stage),
-        Stage("drive", drive_inputs, drive_cfg, [drive.out, drive.out.with_suffix(".npz")], run_drive_stage,
-              depends=("driver", "fit")),
-    ]
+    return Stage("drive", drive_inputs, drive_cfg, [drive.out, drive.out.with_suffix(".npz")], run_drive_stage,
+                 depends=("driver", "fit"))
 
 
 def _silent(text: str) -> None:
