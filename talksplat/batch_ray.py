@@ -10,7 +10,6 @@ it must be on storage all of them see (a shared file system).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable
 
