@@ -319,7 +319,7 @@ ROWS = [
     Row("drive-not-mp4", lambda w, i: _drive(i.fit, audio=i.wav, out=w / "talk.mov"), "must be an .mp4 file"),
     Row("drive-bad-colour", lambda w, i: _drive(i.fit, "--background", "#12", audio=i.wav, w=w), "expected #rrggbb"),
     Row("drive-missing-background", lambda w, i: _drive(i.fit, "--background", str(w / "bg.png"), audio=i.wav, w=w),
-        "not white, black, #rrggbb or an existing image file"),
+        "white, black, #rrggbb or an existing image file"),
     Row("drive-out-under-a-file", lambda w, i: _drive(i.fit, audio=i.wav, out=_copy(i.wav, w / "x.wav") / "t.mp4"),
         "is a file, not a folder"),
     Row("drive-not-a-fit", lambda w, i: _drive(w, audio=i.wav, w=w), "not a fit folder or avatar file"),
