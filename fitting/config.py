@@ -91,7 +91,7 @@ class LossConfig:
     """Pushes opacities towards 0 or 1 (0 to 1e+06)."""
     lambda_offsets: Annotated[float, Range(0.0, 1e6)] = 0.01
     """Weight of the squared per-frame parameter offsets (with --tune-params) (0 to 1e+06)."""
-    lambda_appearance: Annotated[float, Range(0.0, 1e6)] = 0.1
+    lambda_appearance: Annotated[float, Range(0.0, 1e6)] = 0.01
     """L2 penalty on the colour blendshapes (each Gaussian's sum of squares, mean over Gaussians; with
     --dynamic-appearance): keeps the colour of unseen expressions plausible (0 to 1e+06)."""
 
