@@ -2,8 +2,9 @@
 
 Each Gaussian has a parent face (``binding``).  Its mean, rotation and scale are stored in the
 parent face's local frame (:func:`talksplat.avatar.binding.face_frames`), in face units, so that
-posing the rig carries the Gaussians along.  Colour is spherical harmonics (degree 0..3),
-opacity a logit.
+posing the rig carries the Gaussians along.  Colour is spherical harmonics (degree 0..3) plus, optionally,
+linear colour blendshapes driven by the frame's expression (``sh_dc_blend``, see
+:mod:`talksplat.avatar.appearance`); opacity a logit.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from .binding import face_frames
 
 #: The avatar's trainable parameters, in constructor and file order (after ``binding``): the trainer keeps one
 #: optimizer per name, the densification strategies replace each (``talksplat.fitting.strategy.ops``).
-PARAM_NAMES: tuple[str, ...] = ("local_means", "local_quats", "log_scales", "sh_dc", "sh_rest", "opacity_logits")
+PARAM_NAMES: tuple[str, ...] = ("local_means", "local_quats", "log_scales", "sh_dc", "sh_rest", "opacity_logits",
+                                "sh_dc_blend")
 #: Every tensor of an avatar: the ``binding`` buffer, then :data:`PARAM_NAMES` (constructor and file order).
 TENSOR_NAMES: tuple[str, ...] = ("binding",) + PARAM_NAMES
+#: Tensors an avatar file may lack (files written before they existed): name -> what they default to.
+OPTIONAL_TENSORS: dict[str, str] = {"sh_dc_blend": "[N, 0, 3]: no colour blendshapes (static colour)"}
 
 
 @dataclass
@@ -51,6 +55,9 @@ class GaussianAvatar(nn.Module):
         sh_dc:         [N, 1, 3] SH DC coefficient.
         sh_rest:       [N, K - 1, 3] higher SH coefficients (K = (sh_degree + 1)^2).
         opacity_logits:[N] logit of opacity.
+        sh_dc_blend:   [N, D, 3] colour blendshapes: SH DC offset per unit of the frame's appearance code
+                       (:func:`talksplat.avatar.appearance.appearance_code`, D = E + 3); D = 0 (the default,
+                       and what old files load as) is a static colour.
     Buffers:
         binding: [N] int64 parent face index.
     Attributes:
@@ -60,12 +67,18 @@ class GaussianAvatar(nn.Module):
 
     def __init__(self, binding: torch.Tensor, local_means: torch.Tensor, local_quats: torch.Tensor,
                  log_scales: torch.Tensor, sh_dc: torch.Tensor, sh_rest: torch.Tensor,
-                 opacity_logits: torch.Tensor, rig_name: str, rig_checksum: str, sh_degree: int):
+                 opacity_logits: torch.Tensor, rig_name: str, rig_checksum: str, sh_degree: int,
+                 sh_dc_blend: torch.Tensor | None = None):
         super().__init__()
         n = binding.shape[0]
+        if sh_dc_blend is None:
+            sh_dc_blend = torch.zeros(n, 0, 3, dtype=sh_dc.dtype, device=sh_dc.device)
+        d = sh_dc_blend.shape[1] if sh_dc_blend.dim() == 3 else -1
         expected = {"local_means": (n, 3), "local_quats": (n, 4), "log_scales": (n, 3), "sh_dc": (n, 1, 3),
-                    "sh_rest": (n, num_sh_bases(sh_degree) - 1, 3), "opacity_logits": (n,)}
-        given = dict(zip(PARAM_NAMES, (local_means, local_quats, log_scales, sh_dc, sh_rest, opacity_logits)))
+                    "sh_rest": (n, num_sh_bases(sh_degree) - 1, 3), "opacity_logits": (n,),
+                    "sh_dc_blend": (n, max(d, 0), 3)}
+        given = dict(zip(PARAM_NAMES, (local_means, local_quats, log_scales, sh_dc, sh_rest, opacity_logits,
+                                       sh_dc_blend)))
         for k, shape in expected.items():
             if tuple(given[k].shape) != shape:
                 raise ValueError(f"GaussianAvatar: '{k}' has shape {tuple(given[k].shape)}, expected {shape}")
@@ -81,6 +94,11 @@ class GaussianAvatar(nn.Module):
         return self.binding.shape[0]
 
     @property
+    def code_size(self) -> int:
+        """D, the length of the appearance code the colour blendshapes take (0: static colour)."""
+        return self.sh_dc_blend.shape[1]
+
+    @property
     def opacities(self) -> torch.Tensor:
         """[N] in (0, 1)."""
         return torch.sigmoid(self.opacity_logits)
@@ -90,19 +108,50 @@ class GaussianAvatar(nn.Module):
         """[N, K, 3] all SH coefficients."""
         return torch.cat([self.sh_dc, self.sh_rest], dim=1)
 
-    def world(self, vertices: torch.Tensor, faces: torch.Tensor) -> list[WorldGaussians]:
+    def sh_at(self, code: torch.Tensor | None) -> torch.Tensor:
+        """SH coefficients of B frames: ``sh_dc + sh_dc_blend @ code`` beside ``sh_rest``.
+
+        Args:
+            code: [B, D] the frames' appearance codes (:func:`talksplat.avatar.appearance.appearance_code`),
+                or None (the neutral face: code 0).
+        Returns:
+            [B, N, K, 3]; without colour blendshapes (D = 0) or code, :attr:`sh` expanded (no copy), so such
+            an avatar renders exactly as a static one.
+        """
+        if code is None or self.code_size == 0:
+            B = 1 if code is None else code.shape[0]
+            return self.sh[None].expand(B, -1, -1, -1)
+        if code.dim() != 2 or code.shape[1] != self.code_size:
+            raise ValueError(f"appearance code has shape {tuple(code.shape)}, but the avatar's colour blendshapes "
+                             f"take [B, {self.code_size}] (was it fitted on another rig?)")
+        # frame by frame, as a broadcast product and sum over D: on the CPU three times as fast as an einsum
+        # (which permutes the [N, D, 3] tensor every call), forward and backward
+        code = code.to(self.sh_dc.dtype)
+        offset = torch.stack([(self.sh_dc_blend * c[None, :, None]).sum(dim=1) for c in code])  # [B, N, 3]
+        dc = self.sh_dc[None] + offset[:, :, None]
+        return torch.cat([dc, self.sh_rest[None].expand(code.shape[0], -1, -1, -1)], dim=2)
+
+    def world(self, vertices: torch.Tensor, faces: torch.Tensor,
+              code: torch.Tensor | None = None) -> list[WorldGaussians]:
         """Pose the Gaussians on posed rig vertices.
 
         Args:
             vertices: [B, V, 3] metres, posed rig vertices (``rig(params).vertices``).
             faces: [F, 3] the rig's faces.
+            code: [B, D] the frames' appearance codes (``appearance_code(params)``) for the colour
+                blendshapes, or None (neutral colour).
         Returns:
-            B :class:`WorldGaussians` (means/quats/scales differ per frame, appearance is shared).
+            B :class:`WorldGaussians` (means/quats/scales differ per frame; colour per frame when the avatar
+            has colour blendshapes, else shared).
         """
         means, quats, scales = self.posed_geometry(vertices, faces)
-        opac, sh = self.opacities, self.sh
-        return [WorldGaussians(means[b], quats[b], scales[b], opac, sh, self.sh_degree)
-                for b in range(vertices.shape[0])]
+        opac = self.opacities
+        B = vertices.shape[0]
+        if code is not None and code.shape[0] != B:
+            raise ValueError(f"{code.shape[0]} appearance codes for {B} frames")
+        sh = self.sh_at(code)
+        return [WorldGaussians(means[b], quats[b], scales[b], opac, sh[min(b, sh.shape[0] - 1)], self.sh_degree)
+                for b in range(B)]
 
     def posed_geometry(self, vertices: torch.Tensor, faces: torch.Tensor):
         """[B, V, 3] -> means [B, N, 3] metres, unit quats [B, N, 4] wxyz, scales [B, N, 3] metres."""

@@ -15,6 +15,7 @@ from talksplat.rigs.geometry import vertex_normals
 from .binding import face_frames
 from talksplat.render.sh import num_sh_bases, rgb_to_sh
 
+from .appearance import appearance_code_size
 from .gaussians import GaussianAvatar
 
 #: Albedo per region, linear-ish sRGB in [0, 1]; later entries win where regions overlap.
@@ -80,7 +81,7 @@ def barycentric_samples(k: int) -> torch.Tensor:
 
 
 def init_avatar(rig: HeadRig, per_face: int = 2, sh_degree: int = 3, opacity: float = 0.95,
-                bake_light: bool = True) -> GaussianAvatar:
+                bake_light: bool = True, dynamic_appearance: bool = False) -> GaussianAvatar:
     """An untrained avatar: ``per_face`` Gaussians on every rig face.
 
     Args:
@@ -90,6 +91,9 @@ def init_avatar(rig: HeadRig, per_face: int = 2, sh_degree: int = 3, opacity: fl
         opacity: initial opacity of every Gaussian.
         bake_light: multiply the albedo by a soft key light (Lambert + ambient) so that the
             untrained head shows its shape.
+        dynamic_appearance: give the avatar colour blendshapes ``sh_dc_blend`` [N, D, 3], D =
+            :func:`~talksplat.avatar.appearance.appearance_code_size` of the rig, all zero (it renders as
+            without them until trained); else D = 0 (static colour).
     """
     if not 1 <= per_face <= 64:
         raise ValueError(f"per_face must be in 1..64, got {per_face}")
@@ -133,5 +137,7 @@ def init_avatar(rig: HeadRig, per_face: int = 2, sh_degree: int = 3, opacity: fl
     sh_rest = torch.zeros(binding.shape[0], num_sh_bases(sh_degree) - 1, 3)
     logit = math.log(opacity / (1.0 - opacity))
     opacity_logits = torch.full((binding.shape[0],), logit)
+    d = appearance_code_size(rig.num_expression) if dynamic_appearance else 0
+    sh_dc_blend = torch.zeros(binding.shape[0], d, 3)
     return GaussianAvatar(binding, local_means, local_quats, log_scales, sh_dc, sh_rest, opacity_logits,
-                          rig_name=rig.name, rig_checksum=rig.checksum, sh_degree=sh_degree)
+                          rig_name=rig.name, rig_checksum=rig.checksum, sh_degree=sh_degree, sh_dc_blend=sh_dc_blend)

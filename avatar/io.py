@@ -2,7 +2,9 @@
 
 Layout: one ``.safetensors`` file whose metadata holds ``{"talksplat": JSON}`` with
 ``format`` ("talksplat-avatar"), ``version``, ``rig_name``, ``rig_checksum``, ``sh_degree``,
-``num_gaussians`` and ``binding`` (how the Gaussians are bound, for readers in other tools).
+``num_gaussians``, ``binding`` (how the Gaussians are bound, for readers in other tools) and ``appearance``
+(what the colour blendshapes ``sh_dc_blend`` [N, D, 3] take).  A file without ``sh_dc_blend`` (written
+before it existed) loads with D = 0: a static colour.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from safetensors.torch import load_file, save_file
 from talksplat.core.errors import InputError
 from talksplat.core.files import atomic_write, json_text
 
-from .gaussians import PARAM_NAMES, TENSOR_NAMES, GaussianAvatar
+from .appearance import JAW_UNIT_RAD
+from .gaussians import OPTIONAL_TENSORS, PARAM_NAMES, TENSOR_NAMES, GaussianAvatar
 
 FORMAT = "talksplat-avatar"
 VERSION = 1
 BINDING_DOC = ("each Gaussian's mean/rotation/scale live in its parent face's frame: origin = face centroid, "
                "axes [unit(v1-v0), unit normal, their cross], scale = face scale; local_means in face units, "
                "log_scales = log(scale / face scale), local_quats wxyz")
+APPEARANCE_DOC = ("colour of a frame: sh_dc + sh_dc_blend @ code, code = [expression coefficients (E), jaw axis-angle "
+                  f"/ {JAW_UNIT_RAD:g} rad (3)] of the frame's rig parameters (D = E + 3; D = 0: static colour)")
 
 
 class AvatarFileError(InputError):
@@ -36,7 +41,8 @@ def save_avatar(avatar: GaussianAvatar, path: str | os.PathLike, extra: dict | N
     path = Path(path)
     header = {"format": FORMAT, "version": VERSION, "rig_name": avatar.rig_name,
               "rig_checksum": avatar.rig_checksum, "sh_degree": avatar.sh_degree,
-              "num_gaussians": avatar.num_gaussians, "binding": BINDING_DOC, "extra": extra or {}}
+              "num_gaussians": avatar.num_gaussians, "binding": BINDING_DOC, "appearance": APPEARANCE_DOC,
+              "extra": extra or {}}
     tensors = {k: getattr(avatar, k).detach().cpu().contiguous() for k in TENSOR_NAMES}
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata=_metadata(header))
@@ -110,13 +116,15 @@ def load_avatar(path: str | os.PathLike, rig_checksum: str | None = None, rig=No
         t = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise AvatarFileError(f"{path}: damaged avatar file ({e})") from None
-    missing = [k for k in TENSOR_NAMES if k not in t]
+    missing = [k for k in TENSOR_NAMES if k not in t and k not in OPTIONAL_TENSORS]
     if missing:
         raise AvatarFileError(f"{path}: avatar file lacks tensors {missing}")
     binding = t["binding"]
     if binding.ndim != 1 or binding.dtype.is_floating_point or binding.dtype == torch.bool:
         raise AvatarFileError(f"{path}: 'binding' must be [N] integers, got {tuple(binding.shape)} {binding.dtype}")
     for k in PARAM_NAMES:
+        if k not in t:
+            continue
         if not t[k].dtype.is_floating_point or not bool(torch.isfinite(t[k]).all()):
             raise AvatarFileError(f"{path}: '{k}' holds non-finite values (NaN or Inf)" if t[k].dtype.is_floating_point
                                   else f"{path}: '{k}' must hold floating-point numbers")
@@ -126,6 +134,7 @@ def load_avatar(path: str | os.PathLike, rig_checksum: str | None = None, rig=No
     try:
         return GaussianAvatar(t["binding"], t["local_means"], t["local_quats"], t["log_scales"], t["sh_dc"],
                               t["sh_rest"], t["opacity_logits"], rig_name=header["rig_name"],
-                              rig_checksum=header["rig_checksum"], sh_degree=int(header["sh_degree"]))
+                              rig_checksum=header["rig_checksum"], sh_degree=int(header["sh_degree"]),
+                              sh_dc_blend=t.get("sh_dc_blend"))
     except ValueError as e:  # shapes that do not agree
         raise AvatarFileError(f"{path}: {e}") from None

@@ -1,4 +1,5 @@
-"""Render a posed avatar: rig parameters -> rig vertices -> bound Gaussians -> rasterization."""
+"""Render a posed avatar: rig parameters -> rig vertices (and appearance code) -> bound Gaussians ->
+rasterization."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from talksplat.render import rasterization, resolve_backend
 from talksplat.rigs.base import HeadRig, RigParams
 
+from .appearance import appearance_code
 from .gaussians import GaussianAvatar
 
 
@@ -16,7 +18,8 @@ def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewm
     """Render B posed frames, each seen by its own C cameras.
 
     Args:
-        params: rig parameters with batch size B.
+        params: rig parameters with batch size B (they pose the rig and, through
+            :func:`~talksplat.avatar.appearance.appearance_code`, drive the avatar's colour blendshapes).
         viewmats: [C, 4, 4] world-to-camera (OpenCV), shared by all frames, or [B, C, 4, 4].
         Ks: [C, 3, 3] or [B, C, 3, 3] pixels.
         backgrounds: [C, 3] or None (black).
@@ -28,6 +31,7 @@ def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewm
     the CPU rasterizer, each frame is rasterized on its own and ``metas`` has one meta per frame.
     """
     verts = rig(params).vertices
+    code = appearance_code(params) if avatar.code_size else None  # [B, D]
     B = verts.shape[0]
     if viewmats.dim() == 3:
         viewmats = viewmats[None].expand(B, *viewmats.shape)
@@ -35,15 +39,16 @@ def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewm
     if B > 1 and not torch.is_grad_enabled() and resolve_backend(backend, verts.device) == "cuda":
         # one gsplat launch for the B frames (rendering only: training reads per-frame metas)
         means, quats, scales = avatar.posed_geometry(verts, rig.faces)
-        opac, sh = avatar.opacities, avatar.sh
+        opac = avatar.opacities
+        sh = avatar.sh_at(code) if code is not None else avatar.sh[None].expand(B, -1, -1, -1)  # [B, N, K, 3]
         bg = None if backgrounds is None else backgrounds[None].expand(B, *backgrounds.shape)
         colors, alphas, meta = rasterization(means, quats, scales, opac[None].expand(B, *opac.shape),
-                                             sh[None].expand(B, *sh.shape), viewmats, Ks, width, height,
+                                             sh, viewmats, Ks, width, height,
                                              sh_degree=avatar.sh_degree, backgrounds=bg, backend=backend,
                                              **raster_kwargs)
         return colors, alphas, [meta]
     colors, alphas, metas = [], [], []
-    for b, g in enumerate(avatar.world(verts, rig.faces)):
+    for b, g in enumerate(avatar.world(verts, rig.faces, code)):
         c, a, m = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, viewmats[b], Ks[b], width,
                                 height, sh_degree=g.sh_degree, backgrounds=backgrounds, backend=backend,
                                 **raster_kwargs)

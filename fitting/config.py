@@ -43,6 +43,8 @@ class OptimConfig:
     """View-dependent colour (SH degrees 1 to 3) (0 to 1)."""
     lr_opacity_logits: Annotated[float, Range(0.0, 1.0)] = 5e-2
     """Opacity logits (0 to 1)."""
+    lr_sh_dc_blend: Annotated[float, Range(0.0, 1.0)] = 2.5e-3
+    """Colour blendshapes (base-colour offset per unit of expression; with --dynamic-appearance) (0 to 1)."""
     lr_expression: Annotated[float, Range(0.0, 1.0)] = 1e-3
     """Per-frame expression offsets (with --tune-params) (0 to 1)."""
     lr_jaw: Annotated[float, Range(0.0, 1.0)] = 1e-5
@@ -89,6 +91,9 @@ class LossConfig:
     """Pushes opacities towards 0 or 1 (0 to 1e+06)."""
     lambda_offsets: Annotated[float, Range(0.0, 1e6)] = 0.01
     """Weight of the squared per-frame parameter offsets (with --tune-params) (0 to 1e+06)."""
+    lambda_appearance: Annotated[float, Range(0.0, 1e6)] = 0.01
+    """L2 penalty on the colour blendshapes (each Gaussian's sum of squares, mean over Gaussians; with
+    --dynamic-appearance): keeps the colour of unseen expressions plausible (0 to 1e+06)."""
 
 
 @dataclass
@@ -132,6 +137,9 @@ class FitConfig(ProcessOptions):
     """Spherical-harmonics degree of the colours (raised by one every `sh_every` steps) (0 to 3)."""
     sh_every: Annotated[int, Range(1)] = 1000
     """Steps between SH degree increases (at least 1)."""
+    dynamic_appearance: bool = True
+    """Expression-dependent colour: per-Gaussian linear colour blendshapes driven by each frame's expression
+    and jaw (wrinkles, mouth and eye shading); `--no-dynamic-appearance`: one static colour per Gaussian."""
     tune_params: bool = True
     """Fine-tune the tracked per-frame expression / jaw / neck / eyes / head pose (small rates)."""
     lpips_weights: Path | None = None

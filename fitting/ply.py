@@ -6,6 +6,8 @@ The layout is the original 3DGS one, so the file opens in 3DGS viewers and tools
 plus ``int binding`` (the parent rig face of each Gaussian).  ``f_rest`` is channel-major (all
 red coefficients of bases 1..K-1, then green, then blue), ``opacity`` is the logit, ``scale_*``
 the log of the world scales in metres, ``rot_*`` the unit quaternion wxyz, normals are zero.
+Colour blendshapes (``sh_dc_blend``) are not exported: ``f_dc`` is ``sh_dc``, the colour at appearance
+code 0 (the neutral face).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Per step: draw a training time step and load the image of each of its C cameras (``--cameras-per-step
 all``; one image with ``1``) -> pose the rig with the tracked parameters plus that time step's fine-tuning
-offsets -> bind the Gaussians -> rasterize the C cameras in one call -> weighted L1 + D-SSIM (the mean
-over the C images) and the binding regularisers -> backward -> densification hooks (fed the C-camera
-meta) -> Adam steps.  Checkpoints (safetensors + JSON header) hold everything needed to resume
+offsets -> bind the Gaussians (their colour from that time step's expression and jaw with
+``--dynamic-appearance``) -> rasterize the C cameras in one call -> weighted L1 + D-SSIM (the mean
+over the C images) and the binding (and colour-blendshape) regularisers -> backward -> densification
+hooks (fed the C-camera meta) -> Adam steps.  Checkpoints (safetensors + JSON header) hold everything needed to resume
 bit-for-bit at the saved step.
 """
 
@@ -222,7 +223,8 @@ class Trainer:
             from talksplat.avatar import init_avatar
 
             self.avatar = init_avatar(self.rig.cpu(), per_face=per_face, sh_degree=cfg.sh_degree,
-                                      opacity=0.5, bake_light=False).to(self.device)
+                                      opacity=0.5, bake_light=False,
+                                      dynamic_appearance=cfg.dynamic_appearance).to(self.device)
             self.rig = self.rig.to(self.device)
             self._make_optimizers()
             self.strategy_state = self.strategy.initialize_state()
@@ -291,10 +293,12 @@ class Trainer:
             colors [H, W, 3] for a Sample, [C, H, W, 3] for Views (in [0, 1]); meta: the rasterizer's meta
             of the C cameras (``means2d`` [C, N, 2], ``radii`` [C, N, 2], ``n_cameras`` C, ...).
         """
+        from talksplat.avatar.appearance import appearance_code
         from talksplat.render import rasterization
 
         verts = self.rig(params).vertices
-        g = self.avatar.world(verts, self.rig.faces)[0]
+        code = appearance_code(params) if self.avatar.code_size else None  # [1, D]: the colour blendshapes' input
+        g = self.avatar.world(verts, self.rig.faces, code)[0]
         one = isinstance(batch, Sample)
         views = Views([batch]) if one else batch
         flat = background.dim() == 1
@@ -354,6 +358,9 @@ class Trainer:
         o = av.opacities
         opa = (o * (1 - o)).mean()
         total = photo + cfg.lambda_position * pos + cfg.lambda_scale * scl + cfg.lambda_opacity * opa
+        if av.code_size:  # colour blendshapes: L2, so expressions seen rarely or never stay near the base colour
+            blend = av.sh_dc_blend.reshape(-1)  # [N * D * 3]: each Gaussian's sum of squares, mean over Gaussians
+            total = total + cfg.lambda_appearance * (blend @ blend) / av.num_gaussians
         parts = {"photo": photo}
         # LPIPS on each whole image, the mean over them (skipped under the backbone's minimum size).
         if self._lpips_applies(render):
@@ -490,7 +497,8 @@ class Trainer:
         if header.get("rig_checksum") != self.rig.checksum:
             raise FitError(f"{path}: checkpoint was made with another rig")
         dev = self.device
-        self.avatar = GaussianAvatar(*(t[f"avatar.{k}"] for k in TENSOR_NAMES),
+        # a checkpoint from before colour blendshapes lacks avatar.sh_dc_blend: a static colour (D = 0)
+        self.avatar = GaussianAvatar(**{k: t.get(f"avatar.{k}") for k in TENSOR_NAMES},
                                      rig_name=self.rig.name, rig_checksum=self.rig.checksum,
                                      sh_degree=int(header["sh_degree"])).to(dev)
         with torch.no_grad():

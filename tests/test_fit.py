@@ -107,7 +107,7 @@ def test_kill_and_resume(synthetic, tmp_path):
     from safetensors.torch import load_file
 
     saved = load_file(str(ckpt))
-    for k in ("local_means", "sh_dc", "opacity_logits", "binding"):
+    for k in ("local_means", "sh_dc", "opacity_logits", "sh_dc_blend", "binding"):
         assert torch.equal(getattr(resumed.avatar, k).detach().cpu(), saved[f"avatar.{k}"])
     st = resumed.optimizers["local_means"].state[resumed.avatar.local_means]
     assert torch.equal(st["exp_avg"].cpu(), saved["opt.local_means.exp_avg"]) and float(st["step"]) == saved_step

@@ -18,7 +18,7 @@ from talksplat.render.cpu import quat_to_rotmat
 
 W = H = 48
 LRS = {"local_means": 2e-3, "local_quats": 5e-3, "log_scales": 5e-3, "sh_dc": 2e-2, "sh_rest": 1e-3,
-       "opacity_logits": 5e-2}
+       "opacity_logits": 5e-2, "sh_dc_blend": 2e-2}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny renders (conftest.py)
@@ -32,14 +32,16 @@ def _cams(n: int = 2):
 
 def _setup(rig):
     torch.manual_seed(0)
-    avatar = init_avatar(rig, per_face=2, sh_degree=1)
+    avatar = init_avatar(rig, per_face=2, sh_degree=1, dynamic_appearance=True)  # colour blendshapes too
     optimizers = {k: torch.optim.Adam([getattr(avatar, k)], lr=LRS[k]) for k in PARAM_NAMES}
     return avatar, optimizers
 
 
 def _render(avatar, rig, **raster):
     vm, K = _cams()
-    colors, _, metas = render_avatar(avatar, rig, rig.zero_params(1), vm, K, W, H, backend="cpu", **raster)
+    params = rig.zero_params(1)
+    params.expression.fill_(0.5)  # a nonzero appearance code: the colour blendshapes get gradients too
+    colors, _, metas = render_avatar(avatar, rig, params, vm, K, W, H, backend="cpu", **raster)
     return colors[0], metas[0]
 
 
