@@ -224,7 +224,7 @@ class Trainer:
 
             self.avatar = init_avatar(self.rig.cpu(), per_face=per_face, sh_degree=cfg.sh_degree,
                                       opacity=0.5, bake_light=False,
-                                      dynamic_appearance=cfg.dynamic_appearance).to(self.device)
+                                      dynamic_appearance=cfg.uses_dynamic_appearance).to(self.device)
             self.rig = self.rig.to(self.device)
             self._make_optimizers()
             self.strategy_state = self.strategy.initialize_state()
