@@ -15,8 +15,8 @@ YAML::
       - name: alice-hello           # the output: OUT/renders/alice-hello/alice-hello.mp4 (+ .npz, .wav)
         subject: alice
         audio: hello.wav            # or `text: "Hello there."` (+ optional `voice`)
-        camera: "20,5"              # optional, as `talksplat run`: camera, background, pose, resolution,
-        background: white           #   voice, and the drive frame options quality, blinks, seed,
+        camera: "20,5"              # optional, as `talksplat run`: camera, frame, background, pose,
+        background: white           #   resolution, voice, and the drive options quality, blinks, seed,
                                     #   mouth_amplitude, arkit_csv
 
 JSON lines: one object a line, ``{"subject": {...}}`` or ``{"render": {...}}``.  Relative paths are relative
@@ -36,7 +36,7 @@ from talksplat.core.errors import InputError
 
 SUBJECT_KEYS = {"name", "video", "videos", "calibration", "rig", "preset", "fps", "resolution", "max_frames",
                 "heldout", "steps", "budget", "lpips_weights", "driver"}
-RENDER_KEYS = {"name", "subject", "audio", "text", "voice", "camera", "background", "pose", "resolution",
+RENDER_KEYS = {"name", "subject", "audio", "text", "voice", "camera", "frame", "background", "pose", "resolution",
                "quality", "blinks", "seed", "mouth_amplitude", "arkit_csv"}
 #: subject key -> `talksplat run` option (RunConfig field)
 _SUBJECT_RUN = {"calibration": "calibration", "rig": "rig", "preset": "preset", "fps": "fps",
@@ -44,7 +44,8 @@ _SUBJECT_RUN = {"calibration": "calibration", "rig": "rig", "preset": "preset", 
                 "budget": "budget", "lpips_weights": "lpips_weights"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TYPES = {"preset": str, "rig": str, "fps": (int, float), "resolution": int, "max_frames": int, "heldout": (int, float),
-          "steps": int, "budget": int, "voice": str, "camera": str, "background": str, "pose": str, "quality": str,
+          "steps": int, "budget": int, "voice": str, "camera": str, "frame": str, "background": str, "pose": str,
+          "quality": str,
           "blinks": bool, "seed": int, "mouth_amplitude": str, "arkit_csv": bool, "text": str}
 
 
@@ -291,7 +292,7 @@ def run_config(subject: Subject, out: Path, render: Render | None = None, **more
         opts["driver"] = PredictorConfig(**opts["driver"])
     if render is not None:
         r = render.options
-        opts.update({k: r[k] for k in ("audio", "text", "voice", "camera", "background", "pose") if k in r})
+        opts.update({k: r[k] for k in ("audio", "text", "voice", "camera", "frame", "background", "pose") if k in r})
         if "resolution" in r:
             opts["drive_resolution"] = r["resolution"]
     return RunConfig(videos=tuple(subject.videos), out=out, quiet=True, **opts, **more)
@@ -329,7 +330,7 @@ def check_render_config(m: Manifest, render: Render) -> None:
     d = drive_config(m.subjects[render.subject], render, Path("."), Path("x.mp4"))
     check_options_of(d)
     hints = {f.name: f.type for f in dataclasses.fields(DriveConfig)}
-    for k in ("pose", "quality", "mouth_amplitude"):
+    for k in ("pose", "frame", "quality", "mouth_amplitude"):
         allowed = _literal(hints[k])
         if allowed and getattr(d, k) not in allowed:
             raise OptionError(f"{k} {getattr(d, k)!r}: expected one of {', '.join(allowed)}")

@@ -42,7 +42,8 @@ def _manifest(root: Path, grid: Path) -> Path:
                         {"name": "s2", "videos": [str(grid / "lbbc2a.mpg")], **TINY}],
            "renders": [{"name": "r1", "subject": "s1", "audio": "a.wav", "resolution": 64},
                        {"name": "r2", "subject": "s2", "audio": "b.wav", "resolution": 64, "camera": "10,0"},
-                       {"name": "r3", "subject": "s1", "audio": "c.wav", "resolution": 64, "background": "black"}]}
+                       {"name": "r3", "subject": "s1", "audio": "c.wav", "resolution": 64, "frame": "head",
+                        "background": "black"}]}
     path = root / "jobs.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -140,7 +141,8 @@ def _check_outputs(out: Path, root: Path) -> None:
         j = jobs[f"render:{name}"]
         assert j["outputs"]["video"] == str(out / "renders" / name / f"{name}.mp4")
         frames, fps = read_video(Path(j["outputs"]["video"]))
-        assert frames.shape[1:] == (64, 64, 3) and len(frames) == round(seconds * 25)
+        # r1: the subject's whole 360x288 frame, its longer side at most 64 px; r2 (a camera) and r3: head crops
+        assert frames.shape[1:] == ((52, 64, 3) if name == "r1" else (64, 64, 3)) and len(frames) == round(seconds * 25)
         assert j["metrics"]["drive"]["frames"] == len(frames)
         assert Path(j["outputs"]["params"]).is_file() and Path(j["outputs"]["audio"]).is_file()
     for s in ("s1", "s2"):
