@@ -538,8 +538,8 @@ class Trainer:
         Crop (the dataset's images): ``psnr`` / ``ssim`` (mean), ``psnr_min`` (the worst image), ``mouth_psnr`` /
         ``mouth_ssim`` (the mouth region), ``mouth_open_psnr`` over the ``mouth_open_images`` images whose mouth is
         open (:data:`~talksplat.fitting.regions.OPEN_MOUTH`), ``lpips`` when its weights were given; rendered as
-        trained: over the
-        plate against the image as it is, or on white against the masked foreground.  ``fg_psnr`` / ``fg_ssim``:
+        trained: over the plate against the image as it is, or on white against the masked foreground.
+        ``fg_psnr`` / ``fg_ssim``:
         render and image both masked onto white by the image's mask (one figure for every ``--background``).  With
         a dataset that has a plate, the whole source frame of each held-out step, the avatar over the plate (also
         for an avatar fitted on a flat colour: pasted into the frame): ``frame_psnr``, ``frame_ssim``,
