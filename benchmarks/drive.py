@@ -82,7 +82,7 @@ def bench_drive(cfg: BenchDriveConfig) -> list[dict]:
                     rows.append({"device": dev, "resolution": res, "skipped": "no CUDA device"})
                     continue
                 r = run_drive(DriveConfig(avatar=avatar, audio=audio, out=d / f"out{res}{dev}.mp4", resolution=res,
-                                          device=dev, batch=cfg.batch, pose="replay", quiet=True))
+                                          frame="head", device=dev, batch=cfg.batch, pose="replay", quiet=True))
                 rows.append({"device": dev, "resolution": res, "gaussians": n, **{k: r[k] for k in (
                     "frames", "audio_seconds", "seconds", "predict_seconds", "render_encode_seconds", "realtime_factor")}})
     return rows

@@ -209,7 +209,7 @@ def test_drive_from_text(grid_fit, tmp_path):
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
     out = tmp_path / "hello.mp4"
     assert main(["drive", str(grid_fit / "fit"), "--text", "Hello, this is a test.", "--out", str(out),
-                 "--resolution", "64", "--pose", "still", "--quiet"]) == 0
+                 "--resolution", "64", "--frame", "head", "--pose", "still", "--quiet"]) == 0
     from talksplat.driving.audio import decode_audio
 
     seconds = len(decode_audio(out)) / 16000
@@ -280,7 +280,7 @@ def test_viewer_plays_predicted_and_driven_sequences(grid_fit, shared_data, tmp_
     assert seq.length == 100 and seq.audio == speech and seq.frames["jaw"][:, 0].std() > 1e-3
     out = tmp_path / "d.mp4"
     assert main(["drive", str(grid_fit / "fit"), "--audio", str(speech), "--out", str(out), "--resolution", "32",
-                 "--quiet"]) == 0
+                 "--frame", "head", "--quiet"]) == 0
     driven = load_params_file(out.with_suffix(".npz"), open_rig)
     assert driven.length == 100 and driven.audio == out.with_suffix(".wav") and driven.fps == 25.0
     bare = tmp_path / "bare"
