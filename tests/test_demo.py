@@ -60,8 +60,10 @@ def test_demo_video_reads_back(demo_run):
     assert abs(probe_video(out / "demo.mp4").duration - speech) <= 1 / 25
     left, mid, right = frames[..., :S, :], frames[..., S:2 * S, :], frames[..., 2 * S:, :]
     body = slice(S // 8, S - S // 8)  # between the caption bars
-    # the input panel is the training video (not the avatar on white); the re-render is on white
-    assert left[:, body].mean() < 235 and np.median(mid[:, body, :S // 10]) > 240
+    # the input panel is the training video (not the avatar on white); the re-render is over the plate: beside the
+    # head it shows the video's own background
+    edge = (slice(None), body, slice(0, S // 10))
+    assert left[:, body].mean() < 235 and np.abs(mid[edge].astype(float) - left[edge].astype(float)).mean() < 12
     # the avatar re-render looks like the input (both show the same head in the same place)
     diff = np.abs(left[:, body].astype(float) - mid[:, body].astype(float))
     assert np.median(diff) < 60
@@ -74,8 +76,9 @@ def test_demo_quality(demo_run):
     out, _ = demo_run
     m = json.loads((out / "metrics.json").read_text())
     assert {k: v["status"] for k, v in m["run"]["stages"].items()} == {s: "ran" for s in ("prep", "fit", "driver", "drive")}
-    # measured on the 2-core machine (espeak-ng speech): held-out PSNR 29.4 dB, mouth 38.0 dB; the driven
-    # mouth opening against the subject's true motion for the unseen sentence r = 0.98
+    # measured on the 2-core machine (espeak-ng speech), fitted over the plate: held-out PSNR 39.5 dB, mouth 37.6 dB
+    # (29.4 / 38.0 on white before); the driven mouth opening against the subject's true motion for the unseen
+    # sentence r = 0.99
     assert m["heldout_psnr"] > 26.0 and m["heldout_mouth_psnr"] > 32.0
     assert m["driven_vs_truth"]["mouth_open_corr"] > 0.85
     assert m["driven_vs_truth"]["predicted_opening_mm"] > 0.3 * m["driven_vs_truth"]["true_opening_mm"]

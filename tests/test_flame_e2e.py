@@ -162,7 +162,7 @@ def test_drive_a_flame_avatar(chain, speech, tmp_path):
     assert main(["drive", str(chain[1]), "--audio", str(speech), "--out", str(out), "--arkit-csv", "--quiet"]) == 1
     assert list(tmp_path.iterdir()) == []
     assert main(["drive", str(chain[1]), "--audio", str(speech), "--out", str(out), "--resolution", str(RES),
-                 "--pose", "idle", "--background", "#204080", "--quiet"]) == 0
+                 "--frame", "head", "--pose", "idle", "--background", "#204080", "--quiet"]) == 0
     frames = _check_mp4(out, 1.6, 25.0, RES)
     corner = frames[:, :3, :3].reshape(-1, 3).mean(0)
     assert np.abs(corner - [0x20, 0x40, 0x80]).max() < 12  # the background colour
