@@ -24,6 +24,7 @@ place by :meth:`DatasetWriter.commit`, so an interrupted prep never leaves a dat
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -263,10 +264,10 @@ class Dataset:
         a = self.meta.get("audio")
         return self.root / a if a else None
 
-    @property
+    @functools.cached_property
     def source_frame(self) -> SourceFrame | None:
         """The whole source frame (plate, camera, held-out frames) of a monocular prep; None for older, imported
-        or multi-view datasets (they have only their images)."""
+        or multi-view datasets (they have only their images).  Parsed from meta.json once."""
         d = self.meta.get("source_frame")
         return None if d is None else SourceFrame.from_meta(d, self.root)
 

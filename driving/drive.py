@@ -289,8 +289,8 @@ def _run_drive(cfg: DriveConfig) -> dict:
     avatar = fit.avatar
     fit.tracked.validate(rig)  # the identity and expression sizes are the rig's (InputError naming the file)
     source = source_framing(cfg, fit)
-    if source:
-        fit.source_frame()  # read now: a damaged plate names its file before any work
+    # read now, once: a damaged plate names its file before any work
+    source_frame, plate = fit.source_frame() if source else (None, None)
     video_out, npz, wav = output_paths(cfg.out)
     with scratch_dir("drive") as tmp:
         tmp = Path(tmp)
@@ -312,7 +312,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
 
         device = pick_device(cfg.device)
         if source:  # the whole source frame, over the plate unless --background says otherwise
-            sf, plate = fit.source_frame()
+            sf = source_frame
             viewmat, K, width, height = source_camera(sf, cfg.max_size)
             background = parse_background(cfg.background, width, height)
             if background is None:

@@ -605,7 +605,8 @@ class Trainer:
         sf = self.source_frame
         viewmat = torch.as_tensor(sf.viewmat, dtype=torch.float32, device=self.device)
         K = torch.as_tensor(sf.K, dtype=torch.float32, device=self.device)
-        plate = torch.from_numpy(self.ds.load_plate()).to(self.device).float() / 255.0
+        plate = self.plate if self.plate is not None else self.ds.load_plate()  # a flat-colour fit: read it here
+        plate = torch.from_numpy(plate).to(self.device).float() / 255.0
         for t in timesteps:
             frame = self.ds.load_source_frame(t)
             if frame is None:
