@@ -227,3 +227,6 @@ class BenchEncodeConfig(ProcessOptions):
     """Frames encoded per setting (1 to 100000)."""
     video: Path | None = None
     """Encode this video's frames (centre square, scaled) instead of renders of the textured open head."""
+    jobs: Annotated[tuple[int, ...], Range(1, 64)] = (1,)
+    """Encoders at once, each on 2-second segments joined without re-encoding (`talksplat drive --encode-jobs`);
+    one row per value and setting (1 to 64)."""

@@ -1,5 +1,5 @@
-"""`talksplat bench encode`: libx264 alone, per preset and crf: frames/s, CPU time per frame, bitrate, and the
-PSNR of the decoded video against the frames that went in.
+"""`talksplat bench encode`: libx264 alone, per preset and crf (and per number of encoders working on segments at
+once): frames/s, CPU time per frame, bitrate, and the PSNR of the decoded video against the frames that went in.
 
 The frames: renders of the textured open head (:func:`talksplat.benchmarks.synthetic_dataset.textured_avatar`)
 on white, as `talksplat drive` writes them, with the jaw and head moving, at ``--resolution``; or the frames of
@@ -62,14 +62,21 @@ def video_frames(path: Path, resolution: int, n: int) -> np.ndarray:
                      for f in frames])
 
 
-def encode_row(frames: np.ndarray, preset: str, crf: int, folder: Path) -> dict:
-    from talksplat.render.video import VideoWriter, read_video
+def encode_row(frames: np.ndarray, preset: str, crf: int, folder: Path, jobs: int = 1) -> dict:
+    """Encode ``frames`` [n, H, W, 3] uint8 at 25 fps with one libx264 (``jobs`` 1) or as ``jobs`` encoders on
+    segments joined without re-encoding (:class:`talksplat.render.video.SegmentedPipeline`, the cores shared
+    among them, as `talksplat drive` does); one row: frames/s (wall), CPU ms per frame, kbit/s, PSNR."""
+    import os
+
+    from talksplat.render.video import SEGMENT_SECONDS, SegmentedPipeline, VideoWriter, read_video
 
     n, h, w = frames.shape[:3]
-    out = folder / f"{preset}_{crf}.mp4"
+    out = folder / f"{preset}_{crf}_{jobs}.mp4"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    with VideoWriter(out, w, h, fps=25, crf=crf, preset=preset) as vw:
+    with (VideoWriter(out, w, h, fps=25, crf=crf, preset=preset) if jobs == 1 else
+          SegmentedPipeline(out, w, h, 25, None, True, preset, crf, jobs, segment=round(SEGMENT_SECONDS * 25),
+                            threads=max(1, (os.cpu_count() or 1) // jobs))) as vw:
         for f in frames:
             vw.write(f)
     wall = time.perf_counter() - t0
@@ -80,7 +87,7 @@ def encode_row(frames: np.ndarray, preset: str, crf: int, folder: Path) -> dict:
         raise RuntimeError(f"{out}: decoded {decoded.shape}, encoded {frames.shape}")
     mse = np.mean((decoded.astype(np.float64) - frames.astype(np.float64)) ** 2, axis=(1, 2, 3))
     psnr = 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
-    return {"preset": preset, "crf": crf, "frames": n, "resolution": w, "fps": n / wall,
+    return {"preset": preset, "crf": crf, "jobs": jobs, "frames": n, "resolution": w, "fps": n / wall,
             "cpu_ms_per_frame": 1e3 * cpu / n, "kbit_s": out.stat().st_size * 8 / 1e3 / (n / 25),
             "psnr": float(psnr.mean()), "psnr_min": float(psnr.min())}
 
@@ -92,7 +99,8 @@ def bench_encode(cfg: BenchEncodeConfig) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         for setting in cfg.settings:
             preset, _, crf = setting.partition(":")
-            rows.append(encode_row(frames, preset, int(crf), Path(d)))
+            for jobs in cfg.jobs:
+                rows.append(encode_row(frames, preset, int(crf), Path(d), jobs))
     return rows
 
 
@@ -103,9 +111,9 @@ def rows_text(rows: list[dict]) -> str:
 
     table = Table(title=f"talksplat bench encode (libx264, {rows[0]['frames']} frames of {rows[0]['resolution']} px)"
                   if rows else "talksplat bench encode")
-    for col in ("preset", "crf", "frames/s (wall)", "CPU ms / frame", "kbit/s at 25 fps", "PSNR dB", "worst frame dB"):
+    for col in ("preset", "crf", "encoders", "frames/s (wall)", "CPU ms / frame", "kbit/s at 25 fps", "PSNR dB", "worst frame dB"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["preset"], str(r["crf"]), f"{r['fps']:.1f}", f"{r['cpu_ms_per_frame']:.1f}",
+        table.add_row(r["preset"], str(r["crf"]), str(r.get("jobs", 1)), f"{r['fps']:.1f}", f"{r['cpu_ms_per_frame']:.1f}",
                       f"{r['kbit_s']:,.0f}", f"{r['psnr']:.2f}", f"{r['psnr_min']:.2f}")
     return table_text(table)

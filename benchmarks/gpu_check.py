@@ -26,6 +26,7 @@ import math
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import BenchDriveConfig, BenchFitConfig, BenchGpuConfig, BenchRenderConfig
@@ -100,18 +101,28 @@ def drive_row(cfg: BenchGpuConfig, device: str) -> dict:
 
 def encoder_rows(cfg: BenchGpuConfig) -> list[dict]:
     """libx264 alone at the drive size, per `--quality` (:data:`talksplat.render.video.QUALITY`): frames/s of
-    :func:`talksplat.benchmarks.encode.encode_row` on renders of the textured open head (CPU)."""
-    from talksplat.render.video import QUALITY
+    :func:`talksplat.benchmarks.encode.encode_row` on renders of the textured open head (CPU); then the
+    standard quality with as many encoders on segments as `talksplat drive` uses beside a GPU
+    (:func:`talksplat.render.video.encode_jobs`), when that is more than one, on enough frames (the renders
+    repeated) to give each encoder two segments."""
+    from talksplat.render.video import QUALITY, SEGMENT_SECONDS, encode_jobs
 
     from .encode import avatar_frames, encode_row
 
     frames = avatar_frames(cfg.drive_resolution, cfg.encoder_frames)
     rows = []
+    jobs = encode_jobs("cuda")
+    runs = [(q, 1) for q in QUALITY] + ([("standard", jobs)] if jobs > 1 else [])
     with tempfile.TemporaryDirectory() as d:
-        for quality, (preset, crf) in QUALITY.items():
-            r = encode_row(frames, preset, crf, Path(d))
-            rows.append({"what": f"encoder alone: libx264 {cfg.drive_resolution} px, --quality {quality} ({preset}, "
-                                 f"crf {crf})", "unit": "frames/s", "value": r["fps"],
+        for quality, n in runs:
+            preset, crf = QUALITY[quality]
+            clip = frames if n == 1 else np.concatenate(
+                [frames] * -(-int(2 * n * SEGMENT_SECONDS * 25) // len(frames)))
+            r = encode_row(clip, preset, crf, Path(d), jobs=n)
+            what = f"encoder alone: libx264 {cfg.drive_resolution} px, --quality {quality} ({preset}, crf {crf})"
+            if n > 1:
+                what += f", {n} encoders on segments"
+            rows.append({"what": what, "unit": "frames/s", "value": r["fps"],
                          "detail": f"{r['psnr']:.1f} dB, {r['kbit_s']:,.0f} kbit/s", **r})
     return rows
 

@@ -229,17 +229,22 @@ def run_drive(cfg: DriveConfig) -> dict:
 def render_batches(avatar, rig, seq: RigSequence, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
                    batch: int, background: torch.Tensor | None = None):
     """Render ``seq`` [T] in batches of ``batch`` frames on ``viewmat``'s device: yields [B, height, width, 3]
-    uint8 RGB (converted on the device, then downloaded) over ``background`` [height, width, 3] in [0, 1]
-    (None: white)."""
+    uint8 RGB numpy (converted on the device, then downloaded by :func:`talksplat.render.device.download`) over
+    ``background`` [height, width, 3] in [0, 1] (None: white)."""
     from talksplat.avatar.render import render_avatar
+    from talksplat.render.device import download
 
     device = viewmat.device
-    for s in range(0, len(seq), batch):
-        with torch.no_grad():
-            colors, alphas, _ = render_avatar(avatar, rig, seq[s:s + batch].to_params(device), viewmat[None], K[None],
-                                              width, height)
-            out = colors[:, 0] + (1 - alphas[:, 0]) * (1.0 if background is None else background[None])
-            yield (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+    def on_device():
+        for s in range(0, len(seq), batch):
+            with torch.no_grad():
+                colors, alphas, _ = render_avatar(avatar, rig, seq[s:s + batch].to_params(device), viewmat[None],
+                                                  K[None], width, height)
+                out = colors[:, 0] + (1 - alphas[:, 0]) * (1.0 if background is None else background[None])
+                yield (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+
+    yield from download(on_device())  # on a GPU: pinned, non-blocking, overlapped with the next batch
 
 
 def spoken_visemes(text: str, out_wav: Path, voice: str = "en-us",
@@ -271,7 +276,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
     from talksplat.core.files import atomic_write, scratch_dir
     from talksplat.core.progress import Bars
     from talksplat.render.device import pick_device
-    from talksplat.render.video import frame_pipeline
+    from talksplat.render.video import encode_jobs, frame_pipeline
 
     from .audio import load_audio, synthesize_speech
     from .arkit_csv import check_arkit_rig, csv_path, write_arkit_csv
@@ -330,7 +335,8 @@ def _run_drive(cfg: DriveConfig) -> dict:
 
         with Bars(cfg.quiet, transient=True) as bars, \
                 frame_pipeline(video_out, width, height, fps=cfg.fps, audio_path=mux,
-                               shortest=False, queue_size=2 * cfg.batch, quality=cfg.quality) as video:
+                               shortest=False, queue_size=2 * cfg.batch, quality=cfg.quality,
+                               jobs=cfg.encode_jobs or encode_jobs(device)) as video:
             advance, _ = bars.task("drive", T)
             # rendered in batches on the device while a thread encodes
             for frames in render_batches(avatar, rig, seq, viewmat, K, width, height, cfg.batch, background):

@@ -14,6 +14,7 @@ the prior where the subject's frames are few and is pulled towards it (``lambda_
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -134,21 +135,24 @@ class WindowSampler:
         return feats, query, target, mask
 
 
-def _lip_fn(geo: LipGeometry, layout: TargetLayout, mean: np.ndarray, std: np.ndarray):
-    """Standardised outputs [N, K] -> lip vertices [N, L, 3] metres (differentiable, head frame)."""
-    fill = torch.from_numpy(layout.fill_expression)
-    ids = torch.as_tensor(layout.expr_ids, dtype=torch.long)
-    m, s = torch.from_numpy(mean), torch.from_numpy(std)
+def _lip_fn(geo: LipGeometry, layout: TargetLayout, mean: np.ndarray, std: np.ndarray,
+            device: torch.device = torch.device("cpu")):
+    """Standardised outputs [N, K] on ``device`` -> lip vertices [N, L, 3] metres (differentiable, head frame)."""
+    fill = torch.from_numpy(layout.fill_expression).to(device)
+    ids = torch.as_tensor(layout.expr_ids, dtype=torch.long, device=device)
+    m, s = torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device)
     ne = len(layout.expr_ids)
+    lips = geo.lips if device.type == "cpu" else copy.deepcopy(geo.lips).to(device)  # geo's rig stays where it is
+    shape = geo.shape.to(device)
 
     def fn(y: torch.Tensor) -> torch.Tensor:
         raw = y * s + m
         N = raw.shape[0]
         expr = fill[None].expand(N, -1).clone()
         expr[:, ids] = raw[:, :ne]
-        p = dataclasses.replace(geo.rig.zero_params(N, device="cpu"), shape=geo.shape.expand(N, -1),
+        p = dataclasses.replace(geo.rig.zero_params(N, device=device), shape=shape.expand(N, -1),
                                 expression=expr, jaw=raw[:, ne:])  # head frame: no pose, eyes ahead
-        return geo.lips(p).vertices
+        return lips(p).vertices
 
     return fn
 
@@ -240,7 +244,8 @@ def init_viseme_table(model: AudioToRig, enc, wave: np.ndarray, track: np.ndarra
 def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids: np.ndarray,
                     layout: TargetLayout, cfg: PredictorConfig, geo: LipGeometry | None = None,
                     rest: np.ndarray | None = None, rig_checksum: str = "", progress=None,
-                    own_ids: np.ndarray | None = None, rig: HeadRig | None = None) -> AudioPredictor:
+                    own_ids: np.ndarray | None = None, rig: HeadRig | None = None,
+                    device: str | torch.device = "cpu") -> AudioPredictor:
     """Fit :class:`AudioToRig` to ``targets`` [T, layout.dim] (rig units) aligned with ``wave`` at ``fps``.
 
     ``train_ids``: time steps to learn from.  ``own_ids``: those of them that are the subject's own (the
@@ -248,7 +253,9 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
     parameters of the closed, silent mouth (default: the mean over the subject's silent training frames).
     ``rig`` (default: ``geo``'s): the rig of the targets; with a viseme head (the ``phonetic`` encoder),
     its viseme prior (:meth:`HeadRig.viseme_prior`, the open head's), when it has one, starts the head
-    (:func:`init_viseme_table`) and pulls it (``cfg.lambda_viseme_prior``).  Returns the :class:`AudioPredictor`."""
+    (:func:`init_viseme_table`) and pulls it (``cfg.lambda_viseme_prior``).  ``device``: where the network trains
+    (the fit's; the audio features are made on the CPU and uploaded per batch).  Returns the
+    :class:`AudioPredictor`, on the CPU."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train_ids = np.asarray(train_ids)
@@ -280,13 +287,17 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
                                          jaw_open_angle(rig))
         init_viseme_table(model, enc, wave, sampler.track, fps, Y, train_ids, prior)
         prior_t = None if prior is None or cfg.lambda_viseme_prior <= 0 else torch.from_numpy(prior).T  # [dim, 15]
+    device = torch.device(device)
+    model.to(device)
+    if prior_t is not None:
+        prior_t = prior_t.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-    lip = _lip_fn(geo, layout, mean, std) if geo is not None and cfg.lambda_lip > 0 else None
+    lip = _lip_fn(geo, layout, mean, std, device) if geo is not None and cfg.lambda_lip > 0 else None
     model.train()
     t0 = time.perf_counter()
     for step in range(cfg.steps):
-        feats, query, target, mask = sampler.batch(cfg.batch)
+        feats, query, target, mask = (x.to(device, non_blocking=True) for x in sampler.batch(cfg.batch))
         pred = model(feats, query)
         m = mask[..., None]
         loss = (torch.nn.functional.smooth_l1_loss(pred, target, reduction="none") * m).sum() / (m.sum() * layout.dim)
@@ -296,7 +307,7 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
             loss = loss + cfg.lambda_velocity * (dv.pow(2) * mv).sum() / (mv.sum() * layout.dim).clamp(min=1)
         if lip is not None:
             sel = torch.nonzero(mask.reshape(-1) > 0).flatten()
-            sel = sel[torch.randperm(len(sel))[:LIP_FRAMES]]  # a random subset keeps the rig cheap
+            sel = sel[torch.randperm(len(sel), device=device)[:LIP_FRAMES]]  # a random subset keeps the rig cheap
             a = lip(pred.reshape(-1, layout.dim)[sel])
             with torch.no_grad():
                 b = lip(target.reshape(-1, layout.dim)[sel])
@@ -310,8 +321,8 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
         sched.step()
         if progress is not None and (step % 50 == 0 or step == cfg.steps - 1):
             progress(step + 1, cfg.steps, loss.item(), (step + 1) / (time.perf_counter() - t0))
-    model.eval()
-    meta = {"steps": cfg.steps, "train_frames": int(len(train_ids)), "seconds": round(time.perf_counter() - t0, 2)}
+    model.cpu().eval()
+    meta = {"steps": cfg.steps, "device": device.type, "train_frames": int(len(train_ids)), "seconds": round(time.perf_counter() - t0, 2)}
     if model.visemes is not None:
         meta["viseme_prior"] = prior is not None
     drv = AudioPredictor(model, layout, mean, std, np.asarray(rest, np.float32), enc.spec, fps, rig_checksum,
@@ -424,9 +435,9 @@ def evaluate_predictor(drv: AudioPredictor, geo: LipGeometry, wave: np.ndarray, 
 
 
 def train_predictor_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, cfg: PredictorConfig,
-                            progress=None) -> tuple[AudioPredictor, dict]:
-    """Train on a loaded talksplat dataset, save ``OUT/driver.safetensors``, add ``driver`` to
-    ``OUT/metrics.json``.
+                            progress=None, device: str | torch.device = "cpu") -> tuple[AudioPredictor, dict]:
+    """Train on a loaded talksplat dataset (the network on ``device``), save ``OUT/driver.safetensors``, add
+    ``driver`` to ``OUT/metrics.json``.
 
     Returns the driver and its held-out metrics (lip vertex error against the mean baseline, mouth-opening
     correlation)."""
@@ -449,7 +460,7 @@ def train_predictor_on_dataset(ds: Dataset, out_dir: str | Path, rig: HeadRig, c
     geo = LipGeometry(rig.cpu(), ds.shape)
     all_wave, all_targets, all_ids = join_extra_data(wave, fps, targets, train_ids, layout, cfg.extra_data, rig)
     drv = train_predictor(all_wave, fps, all_targets, all_ids, layout, cfg, geo=geo, rig_checksum=rig.checksum,
-                          progress=progress, own_ids=train_ids, rig=rig)
+                          progress=progress, own_ids=train_ids, rig=rig, device=device)
     metrics = dict(drv.meta)
     if cfg.extra_data:
         metrics["own_frames"] = int(len(train_ids))

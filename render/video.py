@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable
@@ -53,7 +55,8 @@ class VideoWriter:
     cut to the video's length: ``-shortest`` can drop the last video frame).  ``preset`` and ``crf``: libx264's
     speed preset and constant rate factor (lower is better; 10 is near lossless); the defaults are
     :data:`QUALITY` "archival" (for videos that are inputs: the demo's subject, test clips); the commands'
-    outputs go through :func:`frame_pipeline` and its ``quality``.
+    outputs go through :func:`frame_pipeline` and its ``quality``.  ``threads``: libx264's threads (default: its
+    own choice, about 1.5 per core).
 
     Frames stream to an ffmpeg child process that dies with us (even on ``kill -9``); the file is
     written as ``.NAME.partial-<pid>-*.mp4`` beside the target, tagged as talksplat's own
@@ -62,7 +65,7 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float = 25.0,
                  crf: int = QUALITY["archival"][1], audio_path: str | os.PathLike | None = None, shortest: bool = True,
-                 preset: str = QUALITY["archival"][0]):
+                 preset: str = QUALITY["archival"][0], threads: int | None = None):
         if width % 2 or height % 2:
             raise ValueError(f"{path}: H.264 needs even width and height, got {width}x{height}")
         self.path = Path(path)
@@ -79,7 +82,9 @@ class VideoWriter:
         if audio_path is not None:
             cmd += ["-i", str(audio_path), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
             cmd += ["-shortest"] if shortest else []
-        cmd += ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-crf", str(crf), "-movflags", "+faststart",
+        cmd += ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-crf", str(crf)]
+        cmd += ["-threads", str(threads)] if threads else []
+        cmd += ["-movflags", "+faststart",
                 "-metadata", f"comment={OWN_TAG}", "-f", "mp4", str(self._tmp)]
         self._stderr = tempfile.TemporaryFile()
         try:
@@ -214,12 +219,156 @@ class FramePipeline:
         self.close(ok=exc_type is None)
 
 
+class SegmentedPipeline:
+    """Context manager encoding frames on ``jobs`` ffmpeg processes at once, for a producer faster than one
+    encoder (a GPU): the frames are cut into segments of ``segment`` frames, each encoded into its own MP4 by
+    the next free worker thread (its ffmpeg child gets ``threads`` libx264 threads), and the segments are joined
+    with ffmpeg's concat demuxer without re-encoding (``-c:v copy``); the audio is muxed in at the join.
+
+    Same use and guarantees as :class:`FramePipeline` (``write``, ``frames``, ``close``; the file appears under
+    its name only when complete; an encoder error is raised on the caller's thread).  Every segment starts
+    with a key frame.  Memory: at most ``jobs`` segments of frames are held (``write`` blocks while ``jobs``
+    segments are still encoding).
+    """
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float, audio_path, shortest: bool,
+                 preset: str, crf: int, jobs: int, segment: int, threads: int | None = None):
+        if width % 2 or height % 2:
+            raise ValueError(f"{path}: H.264 needs even width and height, got {width}x{height}")
+        if jobs < 1 or segment < 1:
+            raise ValueError(f"{path}: jobs ({jobs}) and segment ({segment}) must be at least 1")
+        self.path = Path(path)
+        self.width, self.height, self.fps = width, height, fps
+        self._audio, self._shortest, self._preset, self._crf = audio_path, shortest, preset, crf
+        self._threads, self._segment = threads, segment
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._dir = Path(tempfile.mkdtemp(prefix=partial_prefix(self.path.name), dir=self.path.parent))
+        self._slots = threading.BoundedSemaphore(jobs)
+        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="talksplat-encode")
+        self._futures: list[Future] = []
+        self._current: queue.Queue | None = None
+        self._in_segment = 0
+        self._written = 0
+        self._closed = False
+        self._cancel = threading.Event()
+
+    def _encode_segment(self, index: int, frames: queue.Queue) -> int:
+        ended = False
+        try:
+            with VideoWriter(self._dir / f"segment_{index:05d}.mp4", self.width, self.height, fps=self.fps,
+                             crf=self._crf, preset=self._preset, threads=self._threads) as w:
+                while (frame := frames.get()) is not None:
+                    if self._cancel.is_set():
+                        raise OutputError(f"{self.path}: cancelled")
+                    w.write(frame)
+                ended = True
+            return w.frames
+        finally:
+            while not ended and frames.get() is not None:  # a failed segment: read to its end, nobody waits
+                pass
+            self._slots.release()
+
+    def _raise_failure(self) -> None:
+        for f in self._futures:
+            if f.done() and f.exception() is not None:
+                raise f.exception()
+
+    @property
+    def frames(self) -> int:
+        """Frames handed to the encoders so far (all of them encoded once the block is left)."""
+        return self._written
+
+    def write(self, frame: np.ndarray) -> None:
+        """Queue one frame ([H, W, 3] uint8, or float in [0, 1]) for its segment's encoder; raises an encoder's
+        error."""
+        self._raise_failure()
+        if self._current is None:
+            self._slots.acquire()  # at most `jobs` segments in flight
+            self._current = queue.Queue()
+            self._futures.append(self._pool.submit(self._encode_segment, len(self._futures), self._current))
+        self._current.put(frame)
+        self._written += 1
+        self._in_segment += 1
+        if self._in_segment == self._segment:
+            self._end_segment()
+
+    def _end_segment(self) -> None:
+        if self._current is not None:
+            self._current.put(None)
+        self._current, self._in_segment = None, 0
+
+    def _join(self) -> None:
+        listing = self._dir / "segments.txt"
+        listing.write_text("".join(f"file 'segment_{i:05d}.mp4'\n" for i in range(len(self._futures))))
+        fd, tmp = tempfile.mkstemp(prefix=partial_prefix(self.path.name), suffix=self.path.suffix or ".mp4",
+                                   dir=self.path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error",
+               "-f", "concat", "-safe", "0", "-i", str(listing)]
+        if self._audio is not None:
+            cmd += ["-i", str(self._audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
+            cmd += ["-shortest"] if self._shortest else []
+        cmd += ["-c:v", "copy", "-movflags", "+faststart", "-metadata", f"comment={OWN_TAG}", "-f", "mp4", str(tmp)]
+        try:
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  **child_kwargs())
+            if done.returncode != 0:
+                raise OutputError(f"{self.path}: joining the encoded segments failed "
+                                  f"({last_error_line(done.stderr.decode(errors='replace'))})")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def close(self, ok: bool = True) -> None:
+        """Wait for the encoders and join the segments into the file (``ok`` and no encoder error), or remove
+        everything; raises the first encoder error when ``ok``; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not ok:  # the encoders stop at their next frame; their files go with the folder
+                self._cancel.set()
+            self._end_segment()
+            self._pool.shutdown(wait=True)
+            if ok:
+                self._raise_failure()
+                if self._written:
+                    self._join()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "SegmentedPipeline":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+
+#: Seconds of video per segment when several encoders work at once (each segment starts with a key frame).
+SEGMENT_SECONDS = 2.0
+
+
+def encode_jobs(device: torch.device | str) -> int:
+    """Default encoders working at once for `talksplat drive`: 1 on the CPU (rendering needs the cores), a quarter
+    of the cores (at most 8) beside a GPU, which renders faster than one libx264 encodes."""
+    if torch.device(device).type != "cuda":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 1) // 4))
+
+
 def frame_pipeline(path: str | os.PathLike, width: int, height: int, fps: float = 25.0,
                    audio_path: str | os.PathLike | None = None, shortest: bool = True, queue_size: int = 16,
-                   quality: str = "standard") -> FramePipeline:
+                   quality: str = "standard", jobs: int = 1) -> FramePipeline | SegmentedPipeline:
     """A :class:`FramePipeline` into a new :class:`VideoWriter` (same arguments; ``quality``: a :data:`QUALITY`
-    name)."""
+    name); with ``jobs`` > 1 a :class:`SegmentedPipeline` of that many encoders (segments of
+    :data:`SEGMENT_SECONDS`, the cores shared among them)."""
     preset, crf = QUALITY[quality]
+    if jobs > 1:
+        return SegmentedPipeline(path, width, height, fps, audio_path, shortest, preset, crf, jobs,
+                                 segment=max(1, round(SEGMENT_SECONDS * fps)),
+                                 threads=max(1, (os.cpu_count() or 1) // jobs))
     return FramePipeline(VideoWriter(path, width, height, fps=fps, crf=crf, audio_path=audio_path,
                                      shortest=shortest, preset=preset), queue_size=queue_size)
 

@@ -107,6 +107,7 @@ def fit_predictor(cfg: FitCommandConfig, require_audio: bool = True,
     from talksplat.core.progress import warn
     from talksplat.driving.train import PredictorTrainingError, train_predictor_on_dataset
     from talksplat.fitting.trainer import load_dataset_rig, open_dataset
+    from talksplat.render.device import pick_device
 
     with output_lock(cfg.out):
         ds = open_dataset(cfg.dataset)
@@ -119,7 +120,8 @@ def fit_predictor(cfg: FitCommandConfig, require_audio: bool = True,
             return None
         rig = load_dataset_rig(ds, cfg.rig)
         prepare_predictor_dir(cfg)
-        _, m = train_predictor_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg))
+        _, m = train_predictor_on_dataset(ds, cfg.out, rig, cfg.driver, progress=_progress(cfg),
+                                          device=pick_device(cfg.device))
     if on_stage is not None:
         on_stage(predictor_line(cfg.out, m))
     return m

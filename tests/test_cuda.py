@@ -74,6 +74,9 @@ def test_fit_resume_drive_view_and_bench_on_cuda(tiny_dataset, tmp_path, capsys)
     with safe_open(str(fit / "checkpoint.safetensors"), "pt") as f:
         assert "rng.cuda" in f.keys()  # a resumed GPU fit restores the CUDA generators too
     assert main(["fit", str(tiny_dataset), "--out", str(fit), "--steps", "5", "--resume", *common]) == 0
+    import json
+
+    assert json.loads((fit / "metrics.json").read_text())["driver"]["device"] == "cuda"  # the predictor's network
     out = tmp_path / "talk.mp4"
     assert main(["drive", str(fit), "--audio", str(tiny_dataset / "audio.wav"), "--out", str(out),
                  "--resolution", "64", "--device", "cuda", "--batch", "4", "--quiet"]) == 0
@@ -95,3 +98,22 @@ def test_fit_resume_drive_view_and_bench_on_cuda(tiny_dataset, tmp_path, capsys)
                  "--batch", "1", "4", "--iters", "2", "--warmup", "1"]) == 0
     text = capsys.readouterr().out
     assert "skipped" not in text and text.count("cuda") >= 2 and "cpu" in text
+
+
+def test_download_overlaps_batches_and_keeps_every_array():
+    """render.device.download: pinned, non-blocking copies on a side stream; each yielded array keeps its own
+    buffer (a consumer such as the encoder queue holds several), in order, equal to a plain ``.cpu()``."""
+    from talksplat.render.device import download
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    batches = [torch.randint(0, 256, (4, 64, 96, 3), generator=g, device="cuda", dtype=torch.uint8) for _ in range(5)]
+    want = [b.cpu().numpy() for b in batches]
+
+    def produce():
+        for b in batches:
+            yield (b.float() * 1.0).to(torch.uint8)  # made on the current stream just before it is handed on
+
+    got = list(download(produce()))
+    assert len(got) == 5
+    for a, b in zip(got, want):
+        assert (a == b).all()

@@ -51,6 +51,7 @@ def test_bench_gpu_table_on_the_cpu_with_the_cuda_code_path(tmp_path, monkeypatc
     from talksplat.render.gsplat_reference import REFERENCE_ENV
 
     monkeypatch.setenv(REFERENCE_ENV, "1")
+    monkeypatch.setattr("talksplat.render.video.encode_jobs", lambda device: 2)  # as on a GPU machine's cores
     js = tmp_path / "gpu.json"
     assert main(["bench", "gpu", "--device", "cpu", "--json", str(js), *TINY]) == 0
     text = capsys.readouterr().out
@@ -64,7 +65,9 @@ def test_bench_gpu_table_on_the_cpu_with_the_cuda_code_path(tmp_path, monkeypatc
     assert all(r["value"] > 0 for r in rows if "value" in r)
     assert by["fit"]["unit"] == "steps/s" and by["drive"]["frames"] == 15 and by["viewer"]["unit"] == "ms"
     encoders = [r for r in rows if r["what"].startswith("encoder")]
-    assert [(r["preset"], r["crf"]) for r in encoders] == [("veryfast", 16), ("medium", 10)]
+    assert [(r["preset"], r["crf"], r["jobs"]) for r in encoders] == [("veryfast", 16, 1), ("medium", 10, 1),
+                                                                     ("veryfast", 16, 2)]
+    assert encoders[2]["frames"] >= 200 and "2 encoders on segments" in encoders[2]["what"]
     assert all(r["psnr"] > 30 for r in encoders)  # decoded against the frames that went in (48 px: 34-37 dB)
     assert [r["what"] for r in renders] == ["render 1,500 Gaussians 48 px batch 1"]
     for word in ("parity", "render", "steps/s", "frames/s", "encoder", "viewer", "reference"):

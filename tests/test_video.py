@@ -114,3 +114,83 @@ def test_frame_pipeline_context_manager(tmp_path):
                 out.write(f)
             raise RuntimeError("stop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx.mp4"]
+
+
+def _smooth(T: int, H: int = 64, W: int = 96) -> np.ndarray:
+    """[T, H, W, 3] uint8: a soft blob moving across a gradient (compresses well, so PSNR is meaningful)."""
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    out = np.empty((T, H, W, 3), np.uint8)
+    for t in range(T):
+        blob = np.exp(-((x - 10 - 2.5 * t) ** 2 + (y - H / 2) ** 2) / 120.0)
+        out[t, ..., 0] = 60 + 150 * blob
+        out[t, ..., 1] = 40 + x
+        out[t, ..., 2] = 90 + 0.5 * y + 20 * np.sin(t / 3)
+    return out
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
+    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
+
+
+def test_segmented_pipeline_joins_segments_in_order_with_the_audio(tmp_path):
+    """Three encoders on 7-frame segments: every frame comes back in its place, the audio is muxed, the file is
+    tagged as ours, and the segments' folder is gone."""
+    import subprocess
+    import threading
+
+    from talksplat.core.ffmpeg import ffmpeg_exe, has_own_tag
+    from talksplat.driving.audio import write_wav
+    from talksplat.render.video import SegmentedPipeline
+
+    T = 31  # four full segments and a short one
+    frames = _smooth(T)
+    wav = tmp_path / "tone.wav"
+    write_wav(wav, (0.2 * np.sin(np.arange(int(16000 * T / 25)) * 0.05)).astype(np.float32), 16000)
+    path = tmp_path / "seg.mp4"
+    with SegmentedPipeline(path, 96, 64, 25, wav, False, "veryfast", 16, jobs=3, segment=7) as out:
+        for f in frames:
+            out.write(f)
+        assert not path.exists()
+    assert out.frames == T
+    decoded, fps = read_video(path)
+    assert decoded.shape == frames.shape and fps == pytest.approx(25)
+    psnr = _psnr(decoded, frames)
+    assert psnr.min() > 40, psnr  # a frame out of place would score far lower against its neighbour's truth
+    assert (_psnr(decoded[1:], frames[:-1]) < psnr[1:] - 3).all()  # and the frames are distinguishable
+    probe = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    assert "Audio: aac" in probe and "Duration: 00:00:01.2" in probe
+    assert has_own_tag(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.mp4", "tone.wav"]
+    assert not any(t.name.startswith("talksplat-encode") for t in threading.enumerate())
+
+
+def test_segmented_pipeline_failures_leave_nothing(tmp_path):
+    from talksplat.render.video import frame_pipeline
+
+    # an encoder's error (a frame of the wrong size in the second segment) reaches the caller
+    with pytest.raises(ValueError, match="expected"):
+        with frame_pipeline(tmp_path / "bad.mp4", 96, 64, fps=5, jobs=2) as out:  # 10-frame segments
+            for f in _smooth(12):
+                out.write(f)
+            out.write(np.zeros((16, 16, 3), np.uint8))
+            for f in _smooth(30):
+                out.write(f)
+    # the caller's error (Ctrl-C while rendering) stops the encoders
+    with pytest.raises(KeyboardInterrupt):
+        with frame_pipeline(tmp_path / "stop.mp4", 96, 64, fps=5, jobs=2) as out:
+            for f in _smooth(25):
+                out.write(f)
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_yields_cpu_batches_in_order():
+    """render.device.download on the CPU (the CUDA branch: tests/test_cuda.py): the same arrays, in order."""
+    import torch
+
+    from talksplat.render.device import download
+
+    batches = [torch.full((2, 4, 6, 3), i, dtype=torch.uint8) for i in range(3)]
+    got = list(download(iter(batches)))
+    assert [int(a[0, 0, 0, 0]) for a in got] == [0, 1, 2] and all(a.shape == (2, 4, 6, 3) for a in got)
