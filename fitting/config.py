@@ -89,6 +89,10 @@ class LossConfig:
     """Largest scale (in units of the triangle's size) before the scale hinge applies (above 0)."""
     lambda_opacity: Annotated[float, Range(0.0, 1e6)] = 0.01
     """Pushes opacities towards 0 or 1 (0 to 1e+06)."""
+    lambda_outside: Annotated[float, Range(0.0, 1e6)] = 0.1
+    """Over a plate: weight of the mean rendered opacity where the image's mask says background.  The plate
+    draws the background; Gaussians that paint it (beside the jaw, around the ears) would move with the head
+    when driven (0 to 1e+06)."""
     lambda_offsets: Annotated[float, Range(0.0, 1e6)] = 0.01
     """Weight of the squared per-frame parameter offsets (with --tune-params) (0 to 1e+06)."""
     lambda_appearance: Annotated[float, Range(0.0, 1e6)] = 0.01

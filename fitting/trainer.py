@@ -291,7 +291,8 @@ class Trainer:
                 an image per camera ([H, W, 3] for a Sample, [C, H, W, 3] for Views) in [0, 1].
         Returns:
             colors [H, W, 3] for a Sample, [C, H, W, 3] for Views (in [0, 1]); meta: the rasterizer's meta
-            of the C cameras (``means2d`` [C, N, 2], ``radii`` [C, N, 2], ``n_cameras`` C, ...).
+            of the C cameras (``means2d`` [C, N, 2], ``radii`` [C, N, 2], ``n_cameras`` C, ...), plus ``alphas``
+            [C, H, W, 1], the avatar's opacity in each image.
         """
         from talksplat.avatar.appearance import appearance_code
         from talksplat.render import rasterization
@@ -308,6 +309,7 @@ class Trainer:
                                              if flat else None)
         if not flat:  # over an image: alpha compositing after the rasterizer (it takes one colour per camera)
             colors = colors + (1 - alphas) * (background[None] if one else background)
+        meta["alphas"] = alphas
         return (colors[0] if one else colors), meta
 
     # ------------------------------------------------------------------ losses
@@ -328,15 +330,17 @@ class Trainer:
                 self._weight_maps[sample.frame.image] = weight
         return weight
 
-    def loss(self, render: torch.Tensor, target: torch.Tensor, batch: Sample | Views) -> tuple[torch.Tensor, dict]:
+    def loss(self, render: torch.Tensor, target: torch.Tensor, batch: Sample | Views,
+             alphas: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The training loss of one step and its image terms.
 
         Args:
             render, target: [H, W, 3] for a Sample, [C, H, W, 3] for Views, in [0, 1].
-            batch: what was rendered (its images' landmarks give the loss weight maps).
+            batch: what was rendered (its images' landmarks give the loss weight maps, its masks the background).
+            alphas: [C, H, W, 1] the avatar's opacity (over a plate: penalised where the masks say background).
         Returns:
-            (scalar loss, {"photo": ..., "lpips": ... when it applies}); the image terms are the mean over the
-            C images of each image's own (weighted) loss.
+            (scalar loss, {"photo": ..., "outside": ... over a plate, "lpips": ... when it applies}); the image
+            terms are the mean over the C images of each image's own (weighted) loss.
         """
         from .losses import photometric_loss
 
@@ -362,6 +366,10 @@ class Trainer:
             blend = av.sh_dc_blend.reshape(-1)  # [N * D * 3]: each Gaussian's sum of squares, mean over Gaussians
             total = total + cfg.lambda_appearance * (blend @ blend) / av.num_gaussians
         parts = {"photo": photo}
+        if self.use_plate and alphas is not None and cfg.lambda_outside > 0:
+            masks = batch.mask[None] if isinstance(batch, Sample) else torch.stack([s.mask for s in batch.samples])
+            parts["outside"] = (alphas[..., 0] * (1 - masks)).mean()
+            total = total + cfg.lambda_outside * parts["outside"]
         # LPIPS on each whole image, the mean over them (skipped under the backbone's minimum size).
         if self._lpips_applies(render):
             parts["lpips"] = self.lpips(render, target)
@@ -394,7 +402,7 @@ class Trainer:
             ts = torch.tensor([batch.timestep], device=self.device)
             params = self.frames.rig_params(ts, tuned=cfg.tune_params)
             render, meta = self.render(batch, params, bg, self.sh_degree_at(step))
-            loss, parts = self.loss(render, target, batch)
+            loss, parts = self.loss(render, target, batch, meta["alphas"])
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             self.strategy.step_pre_backward(self.avatar, self._avatar_optimizers(), self.strategy_state, step, meta)
             loss.backward()
