@@ -327,11 +327,10 @@ def _run_drive(cfg: DriveConfig) -> dict:
         else:
             viewmat, K = drive_camera(rig, seq, fit.camera, cfg.resolution, yaw, pitch)
             width = height = cfg.resolution
-            background = parse_background(cfg.background, width, height)
-            if background is None:
-                background = torch.ones(height, width, 3)
+            background = parse_background(cfg.background, width, height)  # None: white
         rig, avatar = rig.to(device), avatar.to(device)
-        viewmat, K, background = viewmat.to(device), K.to(device), background.to(device)
+        viewmat, K = viewmat.to(device), K.to(device)
+        background = None if background is None else background.to(device)
 
         with Bars(cfg.quiet, transient=True) as bars, \
                 frame_pipeline(video_out, width, height, fps=cfg.fps, audio_path=mux,

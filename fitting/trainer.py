@@ -294,23 +294,34 @@ class Trainer:
             of the C cameras (``means2d`` [C, N, 2], ``radii`` [C, N, 2], ``n_cameras`` C, ...), plus ``alphas``
             [C, H, W, 1], the avatar's opacity in each image.
         """
+        one = isinstance(batch, Sample)
+        views = Views([batch]) if one else batch
+        colors, meta = self.render_cameras(params, views.viewmats(), views.Ks(), views.width, views.height,
+                                           background[None] if one and background.dim() == 3 else background,
+                                           sh_degree)
+        return (colors[0] if one else colors), meta
+
+    def render_cameras(self, params: RigParams, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
+                       background: torch.Tensor, sh_degree: int):
+        """The avatar posed by ``params`` (batch 1) seen by C cameras (``viewmats`` [C, 4, 4] world-to-camera,
+        OpenCV; ``Ks`` [C, 3, 3] px) at width x height, in one rasterization call, over ``background`` ([3] in
+        [0, 1] behind every camera, or [C, H, W, 3]).  Returns colors [C, H, W, 3] and the rasterizer's meta plus
+        ``alphas`` [C, H, W, 1] (see :meth:`render`)."""
         from talksplat.avatar.appearance import appearance_code
         from talksplat.render import rasterization
 
         verts = self.rig(params).vertices
         code = appearance_code(params) if self.avatar.code_size else None  # [1, D]: the colour blendshapes' input
         g = self.avatar.world(verts, self.rig.faces, code)[0]
-        one = isinstance(batch, Sample)
-        views = Views([batch]) if one else batch
         flat = background.dim() == 1
-        colors, alphas, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, views.viewmats(),
-                                             views.Ks(), views.width, views.height, sh_degree=sh_degree,
-                                             backgrounds=background[None].expand(len(views), -1).contiguous()
+        colors, alphas, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, viewmats, Ks, width,
+                                             height, sh_degree=sh_degree,
+                                             backgrounds=background[None].expand(len(viewmats), -1).contiguous()
                                              if flat else None)
         if not flat:  # over an image: alpha compositing after the rasterizer (it takes one colour per camera)
-            colors = colors + (1 - alphas) * (background[None] if one else background)
+            colors = colors + (1 - alphas) * background
         meta["alphas"] = alphas
-        return (colors[0] if one else colors), meta
+        return colors, meta
 
     # ------------------------------------------------------------------ losses
     def _weight_map(self, sample: Sample) -> torch.Tensor | None:
@@ -629,15 +640,11 @@ class Trainer:
                      background: torch.Tensor, tuned: bool = False) -> torch.Tensor:
         """[H, W, 3] in [0, 1]: time step ``timestep`` (tracked parameters, or the tuned ones) seen by one camera
         (viewmat [4, 4], K [3, 3] px, width x height) over ``background`` ([3] or [H, W, 3])."""
-        from talksplat.data_prep.dataset import Frame
-
-        fr = Frame(image="", mask=None, K=K.cpu().double().numpy(), c2w=np.linalg.inv(viewmat.cpu().double().numpy()),
-                   timestep=timestep, camera="", width=width, height=height)
-        s = Sample(frame=fr, image=background, mask=background[..., 0], viewmat=viewmat, K=K, timestep=timestep,
-                   landmarks=None)
         ts = torch.tensor([timestep], device=self.device)
-        render, _ = self.render(s, self.frames.rig_params(ts, tuned=tuned), background, self.avatar.sh_degree)
-        return render.clamp(0, 1)
+        render, _ = self.render_cameras(self.frames.rig_params(ts, tuned=tuned), viewmat[None], K[None], width, height,
+                                        background if background.dim() == 1 else background[None],
+                                        self.avatar.sh_degree)
+        return render[0].clamp(0, 1)
 
     def _write_panel(self, path: Path, target: torch.Tensor, render: torch.Tensor) -> None:
         """ground truth | render | 4 x |error| side by side, as a PNG."""
