@@ -42,6 +42,10 @@ def test_gpu_check_script_steps_and_arguments(tmp_path):
         assert r.returncode != 0 and what in r.stderr and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
     r = _script("--help")
     assert r.returncode == 0 and "--wheels DIR" in r.stdout and "Exit status" in r.stdout
+    assert "set -uo" not in r.stdout and r.stdout.rstrip().endswith("4 table).")  # the header, all of it
+    ext = tmp_path / "ext"
+    r = _script("--dry-run", "--extensions", str(ext))
+    assert r.returncode == 0 and f"kept in {ext}" in r.stdout and not ext.exists()
 
 
 def test_bench_gpu_table_on_the_cpu_with_the_cuda_code_path(tmp_path, monkeypatch, capsys):
