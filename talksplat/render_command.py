@@ -28,7 +28,8 @@ class RenderConfig(ProcessOptions):
     overwrite: bool = False
     """Replace existing output files (only files talksplat wrote)."""
     avatar: Path | None = None
-    """A fitted avatar (`.safetensors`); its rig is loaded from `--rig` and must match."""
+    """A fitted avatar (`.safetensors`, or its fit folder); its rig is loaded from `--rig` and must match.  In its
+    fit folder it is posed with its subject's identity (else the rig's mean head)."""
     rig: RigSpec = DEFAULT_RIG
     resolution: Annotated[int, Range(16, 8192)] = 1024
     """Image width and height in pixels (16 to 8192)."""
@@ -78,6 +79,7 @@ def parse_expressions(items: tuple[str, ...], names: list[str]) -> dict[int, flo
 
 def run_render(cfg: RenderConfig) -> list[Path]:
     """Do the work of `talksplat render`; returns the written files."""
+    import numpy as np
     import torch
 
     from talksplat.avatar import init_avatar, load_avatar
@@ -101,12 +103,20 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     device = pick_device(cfg.device)
     rig = load_rig(cfg.rig)
     if cfg.avatar is not None:
-        avatar = load_avatar(cfg.avatar, rig=rig)
+        from talksplat.driving.fit_reader import fit_paths
+
+        avatar = load_avatar(fit_paths(cfg.avatar)[1], rig=rig)
     else:
         avatar = init_avatar(rig, per_face=cfg.per_face)
     rig, avatar = rig.to(device), avatar.to(device)
 
     params = rig.zero_params(1, device=device)
+    if cfg.avatar is not None:
+        from talksplat.driving.fit_reader import open_fit
+
+        fit = open_fit(cfg.avatar)
+        if fit.has_tuned:  # the Gaussians sit on the subject's head: pose that, not the rig's mean one
+            params.shape = torch.as_tensor(np.asarray(fit.tuned.shape), dtype=torch.float32, device=device)[None]
     for i, v in parse_expressions(cfg.expr, rig.expression_names).items():
         params.expression[0, i] = v
     params.jaw[0, 0] = cfg.jaw

@@ -299,3 +299,27 @@ def test_bench_drive_runs():
     assert cpu["device"] == "cpu" and cpu["frames"] == 25 and cpu["audio_seconds"] == 1.0
     assert 0 < cpu["predict_seconds"] < cpu["seconds"] and cpu["realtime_factor"] == pytest.approx(cpu["seconds"], rel=0.01)
     assert len(rows) == 2 and (rows[1].get("skipped") == "no CUDA device") != ("frames" in rows[1])
+
+
+def test_render_poses_a_fitted_avatar_with_its_subjects_identity(grid_fit, tmp_path, monkeypatch):
+    """`talksplat render --avatar FIT`: the Gaussians sit on the subject's head (the fit's identity), so the rig is
+    posed with that shape, not the rig's mean head; a bare avatar file (no fit folder beside it) uses the mean."""
+    from talksplat.avatar import render as avatar_render
+
+    shapes = []
+    real = avatar_render.render_avatar
+
+    def spy(avatar, rig, params, *a, **k):
+        shapes.append(params.shape[0].cpu().numpy().copy())
+        return real(avatar, rig, params, *a, **k)
+
+    monkeypatch.setattr(avatar_render, "render_avatar", spy)
+    fit = grid_fit / "fit"
+    assert main(["render", "--avatar", str(fit), "--out", str(tmp_path / "x.png"), "--resolution", "48"]) == 0
+    subject = np.load(fit / "tuned_params.npz")["shape"]
+    assert np.abs(subject).max() > 0.05 and np.allclose(shapes[-1], subject, atol=1e-6)
+    bare = tmp_path / "bare" / "avatar.safetensors"
+    bare.parent.mkdir()
+    bare.write_bytes((fit / "avatar.safetensors").read_bytes())
+    assert main(["render", "--avatar", str(bare), "--out", str(tmp_path / "y.png"), "--resolution", "48"]) == 0
+    assert not shapes[-1].any()
