@@ -18,7 +18,8 @@ from talksplat.core.errors import InputError
 from .config import BenchFidelityConfig
 
 #: The figures of a row, from the fit's ``metrics.json`` ``heldout`` entry.
-FIGURES = ("psnr", "fg_psnr", "mouth_psnr", "frame_psnr", "psnr_min", "frame_psnr_min", "ssim", "frame_ssim")
+FIGURES = ("psnr", "fg_psnr", "mouth_psnr", "frame_psnr", "psnr_min", "frame_psnr_min", "ssim", "frame_ssim",
+           "mouth_open_psnr", "outside")
 
 
 def default_clips() -> list[Path]:
@@ -69,19 +70,22 @@ def _f(v) -> str:
 
 def rows_text(rows: list[dict]) -> str:
     """One line per clip and background, then the mean per background."""
-    head = "clip            background  crop  crop-fg  mouth  frame  crop-min  frame-min  (held-out PSNR, dB)"
+    head = ("clip            background  crop  crop-fg  mouth  frame  crop-min  frame-min  (held-out PSNR, dB)"
+            "  outside %")
     lines = [head]
     for r in rows:
+        out = r.get("outside")
         lines.append(f"{r['clip']:<15} {r['background']:<10} {_f(r['psnr'])} {_f(r['fg_psnr'])} {_f(r['mouth_psnr'])} "
-                     f"{_f(r['frame_psnr'])} {_f(r['psnr_min'])}    {_f(r['frame_psnr_min'])}")
+                     f"{_f(r['frame_psnr'])} {_f(r['psnr_min'])}    {_f(r['frame_psnr_min'])}"
+                     f"  {_f(None if out is None else 100 * out)}")
     for bg in dict.fromkeys(r["background"] for r in rows):
         sel = [r for r in rows if r["background"] == bg]
 
         def mean(k):
-            v = [r[k] for r in sel if r[k] is not None]
+            v = [r.get(k) for r in sel if r.get(k) is not None]
             return float(np.mean(v)) if v else None
 
         lines.append(f"{'mean of ' + str(len(sel)):<15} {bg:<10} {_f(mean('psnr'))} {_f(mean('fg_psnr'))} "
                      f"{_f(mean('mouth_psnr'))} {_f(mean('frame_psnr'))} {_f(mean('psnr_min'))}    "
-                     f"{_f(mean('frame_psnr_min'))}")
+                     f"{_f(mean('frame_psnr_min'))}  {_f(None if mean('outside') is None else 100 * mean('outside'))}")
     return "\n".join(lines)

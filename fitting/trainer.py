@@ -562,7 +562,8 @@ class Trainer:
         render and image both masked onto white by the image's mask (one figure for every ``--background``).  With
         a dataset that has a plate, the whole source frame of each held-out step, the avatar over the plate (also
         for an avatar fitted on a flat colour: pasted into the frame): ``frame_psnr``, ``frame_ssim``,
-        ``frame_psnr_min`` over ``frames`` frames at the dataset's source-frame size."""
+        ``frame_psnr_min`` over ``frames`` frames at the dataset's source-frame size.  ``outside``: the share of
+        the avatar's opacity that falls where the image's mask says background (Gaussians painting background)."""
         from .losses import psnr, ssim_map
         from .regions import OPEN_MOUTH, mouth_gap, region_mask
 
@@ -575,7 +576,8 @@ class Trainer:
         sampler = FrameSampler(self.ds, "heldout", cache_mb=64, device=self.device, plate=self.plate)
         white = torch.ones(3, device=self.device)
         rows: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "mouth_psnr", "mouth_ssim", "lpips", "fg_psnr",
-                                                        "fg_ssim", "frame_psnr", "frame_ssim", "mouth_open_psnr")}
+                                                        "fg_ssim", "frame_psnr", "frame_ssim", "mouth_open_psnr",
+                                                        "outside")}
         show = set(idx[:: max(1, len(idx) // max(1, self.cfg.side_by_side))][: self.cfg.side_by_side])
         (self.out / HELDOUT).mkdir(parents=True, exist_ok=True)
 
@@ -589,9 +591,11 @@ class Trainer:
             s = sampler.load(i)
             target, bg = (s.image, s.plate) if self.use_plate else (s.composite(white), white)
             ts = torch.tensor([s.timestep], device=self.device)
-            render, _ = self.render(s, self.frames.rig_params(ts, tuned=False), bg, self.avatar.sh_degree)
+            render, meta = self.render(s, self.frames.rig_params(ts, tuned=False), bg, self.avatar.sh_degree)
             render = render.clamp(0, 1)
             smap = score(render, target)
+            alpha = meta["alphas"][0, ..., 0]
+            rows["outside"].append(float((alpha * (1 - s.mask)).sum() / alpha.sum().clamp_min(1e-9)))
             if self._lpips_applies(render):
                 rows["lpips"].append(float(self.lpips(render, target)))
             if s.landmarks is not None:
