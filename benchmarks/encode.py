@@ -62,10 +62,11 @@ def video_frames(path: Path, resolution: int, n: int) -> np.ndarray:
                      for f in frames])
 
 
-def encode_row(frames: np.ndarray, preset: str, crf: int, folder: Path, jobs: int = 1) -> dict:
+def encode_row(frames: np.ndarray, preset: str, crf: int, folder: Path, jobs: int = 1, codec: str = "libx264") -> dict:
     """Encode ``frames`` [n, H, W, 3] uint8 at 25 fps with one libx264 (``jobs`` 1) or as ``jobs`` encoders on
     segments joined without re-encoding (:class:`talksplat.render.video.SegmentedPipeline`, the cores shared
-    among them, as `talksplat drive` does); one row: frames/s (wall), CPU ms per frame, kbit/s, PSNR."""
+    among them, as `talksplat drive` does), or with ``codec`` h264_nvenc (one encoder); one row: frames/s (wall), CPU
+    ms per frame, kbit/s, PSNR."""
     import os
 
     from talksplat.render.video import SEGMENT_SECONDS, SegmentedPipeline, VideoWriter, read_video
@@ -74,7 +75,7 @@ def encode_row(frames: np.ndarray, preset: str, crf: int, folder: Path, jobs: in
     out = folder / f"{preset}_{crf}_{jobs}.mp4"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    with (VideoWriter(out, w, h, fps=25, crf=crf, preset=preset) if jobs == 1 else
+    with (VideoWriter(out, w, h, fps=25, crf=crf, preset=preset, codec=codec) if jobs == 1 else
           SegmentedPipeline(out, w, h, 25, None, True, preset, crf, jobs, segment=round(SEGMENT_SECONDS * 25),
                             threads=max(1, (os.cpu_count() or 1) // jobs))) as vw:
         for f in frames:
@@ -87,7 +88,7 @@ def encode_row(frames: np.ndarray, preset: str, crf: int, folder: Path, jobs: in
         raise RuntimeError(f"{out}: decoded {decoded.shape}, encoded {frames.shape}")
     mse = np.mean((decoded.astype(np.float64) - frames.astype(np.float64)) ** 2, axis=(1, 2, 3))
     psnr = 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
-    return {"preset": preset, "crf": crf, "jobs": jobs, "frames": n, "resolution": w, "fps": n / wall,
+    return {"preset": preset, "crf": crf, "jobs": jobs, "codec": codec, "frames": n, "resolution": w, "fps": n / wall,
             "cpu_ms_per_frame": 1e3 * cpu / n, "kbit_s": out.stat().st_size * 8 / 1e3 / (n / 25),
             "psnr": float(psnr.mean()), "psnr_min": float(psnr.min())}
 

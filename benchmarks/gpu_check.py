@@ -104,22 +104,24 @@ def encoder_rows(cfg: BenchGpuConfig) -> list[dict]:
     :func:`talksplat.benchmarks.encode.encode_row` on renders of the textured open head (CPU); then the
     standard quality with as many encoders on segments as `talksplat drive` uses beside a GPU
     (:func:`talksplat.render.video.encode_jobs`), when that is more than one, on enough frames (the renders
-    repeated) to give each encoder two segments."""
-    from talksplat.render.video import QUALITY, SEGMENT_SECONDS, encode_jobs
+    repeated) to give each encoder two segments; and NVIDIA's h264_nvenc where the GPU has NVENC."""
+    from talksplat.render.video import QUALITY, SEGMENT_SECONDS, encode_jobs, nvenc_available
 
     from .encode import avatar_frames, encode_row
 
     frames = avatar_frames(cfg.drive_resolution, cfg.encoder_frames)
     rows = []
     jobs = encode_jobs("cuda")
-    runs = [(q, 1) for q in QUALITY] + ([("standard", jobs)] if jobs > 1 else [])
+    runs = [(q, 1, "libx264") for q in QUALITY] + ([("standard", jobs, "libx264")] if jobs > 1 else [])
+    runs += [("standard", 1, "h264_nvenc")] if nvenc_available() else []
     with tempfile.TemporaryDirectory() as d:
-        for quality, n in runs:
+        for quality, n, codec in runs:
             preset, crf = QUALITY[quality]
             clip = frames if n == 1 else np.concatenate(
                 [frames] * -(-int(2 * n * SEGMENT_SECONDS * 25) // len(frames)))
-            r = encode_row(clip, preset, crf, Path(d), jobs=n)
-            what = f"encoder alone: libx264 {cfg.drive_resolution} px, --quality {quality} ({preset}, crf {crf})"
+            r = encode_row(clip, preset, crf, Path(d), jobs=n, codec=codec)
+            what = (f"encoder alone: libx264 {cfg.drive_resolution} px, --quality {quality} ({preset}, crf {crf})"
+                    if codec == "libx264" else f"encoder alone: h264_nvenc {cfg.drive_resolution} px, cq {crf}")
             if n > 1:
                 what += f", {n} encoders on segments"
             rows.append({"what": what, "unit": "frames/s", "value": r["fps"],

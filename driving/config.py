@@ -102,8 +102,11 @@ class DriveConfig(ProcessOptions):
     quality: Literal["standard", "archival"] = "standard"
     """H.264 settings: `standard` (libx264 veryfast, crf 16: about 3x faster to encode than `archival`, 42+ dB
     PSNR against the rendered frames) or `archival` (medium, crf 10: near lossless, larger files)."""
+    encoder: Literal["auto", "libx264", "nvenc"] = "auto"
+    """Video encoder: `auto` is NVIDIA's (h264_nvenc) when rendering on a GPU that has NVENC (H100 and H200 have
+    none), else libx264; `nvenc` fails in one line where it cannot run."""
     encode_jobs: Annotated[int, Range(1, 64)] | None = None
-    """Video encoders at once, each on 2-second segments joined without re-encoding (1 to 64; default: 1 on
+    """libx264 encoders at once, each on 2-second segments joined without re-encoding (1 to 64; default: 1 on
     the CPU, where rendering needs the cores; a quarter of the cores, at most 8, beside a GPU)."""
     voice: str = "en-us"
     """espeak-ng voice for --text."""

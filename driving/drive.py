@@ -276,7 +276,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
     from talksplat.core.files import atomic_write, scratch_dir
     from talksplat.core.progress import Bars
     from talksplat.render.device import pick_device
-    from talksplat.render.video import encode_jobs, frame_pipeline
+    from talksplat.render.video import encode_jobs, frame_pipeline, pick_encoder
 
     from .audio import load_audio, synthesize_speech
     from .arkit_csv import check_arkit_rig, csv_path, write_arkit_csv
@@ -294,6 +294,8 @@ def _run_drive(cfg: DriveConfig) -> dict:
     avatar = fit.avatar
     fit.tracked.validate(rig)  # the identity and expression sizes are the rig's (InputError naming the file)
     source = source_framing(cfg, fit)
+    device = pick_device(cfg.device)
+    codec = pick_encoder(cfg.encoder, device)  # before any work: `--encoder nvenc` fails here where it cannot run
     # read now, once: a damaged plate names its file before any work
     source_frame, plate = fit.source_frame() if source else (None, None)
     video_out, npz, wav = output_paths(cfg.out)
@@ -315,7 +317,6 @@ def _run_drive(cfg: DriveConfig) -> dict:
         mux = _audio_for_mux(Path(src), tmp, T / cfg.fps)
         t_predict = time.perf_counter() - t_start
 
-        device = pick_device(cfg.device)
         if source:  # the whole source frame, over the plate unless --background says otherwise
             sf = source_frame
             viewmat, K, width, height = source_camera(sf, cfg.max_size)
@@ -335,7 +336,7 @@ def _run_drive(cfg: DriveConfig) -> dict:
         with Bars(cfg.quiet, transient=True) as bars, \
                 frame_pipeline(video_out, width, height, fps=cfg.fps, audio_path=mux,
                                shortest=False, queue_size=2 * cfg.batch, quality=cfg.quality,
-                               jobs=cfg.encode_jobs or encode_jobs(device)) as video:
+                               jobs=cfg.encode_jobs or encode_jobs(device), codec=codec) as video:
             advance, _ = bars.task("drive", T)
             # rendered in batches on the device while a thread encodes
             for frames in render_batches(avatar, rig, seq, viewmat, K, width, height, cfg.batch, background):
@@ -353,4 +354,4 @@ def _run_drive(cfg: DriveConfig) -> dict:
             "frame": "source" if source else "head", "width": width, "height": height,
             "audio_seconds": round(duration, 3), "seconds": round(t_total, 2), "predict_seconds": round(t_predict, 2),
             "render_encode_seconds": round(t_total - t_predict, 2),
-            "realtime_factor": round(t_total / max(duration, 1e-9), 3), "device": str(device)}
+            "realtime_factor": round(t_total / max(duration, 1e-9), 3), "device": str(device), "encoder": codec}

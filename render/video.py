@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from talksplat.core.errors import OutputError
+from talksplat.core.errors import OptionError, OutputError
 from talksplat.core.ffmpeg import OWN_TAG, ffmpeg_exe, last_error_line
 from talksplat.core.files import partial_prefix
 from talksplat.core.process import child_kwargs
@@ -41,6 +41,50 @@ def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
 QUALITY: dict[str, tuple[str, int]] = {"standard": ("veryfast", 16), "archival": ("medium", 10)}
 
 
+def encoder_args(codec: str, preset: str, crf: int) -> list[str]:
+    """ffmpeg's video-encoder arguments: libx264 at ``preset`` and ``crf``, or h264_nvenc at the same quality level
+    as its constant quality (``-cq``; its own preset p5, high quality)."""
+    if codec == "h264_nvenc":
+        return ["-c:v", "h264_nvenc", "-preset", "p5", "-tune", "hq", "-rc", "vbr", "-cq", str(crf), "-b:v", "0",
+                "-pix_fmt", "yuv420p"]
+    if codec != "libx264":
+        raise ValueError(f"unknown video encoder {codec!r}")
+    return ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-crf", str(crf)]
+
+
+def nvenc_available() -> bool:
+    """Whether the bundled ffmpeg can encode with h264_nvenc here: a GPU with NVENC and its driver (data-centre
+    GPUs such as the H100 and H200 have none).  Tried once per process with two tiny frames."""
+    global _nvenc
+    if _nvenc is None:
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+               "color=c=gray:s=256x256:d=0.08:r=25", *encoder_args("h264_nvenc", "", 23), "-f", "null", "-"]
+        try:
+            _nvenc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                                    **child_kwargs()).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            _nvenc = False
+    return _nvenc
+
+
+_nvenc: bool | None = None
+
+
+def pick_encoder(choice: str, device: torch.device | str) -> str:
+    """`--encoder`: ``auto`` is h264_nvenc beside a GPU that has NVENC, else libx264; ``nvenc`` insists (an
+    OptionError naming the flag when this machine cannot); ``libx264`` is libx264."""
+    if choice == "libx264":
+        return "libx264"
+    if choice == "nvenc":
+        if not nvenc_available():
+            raise OptionError("--encoder nvenc: ffmpeg cannot open NVIDIA's encoder here (no GPU with NVENC, or no "
+                              "driver for it; H100 and H200 have none): use --encoder libx264")
+        return "h264_nvenc"
+    if choice != "auto":
+        raise OptionError(f"--encoder {choice}: expected auto, libx264 or nvenc")
+    return "h264_nvenc" if torch.device(device).type == "cuda" and nvenc_available() else "libx264"
+
+
 class VideoWriter:
     """Context manager writing an H.264 (yuv420p) MP4, optionally with an audio track muxed in.
 
@@ -56,7 +100,8 @@ class VideoWriter:
     speed preset and constant rate factor (lower is better; 10 is near lossless); the defaults are
     :data:`QUALITY` "archival" (for videos that are inputs: the demo's subject, test clips); the commands'
     outputs go through :func:`frame_pipeline` and its ``quality``.  ``threads``: libx264's threads (default: its
-    own choice, about 1.5 per core).
+    own choice, about 1.5 per core).  ``codec``: ``libx264`` or ``h264_nvenc`` (NVIDIA's encoder, see
+    :func:`pick_encoder`; ``crf`` is then its constant-quality level).
 
     Frames stream to an ffmpeg child process that dies with us (even on ``kill -9``); the file is
     written as ``.NAME.partial-<pid>-*.mp4`` beside the target, tagged as talksplat's own
@@ -65,7 +110,7 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float = 25.0,
                  crf: int = QUALITY["archival"][1], audio_path: str | os.PathLike | None = None, shortest: bool = True,
-                 preset: str = QUALITY["archival"][0], threads: int | None = None):
+                 preset: str = QUALITY["archival"][0], threads: int | None = None, codec: str = "libx264"):
         if width % 2 or height % 2:
             raise ValueError(f"{path}: H.264 needs even width and height, got {width}x{height}")
         self.path = Path(path)
@@ -82,7 +127,7 @@ class VideoWriter:
         if audio_path is not None:
             cmd += ["-i", str(audio_path), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
             cmd += ["-shortest"] if shortest else []
-        cmd += ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-crf", str(crf)]
+        cmd += encoder_args(codec, preset, crf)
         cmd += ["-threads", str(threads)] if threads else []
         cmd += ["-movflags", "+faststart",
                 "-metadata", f"comment={OWN_TAG}", "-f", "mp4", str(self._tmp)]
@@ -360,11 +405,14 @@ def encode_jobs(device: torch.device | str) -> int:
 
 def frame_pipeline(path: str | os.PathLike, width: int, height: int, fps: float = 25.0,
                    audio_path: str | os.PathLike | None = None, shortest: bool = True, queue_size: int = 16,
-                   quality: str = "standard", jobs: int = 1) -> FramePipeline | SegmentedPipeline:
+                   quality: str = "standard", jobs: int = 1, codec: str = "libx264") -> FramePipeline | SegmentedPipeline:
     """A :class:`FramePipeline` into a new :class:`VideoWriter` (same arguments; ``quality``: a :data:`QUALITY`
-    name); with ``jobs`` > 1 a :class:`SegmentedPipeline` of that many encoders (segments of
-    :data:`SEGMENT_SECONDS`, the cores shared among them)."""
+    name; ``codec``: see :class:`VideoWriter`); with ``jobs`` > 1 (libx264) a :class:`SegmentedPipeline` of that
+    many encoders (segments of :data:`SEGMENT_SECONDS`, the cores shared among them)."""
     preset, crf = QUALITY[quality]
+    if codec != "libx264":
+        return FramePipeline(VideoWriter(path, width, height, fps=fps, crf=crf, audio_path=audio_path,
+                                         shortest=shortest, preset=preset, codec=codec), queue_size=queue_size)
     if jobs > 1:
         return SegmentedPipeline(path, width, height, fps, audio_path, shortest, preset, crf, jobs,
                                  segment=max(1, round(SEGMENT_SECONDS * fps)),

@@ -245,6 +245,8 @@ def test_drive_bad_input(grid_fit, tmp_path, capsys):
     assert "driver.safetensors: no audio predictor here" in err(["drive", str(bare), "--text", "hi", "--out", str(out)])
     assert "--background" in err(["drive", str(fit), "--text", "hi", "--out", str(out), "--background", "mauve"])
     assert "--camera" in err(["drive", str(fit), "--text", "hi", "--out", str(out), "--camera", "left"])
+    # no GPU with NVENC here: NVIDIA's encoder refused in one line, before any work (auto falls back to libx264)
+    assert "--encoder nvenc" in err(["drive", str(fit), "--text", "hi", "--out", str(out), "--encoder", "nvenc"])
     # --text without any TTS on the PATH names the package to install
     path = os.environ["PATH"]
     try:

@@ -194,3 +194,26 @@ def test_download_yields_cpu_batches_in_order():
     batches = [torch.full((2, 4, 6, 3), i, dtype=torch.uint8) for i in range(3)]
     got = list(download(iter(batches)))
     assert [int(a[0, 0, 0, 0]) for a in got] == [0, 1, 2] and all(a.shape == (2, 4, 6, 3) for a in got)
+
+
+def test_encoder_choice_and_arguments():
+    """`--encoder`: libx264 or NVIDIA's h264_nvenc (the bundled ffmpeg has it; this machine has no NVENC, so the
+    real probe fails and `auto` stays on libx264; `nvenc` is refused in one line naming the flag)."""
+    from talksplat.core.errors import OptionError
+    from talksplat.render.video import encoder_args, nvenc_available, pick_encoder
+
+    assert encoder_args("libx264", "veryfast", 16)[:6] == ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt",
+                                                           "yuv420p"]
+    nv = encoder_args("h264_nvenc", "veryfast", 16)
+    assert nv[:2] == ["-c:v", "h264_nvenc"] and nv[nv.index("-cq") + 1] == "16"
+    with pytest.raises(ValueError):
+        encoder_args("mpeg4", "fast", 10)
+    assert pick_encoder("libx264", "cuda") == "libx264" and pick_encoder("auto", "cpu") == "libx264"
+    import torch
+
+    if torch.cuda.is_available() and nvenc_available():
+        pytest.skip("this machine's GPU has NVENC: the refusal below cannot happen here")
+    assert pick_encoder("auto", "cuda") == "libx264"
+    with pytest.raises(OptionError, match="--encoder nvenc") as e:
+        pick_encoder("nvenc", "cuda")
+    assert "\n" not in str(e.value)
