@@ -299,6 +299,30 @@ def tracking_stage(cfg: PrepConfig, src: PrepInputs, lm: PrepLandmarks, timings:
     return PrepTracking(points=track_pts, Ks=Ks, result=result, seconds=time.perf_counter() - t_stage)
 
 
+class RigSilhouettes:
+    """Where the tracked rig covers an image (:func:`talksplat.data_prep.plate.head_silhouettes`, no dilation):
+    the prior added to the segmented masks (``--mask-prior``).  Posed in chunks of time steps, as asked."""
+
+    CHUNK = 64
+
+    def __init__(self, rig, sequence):
+        self.rig, self.seq = rig, sequence
+        self._chunk: tuple[int, torch.Tensor] | None = None
+
+    def __call__(self, t: int, K: np.ndarray, c2w: np.ndarray, width: int, height: int) -> np.ndarray:
+        """[H, W] float32 in {0, 1}: time step ``t`` seen by a camera (``K`` [3, 3] px, ``c2w`` [4, 4] OpenCV,
+        metres)."""
+        from .plate import head_silhouettes
+
+        start = t - t % self.CHUNK
+        if self._chunk is None or self._chunk[0] != start:
+            with torch.no_grad():
+                verts = self.rig(self.seq[start:start + self.CHUNK].to_params(self.rig.template.device)).vertices
+            self._chunk = (start, verts.cpu())
+        v = self._chunk[1][t - start][None]
+        return head_silhouettes(v, self.rig.faces, K, np.linalg.inv(c2w), width, height, dilate=0)[0].astype(np.float32)
+
+
 @dataclass
 class PrepFrames:
     """The frames stage (pass 2): images and masks written, one :class:`Frame` each."""
@@ -350,6 +374,7 @@ def frames_stage(cfg: PrepConfig, src: PrepInputs, lm: PrepLandmarks, tracked: P
                 source = SourceFrameBuilder(src, tracked, boxes, heldout=default_split(T, cfg.heldout)["heldout"])
             advance, _ = bars.task(f"images+masks {cam}", T)
             seg = Segmenter()
+            prior = RigSilhouettes(src.rig, tracked.result.sequence()) if cfg.mask_prior else None
 
             def frames():
                 for t, frame in enumerate(_timed_frames(info.path, fps, T, timings, cfg.allow_damaged)):
@@ -377,8 +402,13 @@ def frames_stage(cfg: PrepConfig, src: PrepInputs, lm: PrepLandmarks, tracked: P
                 if step_kept[t] and keep[c, t]:
                     rel, mrel = image_name(cam, t), image_name(cam, t, "masks")
                     submit(rel, img)
-                    submit(mrel, to_uint8_mask(m))
                     K = K_img if multiview else crop_intrinsics(Ks[0], boxes[t], cfg.resolution)
+                    if prior is not None:
+                        sil = prior(t, K, c2w, img.shape[1], img.shape[0])
+                        if not multiview:  # not over the crop's padding beyond the source frame
+                            sil = sil * inside_mask(boxes[t], cfg.resolution, (info.width, info.height))
+                        m = np.maximum(m, sil)
+                    submit(mrel, to_uint8_mask(m))
                     writer.add_frame(Frame(image=rel, mask=mrel, K=K, c2w=c2w, timestep=t, camera=cam,
                                            width=img.shape[1], height=img.shape[0]))
                 timings["write"] += time.perf_counter() - t0

@@ -135,6 +135,27 @@ def test_prep_writes_the_plate_and_the_heldout_frames(grid_prep, open_rig):
     assert np.abs(view[corner] - img[corner]).mean() < 8
 
 
+def test_masks_add_the_rig_silhouette_where_it_lies_on_the_person(grid_prep, open_rig):
+    """Prep's mask prior: each mask holds the tracked rig's silhouette in its crop, and that silhouette lies on the
+    person the segmentation found (at least 97 % of it inside the segmented foreground): a prior that fills holes,
+    not one that paints background in."""
+    from talksplat.data_prep.masks import Segmenter
+    from talksplat.data_prep.prep import RigSilhouettes
+
+    ds = grid_prep
+    prior = RigSilhouettes(open_rig, ds.rig_params)
+    seg = Segmenter()
+    try:
+        for fr in ds.frames[::25]:
+            sil = prior(fr.timestep, fr.K, fr.c2w, fr.width, fr.height) > 0.5
+            mask = ds.load_mask(fr) >= 128
+            raw = seg(ds.load_image(fr)) > 0.5
+            assert sil.sum() > 0.1 * sil.size and mask[sil].all(), fr.timestep
+            assert raw[sil].mean() > 0.97, (fr.timestep, raw[sil].mean())
+    finally:
+        seg.close()
+
+
 def test_background_specs(tmp_path):
     """`--background`: auto (the caller's default), colours, and an image cropped to the frame's aspect ratio."""
     import cv2
