@@ -112,9 +112,10 @@ def rows_text(rows: list[dict]) -> str:
 
     table = Table(title=f"talksplat bench encode (libx264, {rows[0]['frames']} frames of {rows[0]['resolution']} px)"
                   if rows else "talksplat bench encode")
-    for col in ("preset", "crf", "encoders", "frames/s (wall)", "CPU ms / frame", "kbit/s at 25 fps", "PSNR dB", "worst frame dB"):
+    for col in ("preset", "crf", "encoders", "frames/s (wall)", "CPU ms / frame", "kbit/s at 25 fps", "PSNR dB",
+                "worst frame dB"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["preset"], str(r["crf"]), str(r.get("jobs", 1)), f"{r['fps']:.1f}", f"{r['cpu_ms_per_frame']:.1f}",
-                      f"{r['kbit_s']:,.0f}", f"{r['psnr']:.2f}", f"{r['psnr_min']:.2f}")
+        table.add_row(r["preset"], str(r["crf"]), str(r.get("jobs", 1)), f"{r['fps']:.1f}",
+                      f"{r['cpu_ms_per_frame']:.1f}", f"{r['kbit_s']:,.0f}", f"{r['psnr']:.2f}", f"{r['psnr_min']:.2f}")
     return table_text(table)

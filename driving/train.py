@@ -322,7 +322,8 @@ def train_predictor(wave: np.ndarray, fps: float, targets: np.ndarray, train_ids
         if progress is not None and (step % 50 == 0 or step == cfg.steps - 1):
             progress(step + 1, cfg.steps, loss.item(), (step + 1) / (time.perf_counter() - t0))
     model.cpu().eval()
-    meta = {"steps": cfg.steps, "device": device.type, "train_frames": int(len(train_ids)), "seconds": round(time.perf_counter() - t0, 2)}
+    meta = {"steps": cfg.steps, "device": device.type, "train_frames": int(len(train_ids)),
+            "seconds": round(time.perf_counter() - t0, 2)}
     if model.visemes is not None:
         meta["viseme_prior"] = prior is not None
     drv = AudioPredictor(model, layout, mean, std, np.asarray(rest, np.float32), enc.spec, fps, rig_checksum,

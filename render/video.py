@@ -405,7 +405,8 @@ def encode_jobs(device: torch.device | str) -> int:
 
 def frame_pipeline(path: str | os.PathLike, width: int, height: int, fps: float = 25.0,
                    audio_path: str | os.PathLike | None = None, shortest: bool = True, queue_size: int = 16,
-                   quality: str = "standard", jobs: int = 1, codec: str = "libx264") -> FramePipeline | SegmentedPipeline:
+                   quality: str = "standard", jobs: int = 1,
+                   codec: str = "libx264") -> FramePipeline | SegmentedPipeline:
     """A :class:`FramePipeline` into a new :class:`VideoWriter` (same arguments; ``quality``: a :data:`QUALITY`
     name; ``codec``: see :class:`VideoWriter`); with ``jobs`` > 1 (libx264) a :class:`SegmentedPipeline` of that
     many encoders (segments of :data:`SEGMENT_SECONDS`, the cores shared among them)."""
