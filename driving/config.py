@@ -105,9 +105,9 @@ class DriveConfig(ProcessOptions):
     encoder: Literal["auto", "libx264", "nvenc"] = "auto"
     """Video encoder: `auto` is NVIDIA's (h264_nvenc) when rendering on a GPU that has NVENC (H100 and H200 have
     none), else libx264; `nvenc` fails in one line where it cannot run."""
-    encode_jobs: Annotated[int, Range(1, 64)] | None = None
-    """libx264 encoders at once, each on 2-second segments joined without re-encoding (1 to 64; default: 1 on
-    the CPU, where rendering needs the cores; a quarter of the cores, at most 8, beside a GPU)."""
+    encode_jobs: Annotated[int | None, Range(1, 64)] = None
+    """libx264 encoders at once, each on 2-second segments joined without re-encoding; default: 1 on the CPU
+    (rendering needs the cores), a quarter of the cores (at most 8) beside a GPU (1 to 64)."""
     voice: str = "en-us"
     """espeak-ng voice for --text."""
     mouth_amplitude: Literal["predicted", "subject"] = "predicted"
