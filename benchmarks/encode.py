@@ -67,17 +67,14 @@ def encode_row(frames: np.ndarray, preset: str, crf: int, folder: Path, jobs: in
     segments joined without re-encoding (:class:`talksplat.render.video.SegmentedPipeline`, the cores shared
     among them, as `talksplat drive` does), or with ``codec`` h264_nvenc (one encoder); one row: frames/s (wall), CPU
     ms per frame, kbit/s, PSNR."""
-    import os
-
-    from talksplat.render.video import SEGMENT_SECONDS, SegmentedPipeline, VideoWriter, read_video
+    from talksplat.render.video import SegmentedPipeline, VideoWriter, read_video
 
     n, h, w = frames.shape[:3]
     out = folder / f"{preset}_{crf}_{jobs}.mp4"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with (VideoWriter(out, w, h, fps=25, crf=crf, preset=preset, codec=codec) if jobs == 1 else
-          SegmentedPipeline(out, w, h, 25, None, True, preset, crf, jobs, segment=round(SEGMENT_SECONDS * 25),
-                            threads=max(1, (os.cpu_count() or 1) // jobs))) as vw:
+          SegmentedPipeline(out, w, h, 25, None, True, preset, crf, jobs)) as vw:
         for f in frames:
             vw.write(f)
     wall = time.perf_counter() - t0

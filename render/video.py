@@ -266,8 +266,9 @@ class FramePipeline:
 
 class SegmentedPipeline:
     """Context manager encoding frames on ``jobs`` ffmpeg processes at once, for a producer faster than one
-    encoder (a GPU): the frames are cut into segments of ``segment`` frames, each encoded into its own MP4 by
-    the next free worker thread (its ffmpeg child gets ``threads`` libx264 threads), and the segments are joined
+    encoder (a GPU): the frames are cut into segments of ``segment`` frames (default :data:`SEGMENT_SECONDS`), each
+    encoded into its own MP4 by the next free worker thread (its ffmpeg child gets ``threads`` libx264 threads;
+    default: the cores shared among the ``jobs``), and the segments are joined
     with ffmpeg's concat demuxer without re-encoding (``-c:v copy``); the audio is muxed in at the join.
 
     Same use and guarantees as :class:`FramePipeline` (``write``, ``frames``, ``close``; the file appears under
@@ -277,9 +278,11 @@ class SegmentedPipeline:
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float, audio_path, shortest: bool,
-                 preset: str, crf: int, jobs: int, segment: int, threads: int | None = None):
+                 preset: str, crf: int, jobs: int, segment: int | None = None, threads: int | None = None):
         if width % 2 or height % 2:
             raise ValueError(f"{path}: H.264 needs even width and height, got {width}x{height}")
+        segment = max(1, round(SEGMENT_SECONDS * fps)) if segment is None else segment
+        threads = max(1, (os.cpu_count() or 1) // jobs) if threads is None else threads
         if jobs < 1 or segment < 1:
             raise ValueError(f"{path}: jobs ({jobs}) and segment ({segment}) must be at least 1")
         self.path = Path(path)
@@ -415,9 +418,7 @@ def frame_pipeline(path: str | os.PathLike, width: int, height: int, fps: float 
         return FramePipeline(VideoWriter(path, width, height, fps=fps, crf=crf, audio_path=audio_path,
                                          shortest=shortest, preset=preset, codec=codec), queue_size=queue_size)
     if jobs > 1:
-        return SegmentedPipeline(path, width, height, fps, audio_path, shortest, preset, crf, jobs,
-                                 segment=max(1, round(SEGMENT_SECONDS * fps)),
-                                 threads=max(1, (os.cpu_count() or 1) // jobs))
+        return SegmentedPipeline(path, width, height, fps, audio_path, shortest, preset, crf, jobs)
     return FramePipeline(VideoWriter(path, width, height, fps=fps, crf=crf, audio_path=audio_path,
                                      shortest=shortest, preset=preset), queue_size=queue_size)
 

@@ -82,7 +82,7 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     import numpy as np
     import torch
 
-    from talksplat.avatar import init_avatar, load_avatar
+    from talksplat.avatar import init_avatar
     from talksplat.avatar.render import render_avatar
     from talksplat.core.ffmpeg import has_own_tag
     from talksplat.core.outputs import check_output_file
@@ -102,21 +102,21 @@ def run_render(cfg: RenderConfig) -> list[Path]:
 
     device = pick_device(cfg.device)
     rig = load_rig(cfg.rig)
+    shape = None  # the identity: the rig's mean head
     if cfg.avatar is not None:
-        from talksplat.driving.fit_reader import fit_paths
+        from talksplat.driving.fit_reader import open_fit
 
-        avatar = load_avatar(fit_paths(cfg.avatar)[1], rig=rig)
+        fit = open_fit(cfg.avatar, rig=rig)  # the avatar checked whole against --rig
+        avatar = fit.avatar
+        if fit.has_tuned:  # the Gaussians sit on the subject's head: pose that, not the rig's mean one
+            shape = np.asarray(fit.tuned.shape)
     else:
         avatar = init_avatar(rig, per_face=cfg.per_face)
     rig, avatar = rig.to(device), avatar.to(device)
 
     params = rig.zero_params(1, device=device)
-    if cfg.avatar is not None:
-        from talksplat.driving.fit_reader import open_fit
-
-        fit = open_fit(cfg.avatar)
-        if fit.has_tuned:  # the Gaussians sit on the subject's head: pose that, not the rig's mean one
-            params.shape = torch.as_tensor(np.asarray(fit.tuned.shape), dtype=torch.float32, device=device)[None]
+    if shape is not None:
+        params.shape = torch.as_tensor(shape, dtype=torch.float32, device=device)[None]
     for i, v in parse_expressions(cfg.expr, rig.expression_names).items():
         params.expression[0, i] = v
     params.jaw[0, 0] = cfg.jaw
