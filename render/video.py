@@ -8,6 +8,7 @@ half-written MP4 under the target's name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import shutil
@@ -52,22 +53,17 @@ def encoder_args(codec: str, preset: str, crf: int) -> list[str]:
     return ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-crf", str(crf)]
 
 
+@functools.cache
 def nvenc_available() -> bool:
     """Whether the bundled ffmpeg can encode with h264_nvenc here: a GPU with NVENC and its driver (data-centre
     GPUs such as the H100 and H200 have none).  Tried once per process with two tiny frames."""
-    global _nvenc
-    if _nvenc is None:
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
-               "color=c=gray:s=256x256:d=0.08:r=25", *encoder_args("h264_nvenc", "", 23), "-f", "null", "-"]
-        try:
-            _nvenc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
-                                    **child_kwargs()).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            _nvenc = False
-    return _nvenc
-
-
-_nvenc: bool | None = None
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+           "color=c=gray:s=256x256:d=0.08:r=25", *encoder_args("h264_nvenc", "", 23), "-f", "null", "-"]
+    try:
+        return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                              **child_kwargs()).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def pick_encoder(choice: str, device: torch.device | str) -> str:
