@@ -4,7 +4,8 @@ Layout: one ``.safetensors`` file whose metadata holds ``{"talksplat": JSON}`` w
 ``format`` ("talksplat-avatar"), ``version``, ``rig_name``, ``rig_checksum``, ``sh_degree``,
 ``num_gaussians``, ``binding`` (how the Gaussians are bound, for readers in other tools) and ``appearance``
 (what the colour blendshapes ``sh_dc_blend`` [N, D, 3] take).  A file without ``sh_dc_blend`` (written
-before it existed) loads with D = 0: a static colour.
+before it existed) loads with D = 0: a static colour.  ``torso_vertices`` [P, 3] / ``torso_faces`` [Fp, 3]: the
+bust proxy the torso Gaussians bind to (``binding`` F + j: proxy face j); empty or absent: the head only.
 """
 
 from __future__ import annotations
@@ -122,19 +123,25 @@ def load_avatar(path: str | os.PathLike, rig_checksum: str | None = None, rig=No
     binding = t["binding"]
     if binding.ndim != 1 or binding.dtype.is_floating_point or binding.dtype == torch.bool:
         raise AvatarFileError(f"{path}: 'binding' must be [N] integers, got {tuple(binding.shape)} {binding.dtype}")
-    for k in PARAM_NAMES:
+    for k in PARAM_NAMES + ("torso_vertices",):
         if k not in t:
             continue
         if not t[k].dtype.is_floating_point or not bool(torch.isfinite(t[k]).all()):
             raise AvatarFileError(f"{path}: '{k}' holds non-finite values (NaN or Inf)" if t[k].dtype.is_floating_point
                                   else f"{path}: '{k}' must hold floating-point numbers")
-    if rig is not None and len(binding) and (int(binding.min()) < 0 or int(binding.max()) >= rig.faces.shape[0]):
+    torso_faces = t.get("torso_faces")
+    n_torso = 0 if torso_faces is None else int(torso_faces.shape[0])
+    if rig is not None and len(binding) and (int(binding.min()) < 0
+                                             or int(binding.max()) >= rig.faces.shape[0] + n_torso):
         raise AvatarFileError(f"{path}: 'binding' names faces {int(binding.min())}..{int(binding.max())}, but rig "
-                              f"'{rig.name}' has {rig.faces.shape[0]} faces")
+                              f"'{rig.name}' has {rig.faces.shape[0]} faces"
+                              + (f" and the torso proxy {n_torso}" if n_torso else ""))
     try:
         return GaussianAvatar(t["binding"], t["local_means"], t["local_quats"], t["log_scales"], t["sh_dc"],
                               t["sh_rest"], t["opacity_logits"], rig_name=header["rig_name"],
                               rig_checksum=header["rig_checksum"], sh_degree=int(header["sh_degree"]),
-                              sh_dc_blend=t.get("sh_dc_blend"))
+                              sh_dc_blend=t.get("sh_dc_blend"), means_blend=t.get("means_blend"),
+                              torso_vertices=t.get("torso_vertices"),
+                              torso_faces=t.get("torso_faces"))
     except ValueError as e:  # shapes that do not agree
         raise AvatarFileError(f"{path}: {e}") from None

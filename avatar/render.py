@@ -10,11 +10,12 @@ from talksplat.rigs.base import HeadRig, RigParams
 
 from .appearance import appearance_code
 from .gaussians import GaussianAvatar
+from .torso import rig_torso_poses
 
 
 def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewmats: torch.Tensor,
                   Ks: torch.Tensor, width: int, height: int, backgrounds: torch.Tensor | None = None,
-                  backend: str = "auto", **raster_kwargs):
+                  backend: str = "auto", torso: torch.Tensor | None = None, **raster_kwargs):
     """Render B posed frames, each seen by its own C cameras.
 
     Args:
@@ -23,6 +24,8 @@ def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewm
         viewmats: [C, 4, 4] world-to-camera (OpenCV), shared by all frames, or [B, C, 4, 4].
         Ks: [C, 3, 3] or [B, C, 3, 3] pixels.
         backgrounds: [C, 3] or None (black).
+        torso: [B, 4, 4] torso poses for an avatar with a torso (:func:`~talksplat.avatar.torso.torso_poses` of
+            the whole sequence, smoothed); None: posed frame by frame from ``params`` (not smoothed).
     Returns:
         colors [B, C, H, W, 3], alphas [B, C, H, W, 1], metas (list of B rasterization meta dicts).
 
@@ -30,7 +33,10 @@ def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewm
     call; ``metas`` is then one batched meta ([B, C, N, 2] "means2d", ...).  With autograd (training), or on
     the CPU rasterizer, each frame is rasterized on its own and ``metas`` has one meta per frame.
     """
-    verts = rig(params).vertices
+    out = rig(params)
+    verts = out.vertices
+    if avatar.has_torso and torso is None:
+        torso = rig_torso_poses(rig, params, out.joints)
     code = appearance_code(params) if avatar.code_size else None  # [B, D]
     B = verts.shape[0]
     if viewmats.dim() == 3:
@@ -38,7 +44,7 @@ def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewm
         Ks = Ks[None].expand(B, *Ks.shape)
     if B > 1 and not torch.is_grad_enabled() and resolve_backend(backend, verts.device) == "cuda":
         # one gsplat launch for the B frames (rendering only: training reads per-frame metas)
-        means, quats, scales = avatar.posed_geometry(verts, rig.faces)
+        means, quats, scales = avatar.posed_geometry(verts, rig.faces, torso, code)
         opac = avatar.opacities
         sh = avatar.sh_at(code) if code is not None else avatar.sh[None].expand(B, -1, -1, -1)  # [B, N, K, 3]
         bg = None if backgrounds is None else backgrounds[None].expand(B, *backgrounds.shape)
@@ -48,7 +54,7 @@ def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewm
                                              **raster_kwargs)
         return colors, alphas, [meta]
     colors, alphas, metas = [], [], []
-    for b, g in enumerate(avatar.world(verts, rig.faces, code)):
+    for b, g in enumerate(avatar.world(verts, rig.faces, code, torso)):
         c, a, m = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, viewmats[b], Ks[b], width,
                                 height, sh_degree=g.sh_degree, backgrounds=backgrounds, backend=backend,
                                 **raster_kwargs)

@@ -154,8 +154,9 @@ class BenchFidelityConfig(ProcessOptions):
     """Videos (default: every .mpg in ../shared/data/grid beside the repository)."""
     out: Path = Path("bench-fidelity")
     """Work folder: DIR/<clip>/dataset, DIR/<clip>/<background>/ fits, DIR/fidelity.json."""
-    backgrounds: tuple[Literal["plate", "white", "random"], ...] = ("plate", "white")
-    """Fit each clip with each of these `talksplat fit --background` values."""
+    backgrounds: tuple[Literal["plate", "torso", "white", "random"], ...] = ("plate", "white")
+    """Fit each clip with each of these `talksplat fit --background` values; `torso`: over the plate with
+    torso Gaussians (fit's torso option: trained on the whole frames too)."""
     preset: Literal["fast", "default", "quality"] = "fast"
     """`talksplat fit --preset`."""
     steps: Annotated[int | None, Range(1, 10000000)] = None

@@ -24,7 +24,7 @@ def avatar_with_n_gaussians(rig, n: int, seed: int = 0):
     per_face = max(1, math.ceil(n / rig.num_faces))
     full = init_avatar(rig, per_face=per_face)
     keep = torch.randperm(full.num_gaussians, generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    sd = {k: v.detach()[keep] for k, v in full.state_dict().items()}
+    sd = {k: v.detach()[keep] for k, v in full.state_dict().items() if not k.startswith("torso_")}
     return GaussianAvatar(sd["binding"], sd["local_means"], sd["local_quats"], sd["log_scales"], sd["sh_dc"],
                           sd["sh_rest"], sd["opacity_logits"], full.rig_name, full.rig_checksum, full.sh_degree)
 

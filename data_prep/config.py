@@ -97,6 +97,10 @@ class PrepConfig(ProcessOptions):
     """Fail when the face is found in less than this fraction of the frames (0 to 1)."""
     crop_scale: Annotated[float, Range(1.0, 10.0)] = 2.2
     """Monocular crop side as a multiple of the face height (1 to 10)."""
+    source_frames: Annotated[int, Range(0, 100000)] = 300
+    """Monocular: training time steps whose whole source frame (and its mask) is kept, evenly spread, for the
+    torso's whole-frame supervision (`talksplat fit --torso`); the held-out steps' frames are always kept
+    (0 to 100000)."""
     mask_prior: bool = True
     """Add the tracked rig's silhouette to each segmented mask, so that what the fitted head covers is never
     called background where selfie segmentation misses it (the masks enter the fit's loss over a plate:

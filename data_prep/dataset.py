@@ -16,7 +16,9 @@ Layout (documented for users in docs/formats.md)::
       audio.wav          16 kHz mono PCM (absent when the video had no audio)
       plate.png          monocular: the source frame without the head (background, torso), RGB uint8 at the
                          size meta.json's ``source_frame`` gives; plate_observed.png: 255 where it was seen
-      frames/<cam>/<t>.png   monocular: the held-out time steps' whole source frames (full-frame evaluation)
+      frames/<cam>/<t>.png   monocular: whole source frames: the held-out time steps' (full-frame evaluation) and
+                             up to --source-frames training steps' (the torso's whole-frame supervision)
+      frame_masks/<cam>/<t>.png  monocular: those training frames' person masks
 
 Everything is written into a temporary sibling directory by :class:`DatasetWriter` and renamed into
 place by :meth:`DatasetWriter.commit`, so an interrupted prep never leaves a dataset that looks whole.
@@ -195,7 +197,9 @@ class SourceFrame:
 
     width, height: px (the source video scaled to at most ``plate.MAX_SIDE``).  K: [3, 3] px of that frame;
     c2w: [4, 4] OpenCV camera-to-world, metres (the dataset's camera; its crops share it).  plate: path of the
-    plate image relative to the dataset root.  frames: time step -> relative path of a held-out whole frame.
+    plate image relative to the dataset root.  frames: time step -> relative path of a whole frame (every held-out
+    step, and the training steps prep kept for whole-frame supervision).  masks: time step -> relative path of
+    such a training frame's person mask (selfie segmentation, 8 bit).
     """
 
     width: int
@@ -204,6 +208,7 @@ class SourceFrame:
     c2w: np.ndarray
     plate: str
     frames: dict[int, str]
+    masks: dict[int, str] = field(default_factory=dict)
 
     @property
     def viewmat(self) -> np.ndarray:
@@ -220,6 +225,7 @@ class SourceFrame:
             c2w = check_array(np.asarray(d["c2w"], np.float64), where, "c2w", (4, 4))
             width, height = int(d["width"]), int(d["height"])
             frames = {int(t): _inside(root, rel, where) for t, rel in dict(d.get("frames", {})).items()}
+            masks = {int(t): _inside(root, rel, where) for t, rel in dict(d.get("frame_masks", {})).items()}
         except (TypeError, ValueError) as e:
             if isinstance(e, InputError):
                 raise DatasetError(str(e)) from None
@@ -227,7 +233,7 @@ class SourceFrame:
         if width < 2 or height < 2 or not (K[0, 0] > 0 and K[1, 1] > 0):
             raise DatasetError(f"{where}: size {width}x{height} or focal length is not positive")
         return SourceFrame(width=width, height=height, K=K, c2w=c2w, plate=_inside(root, d["plate"], where),
-                           frames=frames)
+                           frames=frames, masks=masks)
 
 
 @dataclass
@@ -279,10 +285,16 @@ class Dataset:
         return _read_png(self.root / sf.plate, color=True)
 
     def load_source_frame(self, timestep: int) -> np.ndarray | None:
-        """[H, W, 3] uint8 RGB: the whole source frame of a held-out time step, or None when not kept."""
+        """[H, W, 3] uint8 RGB: the whole source frame of a time step, or None when not kept."""
         sf = self.source_frame
         rel = None if sf is None else sf.frames.get(int(timestep))
         return None if rel is None else _read_png(self.root / rel, color=True)
+
+    def load_source_mask(self, timestep: int) -> np.ndarray | None:
+        """[H, W] float32 in [0, 1]: the person mask of a training step's whole frame, or None when not kept."""
+        sf = self.source_frame
+        rel = None if sf is None else sf.masks.get(int(timestep))
+        return None if rel is None else _read_png(self.root / rel, color=False).astype(np.float32) / 255.0
 
     def load_image(self, frame: Frame) -> np.ndarray:
         """[H, W, 3] uint8 RGB."""

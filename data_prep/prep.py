@@ -371,7 +371,10 @@ def frames_stage(cfg: PrepConfig, src: PrepInputs, lm: PrepLandmarks, tracked: P
                 c2w = MONO_C2W
                 for t in range(T):
                     out_points[0, t] = crop_points(points[0, t], boxes[t], cfg.resolution)
-                source = SourceFrameBuilder(src, tracked, boxes, heldout=default_split(T, cfg.heldout)["heldout"])
+                split = default_split(T, cfg.heldout)
+                source = SourceFrameBuilder(src, tracked, boxes, heldout=split["heldout"],
+                                            train=_spread([t for t in split["train"] if step_kept[t]],
+                                                          cfg.source_frames))
             advance, _ = bars.task(f"images+masks {cam}", T)
             seg = Segmenter()
             prior = RigSilhouettes(src.rig, tracked.result.sequence()) if cfg.mask_prior else None
@@ -428,12 +431,23 @@ def frames_stage(cfg: PrepConfig, src: PrepInputs, lm: PrepLandmarks, tracked: P
                       source_frame=None if multiview else source_frame)
 
 
+def _spread(steps: list[int], n: int) -> list[int]:
+    """At most ``n`` of ``steps``, evenly spread (all of them when there are no more)."""
+    if n <= 0:
+        return []
+    if len(steps) <= n:
+        return list(steps)
+    return sorted({steps[int(round(x))] for x in np.linspace(0, len(steps) - 1, n)})
+
+
 class SourceFrameBuilder:
     """Monocular prep's record of the source frame (:mod:`talksplat.data_prep.plate`): the plate made from
-    sampled frames, and the held-out time steps' whole frames (for the full-frame evaluation), both at the
+    sampled frames, the held-out time steps' whole frames (for the full-frame evaluation) and the ``train``
+    time steps' whole frames with their person masks (the torso's whole-frame supervision), all at the
     dataset's frame size (the source scaled to at most ``MAX_SIDE``)."""
 
-    def __init__(self, src: PrepInputs, tracked: PrepTracking, boxes: np.ndarray, heldout: list[int]):
+    def __init__(self, src: PrepInputs, tracked: PrepTracking, boxes: np.ndarray, heldout: list[int],
+                 train: list[int] = ()):
         from .plate import PlateBuilder, frame_scale, head_silhouettes, sample_steps, scale_intrinsics
 
         info = src.infos[0]
@@ -442,6 +456,7 @@ class SourceFrameBuilder:
         self.src_size = (info.width, info.height)
         self.K = scale_intrinsics(tracked.Ks[0], self.width / info.width, self.height / info.height)
         self.heldout = set(heldout)
+        self.train = set(train)
         self.steps = sorted(sample_steps(T))
         seq = tracked.result.sequence()[np.array(self.steps)]
         with torch.no_grad():
@@ -455,6 +470,7 @@ class SourceFrameBuilder:
         self.plate = PlateBuilder(self.width, self.height)
         self.segmenter = None
         self.frames: dict[int, str] = {}
+        self.masks: dict[int, str] = {}
 
     def _resize(self, frame: np.ndarray) -> np.ndarray:
         import cv2
@@ -464,20 +480,29 @@ class SourceFrameBuilder:
         return cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
 
     def add(self, t: int, frame: np.ndarray, submit) -> None:
-        """Source frame ``t`` [H, W, 3] uint8: into the plate when sampled, written when held out."""
+        """Source frame ``t`` [H, W, 3] uint8: into the plate when sampled, written when held out, written with
+        its mask when a whole-frame training step."""
+        if t not in self.silhouettes and t not in self.heldout and t not in self.train:
+            return
+        from .masks import Segmenter, to_uint8_mask
+
+        if self.segmenter is None:
+            self.segmenter = Segmenter()
+        small = self._resize(frame)
+        person = self.segmenter(small) if t in self.silhouettes or t in self.train else None
         if t in self.silhouettes:
-            from .masks import Segmenter
             from .plate import head_region
 
-            if self.segmenter is None:
-                self.segmenter = Segmenter()
-            small = self._resize(frame)
-            head = head_region(self.silhouettes[t], self.segmenter(small) > 0.5, self.margin)
+            head = head_region(self.silhouettes[t], person > 0.5, self.margin)
             self.plate.add(small, ~head)
-        if t in self.heldout:
+        if t in self.heldout or t in self.train:
             rel = image_name("cam0", t, "frames")
-            submit(rel, self._resize(frame))
+            submit(rel, small)
             self.frames[t] = rel
+        if t in self.train:
+            rel = image_name("cam0", t, "frame_masks")
+            submit(rel, to_uint8_mask(person))
+            self.masks[t] = rel
 
     def finish(self, submit) -> dict:
         """Make and write the plate; the ``source_frame`` entry of meta.json."""
@@ -489,7 +514,8 @@ class SourceFrameBuilder:
         return {"width": self.width, "height": self.height, "source_size": list(self.src_size),
                 "K": self.K.tolist(), "c2w": MONO_C2W.tolist(), "plate": PLATE, "plate_observed": PLATE_OBSERVED,
                 "plate_frames": len(self.plate.frames),
-                "frames": {str(t): rel for t, rel in sorted(self.frames.items())}}
+                "frames": {str(t): rel for t, rel in sorted(self.frames.items())},
+                "frame_masks": {str(t): rel for t, rel in sorted(self.masks.items())}}
 
 
 @dataclass

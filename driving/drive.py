@@ -227,20 +227,27 @@ def run_drive(cfg: DriveConfig) -> dict:
 
 
 def render_batches(avatar, rig, seq: RigSequence, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
-                   batch: int, background: torch.Tensor | None = None):
+                   batch: int, background: torch.Tensor | None = None, fps: float = 25.0):
     """Render ``seq`` [T] in batches of ``batch`` frames on ``viewmat``'s device: yields [B, height, width, 3]
     uint8 RGB numpy (converted on the device, then downloaded by :func:`talksplat.render.device.download`) over
-    ``background`` [height, width, 3] in [0, 1] (None: white)."""
+    ``background`` [height, width, 3] in [0, 1] (None: white).  An avatar with a torso poses it by the whole
+    sequence's smoothed head motion (``seq`` at ``fps``)."""
     from talksplat.avatar.render import render_avatar
     from talksplat.render.device import download
 
     device = viewmat.device
+    torso = None
+    if avatar.has_torso:
+        from talksplat.avatar.torso import sequence_torso_poses
+
+        torso = sequence_torso_poses(rig, seq.to_params(device), fps)
 
     def on_device():
         for s in range(0, len(seq), batch):
             with torch.no_grad():
                 colors, alphas, _ = render_avatar(avatar, rig, seq[s:s + batch].to_params(device), viewmat[None],
-                                                  K[None], width, height)
+                                                  K[None], width, height,
+                                                  torso=None if torso is None else torso[s:s + batch])
                 out = colors[:, 0] + (1 - alphas[:, 0]) * (1.0 if background is None else background[None])
                 yield (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
 
@@ -339,7 +346,8 @@ def _run_drive(cfg: DriveConfig) -> dict:
                                jobs=cfg.encode_jobs or encode_jobs(device), codec=codec) as video:
             advance, _ = bars.task("drive", T)
             # rendered in batches on the device while a thread encodes
-            for frames in render_batches(avatar, rig, seq, viewmat, K, width, height, cfg.batch, background):
+            for frames in render_batches(avatar, rig, seq, viewmat, K, width, height, cfg.batch, background,
+                                         fps=cfg.fps):
                 for frame in frames:
                     video.write(frame)
                 advance(len(frames))

@@ -98,7 +98,8 @@ def avatar_landmarks(avatar, render_rig, seq, viewmat, K, resolution: int, batch
     the drive) when FaceMesh finds it in no frame."""
     from .drive import render_batches
 
-    batches = render_batches(avatar, render_rig, seq, viewmat, K, resolution, resolution, batch)
+    batches = render_batches(avatar, render_rig, seq, viewmat, K, resolution, resolution, batch,
+                             fps=seq.fps or 25.0)
     lm, found = _landmarks(itertools.chain.from_iterable(batches))
     if found == 0:
         raise InputError(f"{what}: FaceMesh finds no face in the avatar's renders; is the fit complete?")

@@ -45,6 +45,9 @@ class OptimConfig:
     """Opacity logits (0 to 1)."""
     lr_sh_dc_blend: Annotated[float, Range(0.0, 1.0)] = 2.5e-3
     """Colour blendshapes (base-colour offset per unit of expression; with --dynamic-appearance) (0 to 1)."""
+    lr_means_blend: Annotated[float, Range(0.0, 1.0)] = 1e-4
+    """Position blendshapes (position offset in face units per unit of expression; with --dynamic-geometry), at the
+    first step; decays as the positions' rate (0 to 1)."""
     lr_expression: Annotated[float, Range(0.0, 1.0)] = 1e-3
     """Per-frame expression offsets (with --tune-params) (0 to 1)."""
     lr_jaw: Annotated[float, Range(0.0, 1.0)] = 1e-5
@@ -98,6 +101,9 @@ class LossConfig:
     lambda_appearance: Annotated[float, Range(0.0, 1e6)] = 0.01
     """L2 penalty on the colour blendshapes (each Gaussian's sum of squares, mean over Gaussians; with
     --dynamic-appearance): keeps the colour of unseen expressions plausible (0 to 1e+06)."""
+    lambda_geometry: Annotated[float, Range(0.0, 1e6)] = 0.1
+    """L2 penalty on the position blendshapes (face units; each Gaussian's sum of squares, mean over Gaussians;
+    with --dynamic-geometry): keeps the shape of unseen expressions the rig's (0 to 1e+06)."""
 
 
 @dataclass
@@ -146,6 +152,21 @@ class FitConfig(ProcessOptions):
     and jaw (wrinkles, mouth and eye shading; about +0.9 dB held-out PSNR and +1.8 dB on the mouth on a GRID clip,
     for about 25 % more CPU time per step and a 3.5x larger avatar file); `--no-dynamic-appearance`: one static
     colour per Gaussian. Default: on, except with `--preset fast` (which keeps its CPU time)."""
+    dynamic_geometry: bool = False
+    """Expression-dependent positions: per-Gaussian linear position blendshapes (offsets in the parent face's
+    frame) driven by each frame's expression and jaw, as the colour ones, for shapes the rig's own blendshapes
+    lack (lip roll, wrinkles), under an L2 penalty (`--loss.lambda-geometry`)."""
+    torso: bool = False
+    """Torso Gaussians: bound to a bust proxy under the neck, posed by the head's smoothed, attenuated motion
+    (the shoulders follow the head weakly), trained on the dataset's whole source frames over the plate every
+    `torso-every` steps (head and torso together), so shoulders that move are the avatar's, not a blur of the
+    static plate. Needs a monocular dataset prepared with whole training frames (`talksplat prep
+    --source-frames`, on by default)."""
+    torso_every: Annotated[int, Range(1, 100)] = 3
+    """With --torso: one step in this many trains on a whole source frame instead of a head crop (1 to 100)."""
+    torso_size: Annotated[int, Range(64, 4096)] = 512
+    """With --torso: the whole frame's longer side in those steps, px (never above the dataset's frame size)
+    (64 to 4096)."""
     tune_params: bool = True
     """Fine-tune the tracked per-frame expression / jaw / neck / eyes / head pose (small rates)."""
     lpips_weights: Path | None = None

@@ -240,3 +240,66 @@ class FrameSampler:
 
     def load_state(self, st: dict) -> None:
         self.rng.bit_generator.state = st["rng"]
+
+
+class WholeFrames:
+    """The whole source frames of a monocular dataset's training steps (what `talksplat prep` kept, with their
+    person masks), at most ``max_side`` px on their longer side: the torso's whole-frame supervision.
+
+    :meth:`sample` draws one (seeded) as a :class:`Sample` whose ``plate`` is the dataset's plate at that size
+    and whose camera is the source frame's (``K`` scaled).  Decoded frames are kept up to ``cache_mb``.
+    """
+
+    def __init__(self, dataset: Dataset, plate: np.ndarray, max_side: int, seed: int = 0,
+                 device: torch.device | str = "cpu", cache_mb: int = 256):
+        import cv2
+
+        sf = dataset.source_frame
+        train = set(dataset.split.get("train", []))
+        self.timesteps = sorted(t for t in sf.masks if t in train and t in sf.frames) if sf is not None else []
+        if not self.timesteps:
+            raise ValueError(f"{dataset.root}: no whole training frames (prepare the video again with this "
+                             "version of `talksplat prep`, --source-frames above 0)")
+        s = min(1.0, max_side / max(sf.width, sf.height))
+        self.width, self.height = max(2, int(round(sf.width * s))), max(2, int(round(sf.height * s)))
+        sx, sy = self.width / sf.width, self.height / sf.height
+        K = np.array(sf.K, np.float64)
+        K[0] *= sx
+        K[1] *= sy
+        self.K = torch.as_tensor(K, dtype=torch.float32, device=device)
+        self.viewmat = torch.as_tensor(sf.viewmat, dtype=torch.float32, device=device)
+        self.c2w = np.asarray(sf.c2w)
+        self.dataset, self.device = dataset, torch.device(device)
+        self._cv2 = cv2
+        self.plate = self._to_device(self._resize(plate))
+        self.rng = np.random.default_rng(seed + 7919)
+        self.max_bytes, self.bytes = cache_mb * 2 ** 20, 0
+        self._items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        if (img.shape[1], img.shape[0]) == (self.width, self.height):
+            return img
+        return self._cv2.resize(img, (self.width, self.height), interpolation=self._cv2.INTER_AREA)
+
+    def _to_device(self, img: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(img)).to(self.device).float() / 255.0
+
+    def load(self, t: int) -> Sample:
+        """Time step ``t``'s whole frame as a :class:`Sample` (image [H, W, 3], mask [H, W], plate [H, W, 3])."""
+        hit = self._items.get(t)
+        if hit is None:
+            img = self._resize(self.dataset.load_source_frame(t))
+            mask = self._resize((self.dataset.load_source_mask(t) * 255).astype(np.uint8))
+            hit = (img, mask)
+            if self.bytes + img.nbytes + mask.nbytes <= self.max_bytes:
+                self._items[t] = hit
+                self.bytes += img.nbytes + mask.nbytes
+        img, mask = hit
+        frame = Frame(image=f"frames/cam0/{t:05d}.png", mask=None, K=self.K.cpu().numpy().astype(np.float64),
+                      c2w=self.c2w, timestep=t, camera="cam0", width=self.width, height=self.height)
+        return Sample(frame=frame, image=self._to_device(img), mask=self._to_device(mask), viewmat=self.viewmat,
+                      K=self.K, timestep=t, landmarks=None, plate=self.plate)
+
+    def sample(self) -> Sample:
+        """A random training step's whole frame."""
+        return self.load(self.timesteps[int(self.rng.integers(len(self.timesteps)))])

@@ -61,7 +61,12 @@ def export_ply(avatar: GaussianAvatar, rig: HeadRig, path: str | os.PathLike,
     v = v.to(device=device, dtype=torch.float32)
     if tuple(v.shape) != (rig.num_vertices, 3):
         raise ValueError(f"{path}: vertices must be [{rig.num_vertices}, 3], got {tuple(v.shape)}")
-    means, quats, scales = avatar.posed_geometry(v[None], rig.faces.to(device))
+    torso = None
+    if avatar.has_torso:  # the bust under the unposed head
+        from talksplat.avatar.torso import rest_torso_pose
+
+        torso = rest_torso_pose(rig, v)
+    means, quats, scales = avatar.posed_geometry(v[None], rig.faces.to(device), torso)
     n = avatar.num_gaussians
     sh_rest = avatar.sh_rest.transpose(1, 2).reshape(n, -1)  # [N, 3(K-1)] channel-major
     cols = [means[0], torch.zeros_like(means[0]), avatar.sh_dc[:, 0, :], sh_rest,

@@ -203,7 +203,6 @@ class Trainer:
                 self.lpips = load_lpips(cfg.lpips_weights, device=self.device)
             except LPIPSWeightsError as e:
                 raise FitError(str(e)) from None
-        prepare_fit_dir(cfg)  # every input is read and checked: only now is the output folder touched
         self.last_parts: dict[str, float] = {}
         torch.manual_seed(cfg.seed)
         self.source_frame = self.ds.source_frame
@@ -213,6 +212,19 @@ class Trainer:
         self.use_plate = self.source_frame is not None and cfg.background in ("auto", "plate")
         self.plate = self.ds.load_plate() if self.use_plate else None  # [H, W, 3] uint8, the whole frame
         self.sampler = FrameSampler(self.ds, "train", cfg.cache_mb, cfg.seed, self.device, plate=self.plate)
+        self.whole = None  # the whole source frames a --torso fit trains on every `torso_every` steps
+        if cfg.torso:
+            from .data import WholeFrames
+
+            if not self.use_plate:
+                raise FitError(f"{self.ds.root}: --torso trains on whole source frames over the plate: it needs a "
+                               "monocular dataset with a plate and --background auto or plate")
+            try:
+                self.whole = WholeFrames(self.ds, self.plate, cfg.torso_size, cfg.seed, self.device,
+                                         cache_mb=cfg.cache_mb // 4)
+            except ValueError as e:
+                raise FitError(f"--torso: {e}") from None
+        prepare_fit_dir(cfg)  # every input is read and checked: only now is the output folder touched
         self.views_per_step = self._views_per_step()
         self.rig = self.rig.to(self.device)
         self.frames = FrameParams(self.ds).to(self.device)
@@ -224,12 +236,54 @@ class Trainer:
 
             self.avatar = init_avatar(self.rig.cpu(), per_face=per_face, sh_degree=cfg.sh_degree,
                                       opacity=0.5, bake_light=False,
-                                      dynamic_appearance=cfg.uses_dynamic_appearance).to(self.device)
+                                      dynamic_appearance=cfg.uses_dynamic_appearance,
+                                      dynamic_geometry=cfg.dynamic_geometry).to(self.device)
             self.rig = self.rig.to(self.device)
+            if cfg.torso:
+                self._add_torso()
             self._make_optimizers()
             self.strategy_state = self.strategy.initialize_state()
+        self.torso_poses = None  # [T, 4, 4]: the torso pose of every time step (an avatar with a torso)
+        if self.avatar.has_torso:
+            from talksplat.avatar.torso import sequence_torso_poses
+
+            T = self.frames.tracked_expression.shape[0]
+            self.torso_poses = sequence_torso_poses(
+                self.rig, self.frames.rig_params(torch.arange(T, device=self.device), tuned=False),
+                float(self.ds.meta.get("fps", 25.0)))
 
     # ------------------------------------------------------------------ setup
+    def _add_torso(self) -> None:
+        """Append the torso Gaussians (:func:`talksplat.avatar.init.add_torso`), each coloured by the first whole
+        training frame where it projects, opaque where that frame's mask says person, nearly transparent
+        elsewhere (the proxy is wider than most shoulders; the opacity pruning removes what stays unused)."""
+        from talksplat.avatar.init import add_torso
+        from talksplat.avatar.torso import sequence_torso_poses
+        from talksplat.render.sh import rgb_to_sh
+
+        av = add_torso(self.avatar, self.rig.cpu(), per_face=8).to(self.device)
+        self.rig = self.rig.to(self.device)
+        t0 = self.whole.timesteps[0]
+        sample = self.whole.load(t0)
+        params = self.frames.rig_params(torch.arange(t0 + 1, device=self.device), tuned=False)
+        pose = sequence_torso_poses(self.rig, params, float(self.ds.meta.get("fps", 25.0)))[t0:t0 + 1]
+        torso = av.binding >= self.rig.faces.shape[0]
+        with torch.no_grad():
+            verts = self.rig(self.frames.rig_params(torch.tensor([t0], device=self.device), tuned=False)).vertices
+            means = av.posed_geometry(verts, self.rig.faces, pose)[0][0, torso]  # [M, 3] world
+            cam = means @ sample.viewmat[:3, :3].T + sample.viewmat[:3, 3]
+            uv = cam[:, :2] / cam[:, 2:].clamp_min(1e-6) * sample.K.diagonal()[:2] + sample.K[:2, 2]
+            grid = torch.stack([uv[:, 0] / self.whole.width, uv[:, 1] / self.whole.height], -1) * 2 - 1
+            look = lambda img: torch.nn.functional.grid_sample(  # noqa: E731
+                img.permute(2, 0, 1)[None], grid[None, None], align_corners=False)[0, :, 0].T  # [M, C]
+            rgb = look(sample.image)
+            person = look(sample.mask[..., None])[:, 0]
+            inside = (grid.abs() <= 1).all(-1) & (cam[:, 2] > 0)
+            opaque = inside & (person > 0.5)
+            av.sh_dc[torso] = rgb_to_sh(rgb)[:, None]
+            av.opacity_logits[torso] = torch.where(opaque, 2.0, -4.0)
+        self.avatar = av
+
     def _views_per_step(self) -> bool:
         """Whether a step renders every camera of its time step (``--cameras-per-step all`` and one image
         size over the training images: one rasterization call has one size); warns when it falls back."""
@@ -298,21 +352,25 @@ class Trainer:
         views = Views([batch]) if one else batch
         colors, meta = self.render_cameras(params, views.viewmats(), views.Ks(), views.width, views.height,
                                            background[None] if one and background.dim() == 3 else background,
-                                           sh_degree)
+                                           sh_degree, self.torso_at(batch.timestep))
         return (colors[0] if one else colors), meta
 
+    def torso_at(self, timestep: int) -> torch.Tensor | None:
+        """[1, 4, 4] the torso pose of a time step (smoothed over the tracked sequence), or None (no torso)."""
+        return None if self.torso_poses is None else self.torso_poses[int(timestep)][None]
+
     def render_cameras(self, params: RigParams, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
-                       background: torch.Tensor, sh_degree: int):
-        """The avatar posed by ``params`` (batch 1) seen by C cameras (``viewmats`` [C, 4, 4] world-to-camera,
-        OpenCV; ``Ks`` [C, 3, 3] px) at width x height, in one rasterization call, over ``background`` ([3] in
-        [0, 1] behind every camera, or [C, H, W, 3]).  Returns colors [C, H, W, 3] and the rasterizer's meta plus
-        ``alphas`` [C, H, W, 1] (see :meth:`render`)."""
+                       background: torch.Tensor, sh_degree: int, torso: torch.Tensor | None = None):
+        """The avatar posed by ``params`` (batch 1; ``torso`` [1, 4, 4] its torso pose, with a torso) seen by C
+        cameras (``viewmats`` [C, 4, 4] world-to-camera, OpenCV; ``Ks`` [C, 3, 3] px) at width x height, in one
+        rasterization call, over ``background`` ([3] in [0, 1] behind every camera, or [C, H, W, 3]).  Returns
+        colors [C, H, W, 3] and the rasterizer's meta plus ``alphas`` [C, H, W, 1] (see :meth:`render`)."""
         from talksplat.avatar.appearance import appearance_code
         from talksplat.render import rasterization
 
         verts = self.rig(params).vertices
         code = appearance_code(params) if self.avatar.code_size else None  # [1, D]: the colour blendshapes' input
-        g = self.avatar.world(verts, self.rig.faces, code)[0]
+        g = self.avatar.world(verts, self.rig.faces, code, torso)[0]
         flat = background.dim() == 1
         colors, alphas, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, viewmats, Ks, width,
                                              height, sh_degree=sh_degree,
@@ -373,9 +431,12 @@ class Trainer:
         o = av.opacities
         opa = (o * (1 - o)).mean()
         total = photo + cfg.lambda_position * pos + cfg.lambda_scale * scl + cfg.lambda_opacity * opa
-        if av.code_size:  # colour blendshapes: L2, so expressions seen rarely or never stay near the base colour
+        if av.sh_dc_blend.shape[1]:  # colour blendshapes: L2, so rare or unseen expressions keep the base colour
             blend = av.sh_dc_blend.reshape(-1)  # [N * D * 3]: each Gaussian's sum of squares, mean over Gaussians
             total = total + cfg.lambda_appearance * (blend @ blend) / av.num_gaussians
+        if av.means_blend.shape[1]:  # position blendshapes: L2 likewise (the rig's shape for unseen expressions)
+            blend = av.means_blend.reshape(-1)
+            total = total + cfg.lambda_geometry * (blend @ blend) / av.num_gaussians
         parts = {"photo": photo}
         if self.use_plate and alphas is not None and cfg.lambda_outside > 0:
             masks = batch.mask[None] if isinstance(batch, Sample) else torch.stack([s.mask for s in batch.samples])
@@ -400,6 +461,7 @@ class Trainer:
         at the end (unless `checkpoints` is False: benchmarks)."""
         cfg = self.cfg
         lr0, decay = cfg.optim.lr("local_means"), cfg.optim.means_decay
+        lr_blend0 = cfg.optim.lr("means_blend")
         t_start, s_start = time.perf_counter(), self.step
         # The first step whose loss was not finite, kept on the device (no host sync per step); read
         # at each progress update, before each checkpoint and at the end.
@@ -407,8 +469,11 @@ class Trainer:
         while self.step < self.steps:
             step = self.step
             # Positions: exponential decay to `means_decay` (1 %) over the run (as 3DGS / gsplat).
-            self.optimizers["local_means"].param_groups[0]["lr"] = lr0 * decay ** (step / max(1, self.steps))
-            batch = self._next_batch()
+            # (and the position blendshapes, which move positions too: a constant rate would keep them jittering)
+            f = decay ** (step / max(1, self.steps))
+            self.optimizers["local_means"].param_groups[0]["lr"] = lr0 * f
+            self.optimizers["means_blend"].param_groups[0]["lr"] = lr_blend0 * f
+            batch = self._next_batch(step)
             target, bg = self.target(batch)
             ts = torch.tensor([batch.timestep], device=self.device)
             params = self.frames.rig_params(ts, tuned=cfg.tune_params)
@@ -438,9 +503,12 @@ class Trainer:
             if save:
                 self.save_checkpoint()
 
-    def _next_batch(self) -> Sample | Views:
+    def _next_batch(self, step: int) -> Sample | Views:
         """This step's images: every camera of a random time step (:class:`Views`), or one random image.  A time
-        step with one image comes as that :class:`Sample`, so a monocular fit runs exactly the one-image code."""
+        step with one image comes as that :class:`Sample`, so a monocular fit runs exactly the one-image code.
+        With --torso, one step in ``torso_every`` draws a whole source frame instead (over the plate)."""
+        if self.whole is not None and step % self.cfg.torso_every == self.cfg.torso_every - 1:
+            return self.whole.sample()
         if not self.views_per_step:
             return self.sampler.sample()
         views = self.sampler.sample_views()
@@ -562,7 +630,8 @@ class Trainer:
         render and image both masked onto white by the image's mask (one figure for every ``--background``).  With
         a dataset that has a plate, the whole source frame of each held-out step, the avatar over the plate (also
         for an avatar fitted on a flat colour: pasted into the frame): ``frame_psnr``, ``frame_ssim``,
-        ``frame_psnr_min`` over ``frames`` frames at the dataset's source-frame size.  ``outside``: the share of
+        ``frame_psnr_min`` over ``frames`` frames at the dataset's source-frame size, ``frame_body_psnr`` over all
+        of those frames but the tracked head (torso, shoulders and background: what the plate holds).  ``outside``: the share of
         the avatar's opacity that falls where the image's mask says background (Gaussians painting background)."""
         from .losses import psnr, ssim_map
         from .regions import OPEN_MOUTH, mouth_gap, region_mask
@@ -577,7 +646,7 @@ class Trainer:
         white = torch.ones(3, device=self.device)
         rows: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "mouth_psnr", "mouth_ssim", "lpips", "fg_psnr",
                                                         "fg_ssim", "frame_psnr", "frame_ssim", "mouth_open_psnr",
-                                                        "outside")}
+                                                        "outside", "frame_body_psnr")}
         show = set(idx[:: max(1, len(idx) // max(1, self.cfg.side_by_side))][: self.cfg.side_by_side])
         (self.out / HELDOUT).mkdir(parents=True, exist_ok=True)
 
@@ -625,11 +694,14 @@ class Trainer:
     def _evaluate_frames(self, timesteps: list[int], rows: dict, score, show: set[int]) -> None:
         """The whole source frame of each held-out time step that prep kept: the avatar over the plate, scored by
         ``score(render, target, "frame_")``; panels for the time steps in ``show``."""
+        from .losses import psnr
+
         sf = self.source_frame
         viewmat = torch.as_tensor(sf.viewmat, dtype=torch.float32, device=self.device)
         K = torch.as_tensor(sf.K, dtype=torch.float32, device=self.device)
         plate = self.plate if self.plate is not None else self.ds.load_plate()  # a flat-colour fit: read it here
         plate = torch.from_numpy(plate).to(self.device).float() / 255.0
+        crops = {f.timestep: f for f in self.ds.frames}
         for t in timesteps:
             frame = self.ds.load_source_frame(t)
             if frame is None:
@@ -637,8 +709,25 @@ class Trainer:
             target = torch.from_numpy(frame).to(self.device).float() / 255.0
             render = self.render_frame(t, viewmat, K, sf.width, sf.height, plate)
             score(render, target, "frame_")
+            body = self._body_region(t, crops.get(t), sf)
+            if body is not None and body.any():  # the torso and background: what the plate holds
+                rows["frame_body_psnr"].append(float(psnr(render, target, mask=body.to(self.device))))
             if t in show:
                 self._write_panel(self.out / HELDOUT / f"frame_{t:05d}.png", target, render)
+
+    def _body_region(self, timestep: int, crop, sf) -> torch.Tensor | None:
+        """[H, W] bool over the source frame of a time step: everything but the tracked head (the rig's silhouette
+        dilated by 6 % of the head crop's side, as the plate leaves out): torso, shoulders and background.  None
+        without the time step's crop (``crop``, a dataset :class:`Frame`)."""
+        from talksplat.data_prep.plate import head_silhouettes
+
+        if crop is None:
+            return None
+        side = crop.width * sf.K[0, 0] / crop.K[0, 0]  # the crop's side in source px
+        with torch.no_grad():
+            verts = self.rig(self.frames.rig_params(torch.tensor([timestep], device=self.device), tuned=False)).vertices
+        head = head_silhouettes(verts, self.rig.faces, sf.K, sf.viewmat, sf.width, sf.height, dilate=0.06 * side)[0]
+        return ~torch.from_numpy(head)
 
     def render_frame(self, timestep: int, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
                      background: torch.Tensor, tuned: bool = False) -> torch.Tensor:
@@ -647,7 +736,7 @@ class Trainer:
         ts = torch.tensor([timestep], device=self.device)
         render, _ = self.render_cameras(self.frames.rig_params(ts, tuned=tuned), viewmat[None], K[None], width, height,
                                         background if background.dim() == 1 else background[None],
-                                        self.avatar.sh_degree)
+                                        self.avatar.sh_degree, self.torso_at(timestep))
         return render[0].clamp(0, 1)
 
     def _write_panel(self, path: Path, target: torch.Tensor, render: torch.Tensor) -> None:

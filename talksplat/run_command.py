@@ -73,6 +73,8 @@ class RunConfig(ProcessOptions):
     """Maximum number of Gaussians (default: the preset's) (at least 1)."""
     lpips_weights: Path | None = None
     """LPIPS weights for fitting and evaluation (see README: Fit); off without them."""
+    torso: bool = False
+    """Torso Gaussians that follow the head weakly, trained on whole frames too (as `talksplat fit --torso`)."""
     driver: PredictorConfig = field(default_factory=PredictorConfig)
     """The audio-to-rig predictor (as `talksplat fit --driver.*`; `run` always trains it)."""
     drive_resolution: Annotated[int | None, Range(16, 8192)] = None
@@ -112,7 +114,7 @@ def _resolved(cfg: RunConfig):
     driver = cfg.driver
     fit = FitCommandConfig(dataset=out / "dataset", out=out / "avatar", preset=fit_preset, steps=cfg.steps,
                            budget=cfg.budget, overwrite=True, device=cfg.device, lpips_weights=cfg.lpips_weights,
-                           quiet=cfg.quiet, driver=driver)
+                           quiet=cfg.quiet, driver=driver, torso=cfg.torso)
     drive = DriveConfig(avatar=out / "avatar", audio=cfg.audio, text=cfg.text, out=out / "talk.mp4",
                         resolution=cfg.drive_resolution or out_px, fps=cfg.fps, pose=cfg.pose,
                         **({"max_size": cfg.drive_resolution} if cfg.drive_resolution else {}),

@@ -87,6 +87,31 @@ def test_blendshapes_change_colour_only_when_the_code_changes(sphere_rig):
         av.sh_at(code[:, :-1])
 
 
+def test_position_blendshapes_move_gaussians_only_with_the_code(sphere_rig, tmp_path):
+    """`--dynamic-geometry`: ``means_blend`` [N, D, 3] adds ``means_blend @ code`` (face units, in the parent
+    face's frame) to each Gaussian's position: none at the neutral code, linear in the code, kept by files."""
+    torch.manual_seed(0)
+    av = init_avatar(sphere_rig, per_face=1, sh_degree=1, dynamic_appearance=True, dynamic_geometry=True)
+    assert av.means_blend.shape == (av.num_gaussians, av.code_size, 3) and not av.means_blend.any()
+    p = _params(sphere_rig, expression=0.6, jaw=0.1)
+    assert torch.equal(_render(av, sphere_rig, p), _render(_without_blend(av), sphere_rig, p))  # zero: no effect
+    with torch.no_grad():
+        av.means_blend.normal_(0.0, 0.3)
+        verts = sphere_rig(p).vertices
+        code = appearance_code(p)
+        rest = av.posed_geometry(verts, sphere_rig.faces)[0]
+        moved = av.posed_geometry(verts, sphere_rig.faces, code=code)[0]
+        neutral = av.posed_geometry(verts, sphere_rig.faces, code=torch.zeros_like(code))[0]
+        half = av.posed_geometry(verts, sphere_rig.faces, code=code / 2)[0]
+    assert torch.equal(rest, neutral) and (moved - rest).norm(dim=-1).mean() > 1e-3
+    assert torch.allclose(half - rest, (moved - rest) / 2, atol=1e-6)  # linear in the code
+    assert (_render(av, sphere_rig, p) - _render(_without_blend(av), sphere_rig, p)).abs().max() > 0.05
+    back = load_avatar(save_avatar(av, tmp_path / "g.safetensors"), rig=sphere_rig)
+    assert torch.equal(back.means_blend, av.means_blend)
+    with pytest.raises(ValueError, match="position"):
+        av.posed_geometry(verts, sphere_rig.faces, code=code[:, :-1])
+
+
 def test_save_load_round_trip_keeps_the_blendshapes(sphere_rig, tmp_path):
     av = _with_blend(sphere_rig)
     path = save_avatar(av, tmp_path / "a.safetensors")

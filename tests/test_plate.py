@@ -115,7 +115,8 @@ def test_prep_writes_the_plate_and_the_heldout_frames(grid_prep, open_rig):
     sf = ds.source_frame
     assert (sf.width, sf.height) == (360, 288)
     held = ds.split["heldout"]
-    assert sorted(sf.frames) == held and len(held) == 15
+    assert set(held) <= set(sf.frames) and len(held) == 15  # beside the training steps' frames (`--torso`)
+    assert sorted(sf.masks) == sorted(set(sf.frames) - set(held)) == ds.split["train"]  # every one, 60 < 300
     plate = ds.load_plate()
     assert plate.shape == (288, 360, 3)
     seq = ds.rig_params[np.array(held)]

@@ -18,7 +18,7 @@ from talksplat.render.cpu import quat_to_rotmat
 
 W = H = 48
 LRS = {"local_means": 2e-3, "local_quats": 5e-3, "log_scales": 5e-3, "sh_dc": 2e-2, "sh_rest": 1e-3,
-       "opacity_logits": 5e-2, "sh_dc_blend": 2e-2}
+       "opacity_logits": 5e-2, "sh_dc_blend": 2e-2, "means_blend": 1e-3}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny renders (conftest.py)
@@ -32,7 +32,8 @@ def _cams(n: int = 2):
 
 def _setup(rig):
     torch.manual_seed(0)
-    avatar = init_avatar(rig, per_face=2, sh_degree=1, dynamic_appearance=True)  # colour blendshapes too
+    avatar = init_avatar(rig, per_face=2, sh_degree=1, dynamic_appearance=True,  # colour and position
+                         dynamic_geometry=True)  # blendshapes too
     optimizers = {k: torch.optim.Adam([getattr(avatar, k)], lr=LRS[k]) for k in PARAM_NAMES}
     return avatar, optimizers
 

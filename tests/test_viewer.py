@@ -113,6 +113,28 @@ def test_render_callback_draws_the_avatar_at_the_requested_size(sphere_renderer,
     assert np.abs(a - b).mean() > 1.0
 
 
+def test_the_subject_frame_is_behind_the_avatar_at_the_source_camera(sphere_rig):
+    """An avatar fitted over a plate: at the source camera (any field of view) the plate shows behind it, resampled
+    for the browser's camera, the background colour where the plate does not reach; elsewhere the colour."""
+    wxyz, pos = viser_pose((0.0, 0.0, 0.5), (0.0, 0.0, 0.0))
+    src = viser_camera(wxyz, pos, math.radians(40), 1.0, 64)
+    plate = np.zeros((64, 64, 3), np.uint8)
+    plate[:, :32] = (255, 0, 0)  # red left half, green right half
+    plate[:, 32:] = (0, 255, 0)
+    torch.manual_seed(0)
+    r = AvatarRenderer(init_avatar(sphere_rig, per_face=2), sphere_rig, torch.device("cpu"), (0.0, 0.0, 1.0),
+                       plate=(plate, src.K, src.viewmat))
+    img = r.render(_neutral(sphere_rig), src).image.astype(int)
+    assert np.abs(img[2, 2] - [255, 0, 0]).max() <= 2 and np.abs(img[2, 61] - [0, 255, 0]).max() <= 2
+    assert img[32, 32, 0] > 100 and img[32, 32, 1] > 100  # the (whitish) sphere in front
+    wide = r.render(_neutral(sphere_rig), viser_camera(wxyz, pos, math.radians(60), 1.0, 64)).image.astype(int)
+    assert np.abs(wide[1, 1] - [0, 0, 255]).max() <= 2  # beyond the plate: the colour
+    assert np.abs(wide[20, 16] - [255, 0, 0]).max() <= 2 and np.abs(wide[20, 47] - [0, 255, 0]).max() <= 2
+    aside = viser_pose((0.2, 0.0, 0.45), (0.0, 0.0, 0.0))
+    moved = r.render(_neutral(sphere_rig), viser_camera(*aside, math.radians(40), 1.0, 64)).image.astype(int)
+    assert np.abs(moved[2, 2] - [0, 0, 255]).max() <= 1  # another camera: the colour
+
+
 def test_render_loop_drops_stale_requests_and_refines_when_still(sphere_renderer, sphere_rig):
     shown = []
     loop = RenderLoop(sphere_renderer, lambda frame, final: shown.append((frame.image.shape, final)), settle_s=0.3)

@@ -44,6 +44,10 @@ class ViewConfig(ProcessOptions):
     """Expression sliders shown for rigs whose expression components have no range (the first N; FLAME) (0 to 1000)."""
     background: Annotated[tuple[float, float, float], Range(0.0, 1.0)] = (1.0, 1.0, 1.0)
     """Background colour, RGB in [0, 1] (0 to 1)."""
+    plate: bool = True
+    """For an avatar fitted over a plate: start at the source camera and show the subject's own frame (the plate)
+    behind the avatar whenever the camera is there (orbit away: the background colour); `--no-plate`: the
+    training crop's camera and the colour only."""
     screenshot_dir: Path = Path(".")
     """Where the screenshot button writes PNGs."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

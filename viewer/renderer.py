@@ -107,13 +107,38 @@ class AvatarRenderer:
     Renders are serialised by a lock (one device, and two CPU cores go further one frame at a time).
     """
 
-    def __init__(self, avatar, rig, device: torch.device, background=(1.0, 1.0, 1.0)):
+    def __init__(self, avatar, rig, device: torch.device, background=(1.0, 1.0, 1.0), plate=None):
         # copies on the device: a module's .to() moves the caller's object in place
         self.rig = copy.deepcopy(rig).to(device)
         self.avatar = copy.deepcopy(avatar).to(device)
         self.device = device
         self.background = torch.tensor(background, dtype=torch.float32, device=device)[None]
         self.lock = threading.Lock()
+        # (plate [H, W, 3] uint8, K [3, 3], viewmat [4, 4]): the subject's own frame, shown behind the avatar when
+        # the camera is the source camera (any field of view: the plate is resampled for it)
+        self.plate = plate
+        self._plate_views: dict[tuple, torch.Tensor] = {}
+
+    def plate_behind(self, cam: "ViewCamera") -> torch.Tensor | None:
+        """[H, W, 3] in [0, 1]: the plate seen by ``cam`` when it sits where the source camera sat and looks the
+        same way (the background colour where the plate does not reach), else None."""
+        if self.plate is None:
+            return None
+        image, K, viewmat = self.plate
+        if np.abs(np.asarray(cam.viewmat, np.float64) - viewmat).max() > 1e-3:
+            return None
+        key = (cam.width, cam.height, *np.round(np.asarray(cam.K, np.float64).ravel(), 3))
+        hit = self._plate_views.get(key)
+        if hit is None:
+            from talksplat.data_prep.plate import warp_view
+
+            rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+            view = warp_view(rgba, K, np.asarray(cam.K, np.float64), cam.width, cam.height).astype(np.float32) / 255
+            bg = self.background[0].cpu().numpy()
+            a = view[..., 3:]
+            hit = torch.from_numpy(view[..., :3] * a + bg * (1 - a)).to(self.device)
+            self._plate_views = {key: hit}  # one size at a time: the browser's canvas
+        return hit
 
     @property
     def backend(self) -> str:
@@ -140,9 +165,11 @@ class AvatarRenderer:
             params = frame_params(frame, self.device)
             viewmat = torch.as_tensor(cam.viewmat, dtype=torch.float32, device=self.device)[None]
             K = torch.as_tensor(cam.K, dtype=torch.float32, device=self.device)[None]
-            colors, _, _ = render_avatar(self.avatar, self.rig, params, viewmat, K, cam.width, cam.height,
-                                         backgrounds=self.background)
-            image = (colors[0, 0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+            plate = self.plate_behind(cam)
+            colors, alphas, _ = render_avatar(self.avatar, self.rig, params, viewmat, K, cam.width, cam.height,
+                                              backgrounds=None if plate is not None else self.background)
+            color = colors[0, 0] if plate is None else colors[0, 0] + (1 - alphas[0, 0]) * plate
+            image = (color.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             return RenderedFrame(image, time.perf_counter() - t0, self.num_gaussians)
@@ -151,8 +178,17 @@ class AvatarRenderer:
         """Posed rig vertices [V, 3] and Gaussian centres [N, 3], metres, world (for the overlays)."""
         with self.lock, torch.no_grad():
             params = frame_params(frame, self.device)
-            verts = self.rig(params).vertices
-            means, _, _ = self.avatar.posed_geometry(verts, self.rig.faces)
+            out = self.rig(params)
+            torso = None
+            if self.avatar.has_torso:
+                from talksplat.avatar.torso import rig_torso_poses
+
+                torso = rig_torso_poses(self.rig, params, out.joints)
+            from talksplat.avatar.appearance import appearance_code
+
+            code = appearance_code(params) if self.avatar.code_size else None
+            means, _, _ = self.avatar.posed_geometry(out.vertices, self.rig.faces, torso, code)
+            verts = out.vertices
             return verts[0].cpu().numpy(), means[0].cpu().numpy()
 
 

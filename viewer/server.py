@@ -338,8 +338,15 @@ def run_view(cfg: ViewConfig, on_stage: Callable[[str], None] | None = None) -> 
     identity = training.shape if training is not None else (
         sequences[0].shape if sequences else np.zeros(rig.num_shape, np.float32))
 
+    plate = None
+    if cfg.plate and fit.has_source_frame:  # the subject's own frame: home at the source camera, the plate behind
+        from .inputs import TrainingCamera
+
+        sf, image = fit.source_frame()
+        train_cam = TrainingCamera(sf.c2w, sf.K, sf.width, sf.height)
+        plate = (image, sf.K, sf.viewmat)
     device = pick_device(cfg.device)
-    renderer = AvatarRenderer(avatar, rig, device, cfg.background)
+    renderer = AvatarRenderer(avatar, rig, device, cfg.background, plate=plate)
     say = on_stage or (lambda text: None)
     viewer = Viewer(cfg, renderer, rig, sequences, train_cam, identity, title=f"talksplat: {cfg.avatar}",
                     on_stage=say)
