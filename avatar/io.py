@@ -29,7 +29,8 @@ VERSION = 1
 BINDING_DOC = ("each Gaussian's mean/rotation/scale live in its parent face's frame: origin = face centroid, "
                "axes [unit(v1-v0), unit normal, their cross], scale = face scale; local_means in face units, "
                "log_scales = log(scale / face scale), local_quats wxyz")
-APPEARANCE_DOC = ("colour of a frame: sh_dc + sh_dc_blend @ code, code = [expression coefficients (E), jaw axis-angle "
+APPEARANCE_DOC = ("colour of a frame: sh_dc + sh_dc_blend @ code (position: local_means + means_blend @ code), "
+                  "code = [expression coefficients (E), jaw axis-angle "
                   f"/ {JAW_UNIT_RAD:g} rad (3)] of the frame's rig parameters (D = E + 3; D = 0: static colour)")
 
 

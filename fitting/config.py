@@ -155,7 +155,8 @@ class FitConfig(ProcessOptions):
     dynamic_geometry: bool = False
     """Expression-dependent positions: per-Gaussian linear position blendshapes (offsets in the parent face's
     frame) driven by each frame's expression and jaw, as the colour ones, for shapes the rig's own blendshapes
-    lack (lip roll, wrinkles), under an L2 penalty (`--loss.lambda-geometry`)."""
+    lack (lip roll, wrinkles), under an L2 penalty (`--loss.lambda-geometry`). Off: on 3 s GRID clips it lowered the
+    held-out PSNR (README: Fit)."""
     torso: bool = False
     """Torso Gaussians: bound to a bust proxy under the neck, posed by the head's smoothed, attenuated motion
     (the shoulders follow the head weakly), trained on the dataset's whole source frames over the plate every

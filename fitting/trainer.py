@@ -243,30 +243,31 @@ class Trainer:
                 self._add_torso()
             self._make_optimizers()
             self.strategy_state = self.strategy.initialize_state()
-        self.torso_poses = None  # [T, 4, 4]: the torso pose of every time step (an avatar with a torso)
-        if self.avatar.has_torso:
-            from talksplat.avatar.torso import sequence_torso_poses
-
-            T = self.frames.tracked_expression.shape[0]
-            self.torso_poses = sequence_torso_poses(
-                self.rig, self.frames.rig_params(torch.arange(T, device=self.device), tuned=False),
-                float(self.ds.meta.get("fps", 25.0)))
+        # [T, 4, 4]: the torso pose of every time step (an avatar with a torso), from the tracked sequence
+        self.torso_poses = self._tracked_torso_poses() if self.avatar.has_torso else None
 
     # ------------------------------------------------------------------ setup
+    def _tracked_torso_poses(self) -> torch.Tensor:
+        """[T, 4, 4]: the torso poses of the tracked (not fine-tuned) sequence, smoothed over time
+        (:func:`talksplat.avatar.torso.sequence_torso_poses`)."""
+        from talksplat.avatar.torso import sequence_torso_poses
+
+        T = self.frames.tracked_expression.shape[0]
+        return sequence_torso_poses(self.rig, self.frames.rig_params(torch.arange(T, device=self.device), tuned=False),
+                                    float(self.ds.meta.get("fps", 25.0)))
+
     def _add_torso(self) -> None:
         """Append the torso Gaussians (:func:`talksplat.avatar.init.add_torso`), each coloured by the first whole
         training frame where it projects, opaque where that frame's mask says person, nearly transparent
         elsewhere (the proxy is wider than most shoulders; the opacity pruning removes what stays unused)."""
         from talksplat.avatar.init import add_torso
-        from talksplat.avatar.torso import sequence_torso_poses
         from talksplat.render.sh import rgb_to_sh
 
         av = add_torso(self.avatar, self.rig.cpu(), per_face=8).to(self.device)
         self.rig = self.rig.to(self.device)
         t0 = self.whole.timesteps[0]
         sample = self.whole.load(t0)
-        params = self.frames.rig_params(torch.arange(t0 + 1, device=self.device), tuned=False)
-        pose = sequence_torso_poses(self.rig, params, float(self.ds.meta.get("fps", 25.0)))[t0:t0 + 1]
+        pose = self._tracked_torso_poses()[t0:t0 + 1]
         torso = av.binding >= self.rig.faces.shape[0]
         with torch.no_grad():
             verts = self.rig(self.frames.rig_params(torch.tensor([t0], device=self.device), tuned=False)).vertices
@@ -369,7 +370,7 @@ class Trainer:
         from talksplat.render import rasterization
 
         verts = self.rig(params).vertices
-        code = appearance_code(params) if self.avatar.code_size else None  # [1, D]: the colour blendshapes' input
+        code = appearance_code(params) if self.avatar.code_size else None  # [1, D]: the blendshapes' input
         g = self.avatar.world(verts, self.rig.faces, code, torso)[0]
         flat = background.dim() == 1
         colors, alphas, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, viewmats, Ks, width,
@@ -631,8 +632,9 @@ class Trainer:
         a dataset that has a plate, the whole source frame of each held-out step, the avatar over the plate (also
         for an avatar fitted on a flat colour: pasted into the frame): ``frame_psnr``, ``frame_ssim``,
         ``frame_psnr_min`` over ``frames`` frames at the dataset's source-frame size, ``frame_body_psnr`` over all
-        of those frames but the tracked head (torso, shoulders and background: what the plate holds).  ``outside``: the share of
-        the avatar's opacity that falls where the image's mask says background (Gaussians painting background)."""
+        of those frames but the tracked head (torso, shoulders and background: what the plate holds).  ``outside``:
+        the share of the avatar's opacity that falls where the image's mask says background (Gaussians painting
+        background)."""
         from .losses import psnr, ssim_map
         from .regions import OPEN_MOUTH, mouth_gap, region_mask
 
