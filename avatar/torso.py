@@ -5,7 +5,7 @@ Gaussians bind to the triangles of a generated **bust proxy**: an open shell (th
 elliptic cylinder, seen from the camera) that starts at the rig's lowest neck ring and widens to the
 shoulders and down the chest.  One proxy for every rig, made from the rig's ``neck`` region only, so no rig is
 named here.  The proxy is rigid; it is posed per frame by the **torso pose**: the rig's root ("global") joint
-motion, smoothed over time (:data:`SMOOTH_S`) and with only a fraction of its rotation (:data:`FOLLOW`), so the
+motion, smoothed over time (causally, :data:`SMOOTH_S`) and with only a fraction of its rotation (:data:`FOLLOW`), so the
 shoulders follow the head weakly (as ER-NeRF's torso branch does) and never nod with it.
 
 Shapes and units: proxy vertices [P, 3] metres in the rig's canonical frame (+y up, +z out of the face),
@@ -24,7 +24,8 @@ from talksplat.render.rotation import axis_angle_to_matrix
 
 #: Share of the head's (smoothed) root rotation the torso takes (translation: all of it, smoothed).
 FOLLOW = 0.3
-#: Standard deviation of the Gaussian the torso pose is smoothed with over time, seconds.
+#: Time constant of the torso pose's smoothing over time, seconds: a causal exponential filter, so the shoulders
+#: follow the head (after it, never before it).
 SMOOTH_S = 0.25
 #: Bust proxy: half-width of the shoulders and half-depth of the chest, metres (an adult's; the Gaussians
 #: move off it where the subject differs).
@@ -88,7 +89,8 @@ def torso_poses(global_rot: torch.Tensor, root: torch.Tensor, fps: float | None 
     Args:
         global_rot: [T, 3] axis-angle, the rig's root rotation per frame.  root: [T, 3] metres, the posed root
             joint (``rig(params).joints[:, global joint]``).  fps: frames per second of a sequence, to smooth over
-            time (a Gaussian of ``smooth_s`` seconds, edges held); None: frame by frame (no smoothing).
+            time (causal, exponential with time constant ``smooth_s`` seconds, from the first frame's pose); None:
+            frame by frame (no smoothing).
         follow: the share of the rotation the torso takes.
     Returns:
         [T, 4, 4]: rotation exp(follow * smoothed axis-angle), translation the smoothed root (so proxy coordinates
@@ -104,12 +106,14 @@ def torso_poses(global_rot: torch.Tensor, root: torch.Tensor, fps: float | None 
     return T
 
 
-def _smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """[T, C] smoothed over T by a Gaussian of ``sigma`` frames (the ends held)."""
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / max(sigma, 1e-6)) ** 2)
-    k = k / k.sum()
-    padded = torch.cat([x[:1].expand(r, -1), x, x[-1:].expand(r, -1)])  # [T + 2r, C]
+def _smooth(x: torch.Tensor, tau: float) -> torch.Tensor:
+    """[T, C] smoothed over T causally: y_t = y_{t-1} + a (x_t - y_{t-1}), a = 1 - exp(-1 / ``tau`` frames),
+    y_0 = x_0 (as a truncated exponential kernel, one convolution)."""
+    a = 1.0 - math.exp(-1.0 / max(tau, 1e-6))
+    r = max(1, int(math.ceil(6 * tau)))
+    k = a * (1 - a) ** torch.arange(r, dtype=x.dtype, device=x.device)  # weight of x_{t-j}
+    k = torch.flip(k / k.sum(), [0])  # conv1d correlates: oldest first
+    padded = torch.cat([x[:1].expand(r - 1, -1), x])  # [T + r - 1, C]: the first pose held before the start
     return torch.nn.functional.conv1d(padded.T[:, None], k[None, None])[:, 0].T
 
 

@@ -254,6 +254,8 @@ class WholeFrames:
                  device: torch.device | str = "cpu", cache_mb: int = 256):
         import cv2
 
+        from talksplat.data_prep.plate import scale_intrinsics
+
         sf = dataset.source_frame
         train = set(dataset.split.get("train", []))
         self.timesteps = sorted(t for t in sf.masks if t in train and t in sf.frames) if sf is not None else []
@@ -262,10 +264,7 @@ class WholeFrames:
                              "version of `talksplat prep`, --source-frames above 0)")
         s = min(1.0, max_side / max(sf.width, sf.height))
         self.width, self.height = max(2, int(round(sf.width * s))), max(2, int(round(sf.height * s)))
-        sx, sy = self.width / sf.width, self.height / sf.height
-        K = np.array(sf.K, np.float64)
-        K[0] *= sx
-        K[1] *= sy
+        K = scale_intrinsics(sf.K, self.width / sf.width, self.height / sf.height)
         self.K = torch.as_tensor(K, dtype=torch.float32, device=device)
         self.viewmat = torch.as_tensor(sf.viewmat, dtype=torch.float32, device=device)
         self.c2w = np.asarray(sf.c2w)
