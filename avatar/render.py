@@ -13,6 +13,17 @@ from .gaussians import GaussianAvatar
 from .torso import rig_torso_poses
 
 
+def pose_inputs(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, torso: torch.Tensor | None = None):
+    """What posing ``avatar`` by ``params`` (batch B) takes: the rig's output (vertices [B, V, 3], joints), the
+    appearance code [B, D] of the blendshapes (None without them) and the torso poses [B, 4, 4] (``torso`` as given,
+    else frame by frame from ``params``, not smoothed; None without a torso)."""
+    out = rig(params)
+    code = appearance_code(params) if avatar.code_size else None
+    if avatar.has_torso and torso is None:
+        torso = rig_torso_poses(rig, params, out.joints)
+    return out, code, torso
+
+
 def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewmats: torch.Tensor,
                   Ks: torch.Tensor, width: int, height: int, backgrounds: torch.Tensor | None = None,
                   backend: str = "auto", torso: torch.Tensor | None = None, **raster_kwargs):
@@ -33,11 +44,8 @@ def render_avatar(avatar: GaussianAvatar, rig: HeadRig, params: RigParams, viewm
     call; ``metas`` is then one batched meta ([B, C, N, 2] "means2d", ...).  With autograd (training), or on
     the CPU rasterizer, each frame is rasterized on its own and ``metas`` has one meta per frame.
     """
-    out = rig(params)
+    out, code, torso = pose_inputs(avatar, rig, params, torso)
     verts = out.vertices
-    if avatar.has_torso and torso is None:
-        torso = rig_torso_poses(rig, params, out.joints)
-    code = appearance_code(params) if avatar.code_size else None  # [B, D]
     B = verts.shape[0]
     if viewmats.dim() == 3:
         viewmats = viewmats[None].expand(B, *viewmats.shape)

@@ -5,8 +5,8 @@ Gaussians bind to the triangles of a generated **bust proxy**: an open shell (th
 elliptic cylinder, seen from the camera) that starts at the rig's lowest neck ring and widens to the
 shoulders and down the chest.  One proxy for every rig, made from the rig's ``neck`` region only, so no rig is
 named here.  The proxy is rigid; it is posed per frame by the **torso pose**: the rig's root ("global") joint
-motion, smoothed over time (causally, :data:`SMOOTH_S`) and with only a fraction of its rotation (:data:`FOLLOW`), so the
-shoulders follow the head weakly (as ER-NeRF's torso branch does) and never nod with it.
+motion, smoothed over time (causally, :data:`SMOOTH_S`) and with only a fraction of its rotation
+(:data:`FOLLOW`), so the shoulders follow the head weakly (as ER-NeRF's torso branch does) and never nod with it.
 
 Shapes and units: proxy vertices [P, 3] metres in the rig's canonical frame (+y up, +z out of the face),
 relative to the root joint at rest; faces [Fp, 3] int64 (counter-clockwise seen from outside); torso poses
@@ -129,16 +129,13 @@ def rig_torso_poses(rig, params, joints: torch.Tensor, fps: float | None = None)
     return torso_poses(params.global_rot, joints[:, rig.semantic_joints["global"]], fps)
 
 
-def sequence_torso_poses(rig, params, fps: float, chunk: int = 256) -> torch.Tensor:
+def sequence_torso_poses(rig, params, fps: float) -> torch.Tensor:
     """[T, 4, 4] torso poses of a whole sequence (``params``: :class:`~talksplat.rigs.base.RigParams` of T frames
-    at ``fps``), smoothed over time; the rig is evaluated in chunks of ``chunk`` frames, without gradients."""
-    g = rig.semantic_joints["global"]
-    roots = []
+    at ``fps``), smoothed over time; only the rig's joints are posed (no vertices), without gradients."""
+    joints_only = rig.restricted(torch.zeros(0, dtype=torch.long, device=rig.template.device))
     with torch.no_grad():
-        for i in range(0, params.batch_size, chunk):
-            part = type(params)(**{k: v[i:i + chunk] for k, v in params.__dict__.items()})
-            roots.append(rig(part).joints[:, g])
-    return torso_poses(params.global_rot.detach(), torch.cat(roots), fps)
+        joints = joints_only(params).joints
+    return rig_torso_poses(rig, params, joints, fps).detach()
 
 
 def rest_torso_pose(rig, vertices: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,9 @@ import torch
 MAX_SIDE = 1920
 #: Frames sampled (evenly over the clip) for the median.
 PLATE_FRAMES = 48
+#: The head's region in a source frame: the tracked rig's silhouette dilated by this share of the head crop's
+#: side (hair beyond the scalp, a loose fit).
+HEAD_DILATE = 0.06
 
 
 def frame_scale(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[float, int, int]:

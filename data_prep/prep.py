@@ -448,7 +448,7 @@ class SourceFrameBuilder:
 
     def __init__(self, src: PrepInputs, tracked: PrepTracking, boxes: np.ndarray, heldout: list[int],
                  train: list[int] = ()):
-        from .plate import PlateBuilder, frame_scale, head_silhouettes, sample_steps, scale_intrinsics
+        from .plate import HEAD_DILATE, PlateBuilder, frame_scale, head_silhouettes, sample_steps, scale_intrinsics
 
         info = src.infos[0]
         T = len(boxes)
@@ -461,10 +461,10 @@ class SourceFrameBuilder:
         seq = tracked.result.sequence()[np.array(self.steps)]
         with torch.no_grad():
             verts = src.rig.cpu()(seq.to_params()).vertices
-        # the head region: the rig's silhouette dilated by 6 % of the crop side (hair beyond the scalp)
+        # the head region: the rig's silhouette dilated by HEAD_DILATE of the crop side (hair beyond the scalp)
         side = float(np.median(boxes[:, 2])) * self.width / info.width
         sil = head_silhouettes(verts, src.rig.faces.cpu(), self.K, np.linalg.inv(MONO_C2W), self.width,
-                               self.height, dilate=0.06 * side)
+                               self.height, dilate=HEAD_DILATE * side)
         self.silhouettes = dict(zip(self.steps, sil))
         self.margin = 0.15 * side
         self.plate = PlateBuilder(self.width, self.height)

@@ -261,6 +261,7 @@ class Trainer:
         training frame where it projects, opaque where that frame's mask says person, nearly transparent
         elsewhere (the proxy is wider than most shoulders; the opacity pruning removes what stays unused)."""
         from talksplat.avatar.init import add_torso
+        from talksplat.data_prep.tracking import project
         from talksplat.render.sh import rgb_to_sh
 
         av = add_torso(self.avatar, self.rig.cpu(), per_face=8).to(self.device)
@@ -272,14 +273,14 @@ class Trainer:
         with torch.no_grad():
             verts = self.rig(self.frames.rig_params(torch.tensor([t0], device=self.device), tuned=False)).vertices
             means = av.posed_geometry(verts, self.rig.faces, pose)[0][0, torso]  # [M, 3] world
-            cam = means @ sample.viewmat[:3, :3].T + sample.viewmat[:3, 3]
-            uv = cam[:, :2] / cam[:, 2:].clamp_min(1e-6) * sample.K.diagonal()[:2] + sample.K[:2, 2]
+            uv = project(means[None], sample.viewmat[None], sample.K[None])[0, 0]  # [M, 2] px
+            depth = means @ sample.viewmat[2, :3] + sample.viewmat[2, 3]
             grid = torch.stack([uv[:, 0] / self.whole.width, uv[:, 1] / self.whole.height], -1) * 2 - 1
             look = lambda img: torch.nn.functional.grid_sample(  # noqa: E731
                 img.permute(2, 0, 1)[None], grid[None, None], align_corners=False)[0, :, 0].T  # [M, C]
             rgb = look(sample.image)
             person = look(sample.mask[..., None])[:, 0]
-            inside = (grid.abs() <= 1).all(-1) & (cam[:, 2] > 0)
+            inside = (grid.abs() <= 1).all(-1) & (depth > 0)
             opaque = inside & (person > 0.5)
             av.sh_dc[torso] = rgb_to_sh(rgb)[:, None]
             av.opacity_logits[torso] = torch.where(opaque, 2.0, -4.0)
@@ -366,12 +367,11 @@ class Trainer:
         cameras (``viewmats`` [C, 4, 4] world-to-camera, OpenCV; ``Ks`` [C, 3, 3] px) at width x height, in one
         rasterization call, over ``background`` ([3] in [0, 1] behind every camera, or [C, H, W, 3]).  Returns
         colors [C, H, W, 3] and the rasterizer's meta plus ``alphas`` [C, H, W, 1] (see :meth:`render`)."""
-        from talksplat.avatar.appearance import appearance_code
+        from talksplat.avatar.render import pose_inputs
         from talksplat.render import rasterization
 
-        verts = self.rig(params).vertices
-        code = appearance_code(params) if self.avatar.code_size else None  # [1, D]: the blendshapes' input
-        g = self.avatar.world(verts, self.rig.faces, code, torso)[0]
+        out, code, torso = pose_inputs(self.avatar, self.rig, params, torso)
+        g = self.avatar.world(out.vertices, self.rig.faces, code, torso)[0]
         flat = background.dim() == 1
         colors, alphas, meta = rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, viewmats, Ks, width,
                                              height, sh_degree=sh_degree,
@@ -719,16 +719,18 @@ class Trainer:
 
     def _body_region(self, timestep: int, crop, sf) -> torch.Tensor | None:
         """[H, W] bool over the source frame of a time step: everything but the tracked head (the rig's silhouette
-        dilated by 6 % of the head crop's side, as the plate leaves out): torso, shoulders and background.  None
-        without the time step's crop (``crop``, a dataset :class:`Frame`)."""
-        from talksplat.data_prep.plate import head_silhouettes
+        dilated by :data:`~talksplat.data_prep.plate.HEAD_DILATE` of the head crop's side, as the plate leaves
+        out): torso, shoulders and background.  None without the time step's crop (``crop``, a dataset
+        :class:`Frame`)."""
+        from talksplat.data_prep.plate import HEAD_DILATE, head_silhouettes
 
         if crop is None:
             return None
         side = crop.width * sf.K[0, 0] / crop.K[0, 0]  # the crop's side in source px
         with torch.no_grad():
             verts = self.rig(self.frames.rig_params(torch.tensor([timestep], device=self.device), tuned=False)).vertices
-        head = head_silhouettes(verts, self.rig.faces, sf.K, sf.viewmat, sf.width, sf.height, dilate=0.06 * side)[0]
+        head = head_silhouettes(verts, self.rig.faces, sf.K, sf.viewmat, sf.width, sf.height,
+                                dilate=HEAD_DILATE * side)[0]
         return ~torch.from_numpy(head)
 
     def render_frame(self, timestep: int, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,

@@ -178,15 +178,9 @@ class AvatarRenderer:
         """Posed rig vertices [V, 3] and Gaussian centres [N, 3], metres, world (for the overlays)."""
         with self.lock, torch.no_grad():
             params = frame_params(frame, self.device)
-            out = self.rig(params)
-            torso = None
-            if self.avatar.has_torso:
-                from talksplat.avatar.torso import rig_torso_poses
+            from talksplat.avatar.render import pose_inputs
 
-                torso = rig_torso_poses(self.rig, params, out.joints)
-            from talksplat.avatar.appearance import appearance_code
-
-            code = appearance_code(params) if self.avatar.code_size else None
+            out, code, torso = pose_inputs(self.avatar, self.rig, params)
             means, _, _ = self.avatar.posed_geometry(out.vertices, self.rig.faces, torso, code)
             verts = out.vertices
             return verts[0].cpu().numpy(), means[0].cpu().numpy()
