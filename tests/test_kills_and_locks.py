@@ -273,3 +273,29 @@ def test_stale_partials_of_dead_writers_are_removed(small_inputs: Inputs, tmp_pa
     assert "not a video file" in capfd.readouterr().err
     assert not stale.exists() and not stale_old.exists()
     assert live.exists() and other.exists()
+
+
+_RACE = """import sys, time
+from pathlib import Path
+from talksplat.core.outputs import output_lock
+root, i, start = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+while time.time() < start:
+    pass
+for k in range(20):  # a fresh missing parent each round: every writer tries to make it at once
+    with output_lock(root / f"round{k}" / "renders" / f"r{i}"):
+        (root / f"round{k}" / "renders" / f"r{i}.done").write_text("ok")
+"""
+
+
+def test_writers_racing_to_make_one_parent_folder_all_succeed(tmp_path):
+    """`talksplat batch` renders make OUT/renders/ at the same moment: none may fail with 'File exists'
+    (CI saw exactly that once), and none may remove a parent folder another writer is using."""
+    start = time.time() + 2.0
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(tmp_path), str(i), str(start)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(6)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    for k in range(20):
+        assert sorted(f.name for f in (tmp_path / f"round{k}" / "renders").glob("*.done")) == \
+            [f"r{i}.done" for i in range(6)]

@@ -240,7 +240,10 @@ def output_lock(target: str | os.PathLike) -> Iterator[None]:
 
 
 def _make_parents(target: Path, folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; returns those created, deepest first."""
+    """Create ``folder`` and its missing parents; returns those this call created, deepest first.
+
+    Safe against other processes making (or, after a failure, removing) the same parents at the same
+    time, as the jobs of ``talksplat batch`` do with ``OUT/renders/``."""
     missing = []
     p = folder
     while not p.exists():
@@ -248,15 +251,27 @@ def _make_parents(target: Path, folder: Path) -> list[Path]:
         p = p.parent
     if not p.is_dir():
         raise OutputError(f"{target}: cannot be created: {p} is a file, not a folder")
+    created = []
     for d in reversed(missing):
-        d.mkdir()
-    return missing
+        try:
+            d.mkdir()
+            created.append(d)
+        except FileExistsError:  # another process made it first: it is not ours to remove
+            if not d.is_dir():
+                raise OutputError(f"{target}: cannot be created: {d} is a file, not a folder") from None
+        except FileNotFoundError:  # a parent another process made was removed again (its job failed)
+            d.mkdir(parents=True, exist_ok=True)
+    return created[::-1]
 
 
 @contextlib.contextmanager
 def _locked(target: Path, lp: Path, key: str) -> Iterator[None]:
     while True:
-        fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # another writer's failed job removed the (empty) parent just now
+            lp.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
