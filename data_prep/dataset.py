@@ -16,6 +16,9 @@ Layout (documented for users in docs/formats.md)::
       audio.wav          16 kHz mono PCM (absent when the video had no audio)
       plate.png          monocular: the source frame without the head (background, torso), RGB uint8 at the
                          size meta.json's ``source_frame`` gives; plate_observed.png: 255 where it was seen
+      plate_background.png   monocular: the source frame without the whole person (background only; what the
+                             person covers in every sampled frame inpainted), the plate of a fit with
+                             torso Gaussians; plate_background_observed.png: 255 where it was seen
       frames/<cam>/<t>.png   monocular: whole source frames: the held-out time steps' (full-frame evaluation) and
                              up to --source-frames training steps' (the torso's whole-frame supervision)
       frame_masks/<cam>/<t>.png  monocular: those training frames' person masks
@@ -49,6 +52,9 @@ CAMERA_CONVENTION = "OpenCV camera-to-world: camera x right, y down, z forward; 
 #: The plate (:mod:`talksplat.data_prep.plate`) and the mask of where it was observed, in a monocular dataset.
 PLATE = "plate.png"
 PLATE_OBSERVED = "plate_observed.png"
+#: The person-free plate (background only) and where it was observed.
+BACKGROUND_PLATE = "plate_background.png"
+BACKGROUND_PLATE_OBSERVED = "plate_background_observed.png"
 
 
 class DatasetError(InputError):
@@ -199,7 +205,8 @@ class SourceFrame:
     c2w: [4, 4] OpenCV camera-to-world, metres (the dataset's camera; its crops share it).  plate: path of the
     plate image relative to the dataset root.  frames: time step -> relative path of a whole frame (every held-out
     step, and the training steps prep kept for whole-frame supervision).  masks: time step -> relative path of
-    such a training frame's person mask (selfie segmentation, 8 bit).
+    such a training frame's person mask (selfie segmentation, 8 bit).  background_plate: path of the
+    person-free plate, or None (datasets prepared before it).
     """
 
     width: int
@@ -209,6 +216,7 @@ class SourceFrame:
     plate: str
     frames: dict[int, str]
     masks: dict[int, str] = field(default_factory=dict)
+    background_plate: str | None = None
 
     @property
     def viewmat(self) -> np.ndarray:
@@ -226,6 +234,8 @@ class SourceFrame:
             width, height = int(d["width"]), int(d["height"])
             frames = {int(t): _inside(root, rel, where) for t, rel in dict(d.get("frames", {})).items()}
             masks = {int(t): _inside(root, rel, where) for t, rel in dict(d.get("frame_masks", {})).items()}
+            bg = d.get("background_plate")
+            bg = None if bg is None else _inside(root, bg, where)
         except (TypeError, ValueError) as e:
             if isinstance(e, InputError):
                 raise DatasetError(str(e)) from None
@@ -233,7 +243,7 @@ class SourceFrame:
         if width < 2 or height < 2 or not (K[0, 0] > 0 and K[1, 1] > 0):
             raise DatasetError(f"{where}: size {width}x{height} or focal length is not positive")
         return SourceFrame(width=width, height=height, K=K, c2w=c2w, plate=_inside(root, d["plate"], where),
-                           frames=frames, masks=masks)
+                           frames=frames, masks=masks, background_plate=bg)
 
 
 @dataclass
@@ -277,12 +287,16 @@ class Dataset:
         d = self.meta.get("source_frame")
         return None if d is None else SourceFrame.from_meta(d, self.root)
 
-    def load_plate(self) -> np.ndarray:
-        """[H, W, 3] uint8 RGB: the plate at :attr:`source_frame`'s size."""
+    def load_plate(self, person_free: bool = False) -> np.ndarray:
+        """[H, W, 3] uint8 RGB: the plate at :attr:`source_frame`'s size; with ``person_free`` the background-only
+        plate (no torso in it)."""
         sf = self.source_frame
         if sf is None:
             raise DatasetError(f"{self.root}: no plate (prepare the video again with `talksplat prep`)")
-        return _read_png(self.root / sf.plate, color=True)
+        if person_free and sf.background_plate is None:
+            raise DatasetError(f"{self.root}: no person-free plate (prepare the video again with this version "
+                               "of `talksplat prep`)")
+        return _read_png(self.root / (sf.background_plate if person_free else sf.plate), color=True)
 
     def load_source_frame(self, timestep: int) -> np.ndarray | None:
         """[H, W, 3] uint8 RGB: the whole source frame of a time step, or None when not kept."""

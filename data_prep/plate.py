@@ -4,7 +4,9 @@ A monocular video is modelled in layers: the fitted head (Gaussians bound to the
 of the source frame.  The plate is the per-pixel median of the sampled frames wherever the tracked head
 (the rig's projected silhouette, dilated for hair) does not cover the pixel: background, shoulders and
 torso stay in it; the region the head covers in every sampled frame is filled by inpainting (the rendered
-head hides it, and :data:`OBSERVED` marks it).
+head hides it, and the dataset's ``plate_observed.png`` marks it).  The *person-free* plate is made the same
+way from the pixels the whole person leaves visible: the background alone, the plate of a fit whose torso is
+its own Gaussians (``talksplat fit --torso``), so that no median torso stays behind a moving one.
 
 Pixel coordinates are continuous with pixel centres at +0.5 (as the rasterizer, mediapipe and
 :mod:`talksplat.data_prep.framing` use).
@@ -22,6 +24,9 @@ PLATE_FRAMES = 48
 #: The head's region in a source frame: the tracked rig's silhouette dilated by this share of the head crop's
 #: side (hair beyond the scalp, a loose fit).
 HEAD_DILATE = 0.06
+#: The person's region in a source frame, left out of the person-free plate: the segmented person dilated by
+#: this share of the head crop's side (the segmentation's soft edge), with the head region.
+PERSON_DILATE = 0.03
 
 
 def frame_scale(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[float, int, int]:
@@ -39,6 +44,16 @@ def scale_intrinsics(K: np.ndarray, sx: float, sy: float | None = None) -> np.nd
     out[0] *= sx
     out[1] *= sy
     return out
+
+
+def resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` [H, W(, C)] resized to [height, width(, C)] by area averaging (unchanged when already that
+    size): source frames, masks and the plate at a working size."""
+    import cv2
+
+    if (image.shape[1], image.shape[0]) == (width, height):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def head_silhouettes(vertices: torch.Tensor, faces: torch.Tensor, K: np.ndarray, viewmat: np.ndarray,
@@ -86,6 +101,19 @@ def head_region(silhouette: np.ndarray, foreground: np.ndarray, margin: float) -
     x0, x1 = max(0, int(xs.min() - margin)), min(W, int(xs.max() + margin) + 1)
     out[:y_mid, x0:x1] |= foreground[:y_mid, x0:x1]
     return out
+
+
+def person_region(head: np.ndarray, foreground: np.ndarray, dilate: float) -> np.ndarray:
+    """[H, W] bool: the whole person of one frame, left out of the person-free plate: the segmented
+    ``foreground`` [H, W] bool dilated by ``dilate`` px (a disc), with the ``head`` region [H, W] bool
+    (:func:`head_region`, which covers hair the segmentation misses)."""
+    import cv2
+
+    r = max(0, int(round(dilate)))
+    fg = foreground.astype(np.uint8)
+    if r:
+        fg = cv2.dilate(fg, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    return head | fg.astype(bool)
 
 
 def fill_holes(image: np.ndarray, known: np.ndarray) -> np.ndarray:

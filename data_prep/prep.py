@@ -23,7 +23,8 @@ from talksplat.core.outputs import output_lock
 from talksplat.render.device import pick_device
 
 from .config import PrepConfig
-from .dataset import PLATE, PLATE_OBSERVED, DatasetWriter, Frame, check_output_dir, default_split, image_name
+from .dataset import (BACKGROUND_PLATE, BACKGROUND_PLATE_OBSERVED, PLATE, PLATE_OBSERVED, DatasetWriter, Frame,
+                      check_output_dir, default_split, image_name)
 from .tracking import MONO_C2W, TrackingResult
 
 
@@ -448,7 +449,8 @@ class SourceFrameBuilder:
 
     def __init__(self, src: PrepInputs, tracked: PrepTracking, boxes: np.ndarray, heldout: list[int],
                  train: list[int] = ()):
-        from .plate import HEAD_DILATE, PlateBuilder, frame_scale, head_silhouettes, sample_steps, scale_intrinsics
+        from .plate import (HEAD_DILATE, PERSON_DILATE, PlateBuilder, frame_scale, head_silhouettes, sample_steps,
+                            scale_intrinsics)
 
         info = src.infos[0]
         T = len(boxes)
@@ -467,17 +469,12 @@ class SourceFrameBuilder:
                                self.height, dilate=HEAD_DILATE * side)
         self.silhouettes = dict(zip(self.steps, sil))
         self.margin = 0.15 * side
+        self.person_dilate = PERSON_DILATE * side
         self.plate = PlateBuilder(self.width, self.height)
+        self.background = PlateBuilder(self.width, self.height)  # the person-free plate (same frames)
         self.segmenter = None
         self.frames: dict[int, str] = {}
         self.masks: dict[int, str] = {}
-
-    def _resize(self, frame: np.ndarray) -> np.ndarray:
-        import cv2
-
-        if (frame.shape[1], frame.shape[0]) == (self.width, self.height):
-            return frame
-        return cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
 
     def add(self, t: int, frame: np.ndarray, submit) -> None:
         """Source frame ``t`` [H, W, 3] uint8: into the plate when sampled, written when held out, written with
@@ -488,13 +485,16 @@ class SourceFrameBuilder:
 
         if self.segmenter is None:
             self.segmenter = Segmenter()
-        small = self._resize(frame)
+        from .plate import resize_to
+
+        small = resize_to(frame, self.width, self.height)
         person = self.segmenter(small) if t in self.silhouettes or t in self.train else None
         if t in self.silhouettes:
-            from .plate import head_region
+            from .plate import head_region, person_region
 
             head = head_region(self.silhouettes[t], person > 0.5, self.margin)
             self.plate.add(small, ~head)
+            self.background.add(small, ~person_region(head, person > 0.5, self.person_dilate))
         if t in self.heldout or t in self.train:
             rel = image_name("cam0", t, "frames")
             submit(rel, small)
@@ -511,8 +511,18 @@ class SourceFrameBuilder:
         plate, observed = self.plate.build()
         submit(PLATE, plate)
         submit(PLATE_OBSERVED, (observed * 255).astype(np.uint8))
+        background = {}
+        try:
+            plate, observed = self.background.build()
+        except ValueError:  # the person covers every pixel of every sampled frame: no person-free plate
+            pass
+        else:
+            submit(BACKGROUND_PLATE, plate)
+            submit(BACKGROUND_PLATE_OBSERVED, (observed * 255).astype(np.uint8))
+            background = {"background_plate": BACKGROUND_PLATE, "background_plate_observed": BACKGROUND_PLATE_OBSERVED}
         return {"width": self.width, "height": self.height, "source_size": list(self.src_size),
                 "K": self.K.tolist(), "c2w": MONO_C2W.tolist(), "plate": PLATE, "plate_observed": PLATE_OBSERVED,
+                **background,
                 "plate_frames": len(self.plate.frames),
                 "frames": {str(t): rel for t, rel in sorted(self.frames.items())},
                 "frame_masks": {str(t): rel for t, rel in sorted(self.masks.items())}}

@@ -252,8 +252,6 @@ class WholeFrames:
 
     def __init__(self, dataset: Dataset, plate: np.ndarray, max_side: int, seed: int = 0,
                  device: torch.device | str = "cpu", cache_mb: int = 256):
-        import cv2
-
         from talksplat.data_prep.plate import scale_intrinsics
 
         sf = dataset.source_frame
@@ -269,16 +267,15 @@ class WholeFrames:
         self.viewmat = torch.as_tensor(sf.viewmat, dtype=torch.float32, device=device)
         self.c2w = np.asarray(sf.c2w)
         self.dataset, self.device = dataset, torch.device(device)
-        self._cv2 = cv2
         self.plate = self._to_device(self._resize(plate))
         self.rng = np.random.default_rng(seed + 7919)
         self.max_bytes, self.bytes = cache_mb * 2 ** 20, 0
         self._items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
-        if (img.shape[1], img.shape[0]) == (self.width, self.height):
-            return img
-        return self._cv2.resize(img, (self.width, self.height), interpolation=self._cv2.INTER_AREA)
+        from talksplat.data_prep.plate import resize_to
+
+        return resize_to(img, self.width, self.height)
 
     def _to_device(self, img: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(img)).to(self.device).float() / 255.0

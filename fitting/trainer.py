@@ -210,7 +210,13 @@ class Trainer:
             raise FitError(f"{self.ds.root}: --background plate needs a dataset with a plate (a monocular video "
                            "prepared by this version of `talksplat prep`)")
         self.use_plate = self.source_frame is not None and cfg.background in ("auto", "plate")
-        self.plate = self.ds.load_plate() if self.use_plate else None  # [H, W, 3] uint8, the whole frame
+        person_free = self.use_plate and cfg.torso and cfg.torso_plate == "person-free"
+        if person_free and self.source_frame.background_plate is None:
+            warnings.warn(f"{self.ds.root}: no person-free plate (prepared by an earlier talksplat prep): the torso "
+                          "Gaussians are fitted over the plate that keeps the median torso", UserWarning, stacklevel=2)
+            person_free = False
+        # [H, W, 3] uint8, the whole frame: background and median torso, or (person-free) the background alone
+        self.plate = self.ds.load_plate(person_free=person_free) if self.use_plate else None
         self.sampler = FrameSampler(self.ds, "train", cfg.cache_mb, cfg.seed, self.device, plate=self.plate)
         self.whole = None  # the whole source frames a --torso fit trains on every `torso_every` steps
         if cfg.torso:
@@ -258,8 +264,10 @@ class Trainer:
 
     def _add_torso(self) -> None:
         """Append the torso Gaussians (:func:`talksplat.avatar.init.add_torso`), each coloured by the first whole
-        training frame where it projects, opaque where that frame's mask says person, nearly transparent
-        elsewhere (the proxy is wider than most shoulders; the opacity pruning removes what stays unused)."""
+        training frame where it projects (beyond the frame's edge: the nearest edge pixel, so the torso runs out
+        of the frame instead of stopping short of it), opaque where that frame's mask says person, nearly
+        transparent elsewhere (the proxy is wider than most shoulders; the opacity pruning removes what stays
+        unused)."""
         from talksplat.avatar.init import add_torso
         from talksplat.data_prep.tracking import project
         from talksplat.render.sh import rgb_to_sh
@@ -277,11 +285,10 @@ class Trainer:
             depth = means @ sample.viewmat[2, :3] + sample.viewmat[2, 3]
             grid = torch.stack([uv[:, 0] / self.whole.width, uv[:, 1] / self.whole.height], -1) * 2 - 1
             look = lambda img: torch.nn.functional.grid_sample(  # noqa: E731
-                img.permute(2, 0, 1)[None], grid[None, None], align_corners=False)[0, :, 0].T  # [M, C]
-            rgb = look(sample.image)
-            person = look(sample.mask[..., None])[:, 0]
-            inside = (grid.abs() <= 1).all(-1) & (depth > 0)
-            opaque = inside & (person > 0.5)
+                img.permute(2, 0, 1)[None], grid[None, None], align_corners=False, padding_mode="border")[0, :, 0].T
+            rgb = look(sample.image)  # [M, 3]
+            person = look(sample.mask[..., None])[:, 0]  # [M]
+            opaque = (depth > 0) & (person > 0.5)
             av.sh_dc[torso] = rgb_to_sh(rgb)[:, None]
             av.opacity_logits[torso] = torch.where(opaque, 2.0, -4.0)
         self.avatar = av

@@ -9,7 +9,7 @@ import torch
 
 from talksplat.data_prep.framing import crop_image, crop_intrinsics
 from talksplat.data_prep.plate import (PlateBuilder, fill_holes, frame_scale, head_region, head_silhouettes,
-                                       scale_intrinsics, warp_view)
+                                       person_region, scale_intrinsics, warp_view)
 
 
 def _scene(H: int = 60, W: int = 80) -> np.ndarray:
@@ -56,6 +56,17 @@ def test_head_region_adds_hair_above_the_middle_and_keeps_the_torso():
     assert r[5, 14] and r[6, 27]  # hair within the margin
     assert not r[35, 5] and not r[35, 20]  # the torso stays in the plate
     assert np.array_equal(r & ~fg, sil & ~fg)
+
+
+def test_person_region_is_the_dilated_person_and_the_head():
+    head = np.zeros((40, 40), bool)
+    head[5:15, 15:25] = True  # hair the segmentation missed
+    fg = np.zeros_like(head)
+    fg[15:40, 10:30] = True  # neck and torso
+    r = person_region(head, fg, dilate=3)
+    assert r[head].all() and r[fg].all()
+    assert r[20, 7] and not r[20, 6]  # three pixels beside the person, no more
+    assert not r[2, 2] and not r[30, 35]  # the background stays
 
 
 def test_silhouette_of_a_triangle():
@@ -134,6 +145,33 @@ def test_prep_writes_the_plate_and_the_heldout_frames(grid_prep, open_rig):
     img = ds.load_image(fr).astype(float)
     corner = (slice(0, 12), slice(0, 12))
     assert np.abs(view[corner] - img[corner]).mean() < 8
+
+
+def test_the_person_free_plate_is_the_background_alone(grid_prep):
+    """Prep's second plate, behind torso Gaussians: where the clip's person masks say background in every kept frame,
+    both plates are that background; where they say person in every one (the torso under the head), the plate keeps
+    the torso (the frames' own colours) and the person-free plate does not (it is filled from the background)."""
+    import cv2
+
+    ds = grid_prep
+    sf = ds.source_frame
+    assert sf.background_plate == "plate_background.png"
+    assert (ds.root / "plate_background_observed.png").is_file()
+    plate, free = ds.load_plate().astype(float), ds.load_plate(person_free=True).astype(float)
+    steps = sorted(sf.masks)[::6]
+    masks = np.stack([ds.load_source_mask(t) for t in steps])
+    frames = np.stack([ds.load_source_frame(t) for t in steps]).astype(float)
+    person, background = (masks > 0.5).all(0), (masks < 0.5).all(0)
+    seen = cv2.imread(str(ds.root / "plate_observed.png"), cv2.IMREAD_GRAYSCALE) > 127  # not the head's region
+    torso = person & seen & (np.arange(sf.height)[:, None] > 0.75 * sf.height)  # the torso, below the head
+    assert torso.sum() > 500 and background.sum() > 0.2 * background.size
+    far = background.copy()  # the background away from the person's (soft) outline
+    far &= cv2.erode(background.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    assert np.abs(free - plate)[far].mean() < 1.5
+    err_plate = np.abs(frames - plate)[:, torso].mean()
+    err_free = np.abs(frames - free)[:, torso].mean()
+    print(f"torso: frames vs plate {err_plate:.1f}, vs person-free plate {err_free:.1f} levels")
+    assert err_plate < 8 and err_free > 3 * err_plate
 
 
 def test_masks_add_the_rig_silhouette_where_it_lies_on_the_person(grid_prep, open_rig):

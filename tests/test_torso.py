@@ -139,14 +139,20 @@ def test_torso_fit_on_a_grid_clip(shared_data, tmp_path_factory):
     mask = ds.load_source_mask(train[0])
     assert mask.shape == (sf.height, sf.width) and 0.1 < (mask > 0.5).mean() < 0.8  # a person, not everything
     tr = Trainer(FitConfig(dataset=ds.root, out=root / "fit", preset="fast", steps=90, torso=True, torso_size=192,
-                           sh_degree=0, threads=1, eval_frames=4, side_by_side=1, quiet=True))
+                           torso_plate="person-free", sh_degree=0, threads=1, eval_frames=4, side_by_side=1, quiet=True))
     F = tr.rig.faces.shape[0]
     assert tr.avatar.has_torso and tr.torso_poses.shape == (75, 4, 4)
+    assert np.array_equal(tr.plate, ds.load_plate(person_free=True))  # behind the torso: the background alone
     tr.train(checkpoints=False)
     assert int((tr.avatar.binding >= F).sum()) > 100
     held = tr.evaluate()
     print("held-out with --torso:", held)
     assert held["frame_body_psnr"] > 25 and held["frame_psnr"] > 22
+    tr.write_outputs({"heldout": held})  # the fit folder's plate, where `talksplat drive` renders: the same one
+    import cv2
+
+    fit_plate = cv2.imread(str(root / "fit" / "plate.png"))[..., ::-1]
+    assert np.array_equal(fit_plate, ds.load_plate(person_free=True))
     # driven as `talksplat drive` renders: the head turns, the shoulders follow (less, and later)
     from talksplat.driving.drive import render_batches
 
@@ -177,6 +183,16 @@ def test_torso_fit_on_a_grid_clip(shared_data, tmp_path_factory):
     with pytest.raises(FitError, match=f"--torso: {old}: no whole training frames"):
         Trainer(FitConfig(dataset=old, out=root / "fit_old", preset="fast", torso=True, quiet=True))
     assert not (root / "fit_old").exists()
+    # one prepared before the person-free plate: fitted over the plate (the median torso stays in it), with a warning
+    meta = json.loads((root / "ds" / "meta.json").read_text())
+    del meta["source_frame"]["background_plate"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=f"{old}: no person-free plate"):
+        tr = Trainer(FitConfig(dataset=old, out=root / "fit_old", preset="fast", torso=True, torso_plate="person-free",
+                               quiet=True))
+    assert np.array_equal(tr.plate, ds.load_plate())
+    tr = Trainer(FitConfig(dataset=ds.root, out=root / "fit_default", preset="fast", torso=True, quiet=True))
+    assert np.array_equal(tr.plate, ds.load_plate())  # the default: the plate that keeps the median torso
 
 
 def test_every_rig_gets_a_bust_under_its_neck(tmp_path):

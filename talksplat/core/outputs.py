@@ -33,7 +33,8 @@ MARKER = ".talksplat"
 #: sub-folders of another kind (``"name/": kind``).
 KINDS: dict[str, dict] = {
     "dataset": {"files": ("meta.json", "transforms.json", "rig_params.npz", "landmarks.npz", "audio.wav",
-                          "images/*/*.png", "masks/*/*.png", "plate.png", "plate_observed.png", "frames/*/*.png",
+                          "images/*/*.png", "masks/*/*.png", "plate.png", "plate_observed.png",
+                          "plate_background.png", "plate_background_observed.png", "frames/*/*.png",
                           "frame_masks/*/*.png"),
                 "describe": "dataset", "signature": "meta.json"},
     "fit": {"files": ("avatar.safetensors", "avatar.ply", "tuned_params.npz", "driver.safetensors", "metrics.json",
