@@ -482,19 +482,17 @@ class SourceFrameBuilder:
         if t not in self.silhouettes and t not in self.heldout and t not in self.train:
             return
         from .masks import Segmenter, to_uint8_mask
+        from .plate import head_region, person_region, resize_to
 
         if self.segmenter is None:
             self.segmenter = Segmenter()
-        from .plate import resize_to
-
         small = resize_to(frame, self.width, self.height)
         person = self.segmenter(small) if t in self.silhouettes or t in self.train else None
         if t in self.silhouettes:
-            from .plate import head_region, person_region
-
-            head = head_region(self.silhouettes[t], person > 0.5, self.margin)
+            fg = person > 0.5
+            head = head_region(self.silhouettes[t], fg, self.margin)
             self.plate.add(small, ~head)
-            self.background.add(small, ~person_region(head, person > 0.5, self.person_dilate))
+            self.background.add(small, ~person_region(head, fg, self.person_dilate))
         if t in self.heldout or t in self.train:
             rel = image_name("cam0", t, "frames")
             submit(rel, small)

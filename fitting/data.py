@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from talksplat.data_prep.dataset import Dataset, Frame
+from talksplat.data_prep.plate import resize_to
 
 
 @dataclass
@@ -267,15 +268,10 @@ class WholeFrames:
         self.viewmat = torch.as_tensor(sf.viewmat, dtype=torch.float32, device=device)
         self.c2w = np.asarray(sf.c2w)
         self.dataset, self.device = dataset, torch.device(device)
-        self.plate = self._to_device(self._resize(plate))
+        self.plate = self._to_device(resize_to(plate, self.width, self.height))
         self.rng = np.random.default_rng(seed + 7919)
         self.max_bytes, self.bytes = cache_mb * 2 ** 20, 0
         self._items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def _resize(self, img: np.ndarray) -> np.ndarray:
-        from talksplat.data_prep.plate import resize_to
-
-        return resize_to(img, self.width, self.height)
 
     def _to_device(self, img: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(img)).to(self.device).float() / 255.0
@@ -284,8 +280,8 @@ class WholeFrames:
         """Time step ``t``'s whole frame as a :class:`Sample` (image [H, W, 3], mask [H, W], plate [H, W, 3])."""
         hit = self._items.get(t)
         if hit is None:
-            img = self._resize(self.dataset.load_source_frame(t))
-            mask = self._resize((self.dataset.load_source_mask(t) * 255).astype(np.uint8))
+            img = resize_to(self.dataset.load_source_frame(t), self.width, self.height)
+            mask = resize_to((self.dataset.load_source_mask(t) * 255).astype(np.uint8), self.width, self.height)
             hit = (img, mask)
             if self.bytes + img.nbytes + mask.nbytes <= self.max_bytes:
                 self._items[t] = hit
